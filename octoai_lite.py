@@ -1,0 +1,2128 @@
+"""octoai_lite: a one-file, standard-library-only client for Chat Completions.
+
+Talks to OctoAI's text-generation API and to any server that speaks the
+OpenAI "Chat Completions" protocol (vLLM, llama.cpp's server, Ollama, OpenAI,
+Together, Fireworks, Groq...). Copy this file anywhere Python 3.8+ runs; it
+imports nothing outside the standard library and starts in milliseconds.
+
+Quick start::
+
+    from octoai_lite import Client, TextModel
+    client = Client(base_url="http://127.0.0.1:8080/v1")   # or OCTOAI_TOKEN for OctoAI
+    completion = client.chat.completions.create(
+        model=TextModel.LLAMA_2_70B_CHAT, messages=[{"role": "user", "content": "Hi"}])
+    print(completion.choices[0].message.content)
+
+Map of the file (each section uses only the ones above it)::
+
+    1 Constants     2 Errors      3 Data types (TextModel, response dataclasses)
+    4 Protocol, pure: 4a SSE  4b requests  4c responses and errors  4d retry policy
+                      4e redirects  4f folding stream chunks
+    5 Transport: the only code that touches sockets (pool, proxies, TLS, send)
+    6 Client API: Stream, Client, chat.completions, models, infer*, health_check
+    7 Command line
+
+Limits: a Client is safe to share between threads. `timeout` (seconds) bounds
+connecting and every single read; `deadline` (seconds) bounds a whole call,
+retries and a trickling stream included. Nothing happens at import: no
+network, no threads, no files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import enum
+import http.client
+import json
+import logging
+import os
+import re
+import select
+import socket
+import ssl
+import sys
+import threading
+import time
+import types
+from typing import Any, Callable, ClassVar, Dict, Generator, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
+from urllib.parse import unquote, urlencode, urljoin, urlsplit
+
+__all__ = [
+    "AuthenticationError",
+    "BadRequestError",
+    "ChatCompletion",
+    "ChatMessage",
+    "Choice",
+    "ChoiceDelta",
+    "Client",
+    "CompletionUsage",
+    "DEFAULT_BASE_URL",
+    "DEFAULT_MAX_RETRIES",
+    "DEFAULT_TIMEOUT",
+    "FunctionCall",
+    "InferenceFuture",
+    "NotFoundError",
+    "OctoAIClientError",
+    "OctoAIConnectionError",
+    "OctoAIError",
+    "OctoAIServerError",
+    "OctoAITimeoutError",
+    "OctoAIValidationError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "SSEDecoder",
+    "ServerSentEvent",
+    "Stream",
+    "TextModel",
+    "ToolCall",
+    "UnprocessableEntityError",
+    "get_model_list",
+    "main",
+]
+__version__ = "0.1.0"
+
+log = logging.getLogger("octoai_lite")
+
+
+# =============================================================================
+# 1. Constants
+# =============================================================================
+# Immutable values only. Limits carry their unit in the name and the reason
+# for their size beside them.
+
+DEFAULT_BASE_URL = "https://text.octoai.run/v1"
+DEFAULT_TIMEOUT = 900.0  # seconds; the original SDK's default
+DEFAULT_MAX_RETRIES = 2  # as openai-python
+
+_SECURE_LINK_BASE_URL = "https://text.securelink.octo.ai/v1"
+_CONFIG_PATH = os.path.join("~", ".octoai", "config.yaml")
+_USER_AGENT = "octoai-lite/" + __version__
+
+# Statuses worth another try: timeouts, conflicts, rate limits, and server
+# trouble that is usually passing (the set openai-python retries).
+_RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+_BACKOFF_INITIAL_S = 0.5  # first wait; doubles per attempt (openai: 0.5 s)
+_BACKOFF_MAX_S = 8.0  # longest computed wait (openai: 8 s)
+_RETRY_AFTER_MAX_S = 60.0  # a server asking for longer gets its error at once
+_IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+# Memory bounds. An SSE line or event above a few MiB is not a chat token;
+# h11 and urllib3 bound headers the same way.
+_MAX_LINE_BYTES = 8 * 1024 * 1024
+_MAX_EVENT_BYTES = 16 * 1024 * 1024
+_MAX_BODY_BYTES = 64 * 1024 * 1024  # a whole non-streamed JSON answer
+_MAX_ERROR_BODY_BYTES = 64 * 1024  # an error page; only its text is kept
+_MAX_MESSAGE_CHARS = 500  # server text quoted in an exception message
+_READ_SIZE = 64 * 1024  # one read from the socket
+
+_POOL_MAX_PER_HOST = 16  # connections open at once to one host (idle + busy)
+_MAX_REDIRECTS = 5
+_DONE_GRACE_S = 1.0  # after [DONE], how long the rest of the body may take
+_HEALTH_CHECK_INTERVAL_S = 1.0
+
+
+# =============================================================================
+# 2. Errors
+# =============================================================================
+# One tree, raised from one place per kind of failure:
+#
+#   OctoAIError(message, caused_by=None)  .status_code .body .request_id .headers
+#   ├── OctoAIClientError            4xx, and problems on the client's side
+#   │   ├── BadRequestError 400      ├── AuthenticationError 401
+#   │   ├── PermissionDeniedError 403 ├── NotFoundError 404
+#   │   ├── UnprocessableEntityError 422 └── RateLimitError 429
+#   ├── OctoAIServerError            5xx
+#   ├── OctoAIValidationError        a response or stream not shaped as the protocol says
+#   └── OctoAIConnectionError        refused, reset, DNS, TLS, truncated body
+#       └── OctoAITimeoutError
+
+
+class OctoAIError(Exception):
+    """Base of every error this client raises.
+
+    Attributes: ``status_code`` (int or None), ``body`` (the server's parsed
+    JSON or text, or None), ``request_id``, ``headers`` (lower-case names),
+    ``retry_after`` (seconds the server asked to wait, or None). The token
+    never appears in any of them.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        caused_by: Optional[BaseException] = None,
+        *,
+        status_code: Optional[int] = None,
+        body: Any = None,
+        request_id: Optional[str] = None,
+        headers: Optional[Mapping[str, str]] = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.caused_by = caused_by
+        if caused_by is not None:
+            self.__cause__ = caused_by
+        self.status_code = status_code
+        self.body = body
+        self.request_id = request_id
+        self.headers: Dict[str, str] = dict(headers or {})
+        self.retry_after: Optional[float] = None
+
+
+class OctoAIClientError(OctoAIError):
+    """A 4xx answer, or a problem on the client's side."""
+
+
+class BadRequestError(OctoAIClientError):
+    """400: the server rejected the request."""
+
+
+class AuthenticationError(OctoAIClientError):
+    """401: the token is missing or wrong."""
+
+
+class PermissionDeniedError(OctoAIClientError):
+    """403: the token may not do this."""
+
+
+class NotFoundError(OctoAIClientError):
+    """404: no such endpoint or model."""
+
+
+class UnprocessableEntityError(OctoAIClientError):
+    """422: the request was well formed but invalid."""
+
+
+class RateLimitError(OctoAIClientError):
+    """429: too many requests, or out of quota."""
+
+
+class OctoAIServerError(OctoAIError):
+    """A 5xx answer, or an error the server reported inside a stream."""
+
+
+class OctoAIValidationError(OctoAIError):
+    """A response or stream that is not what the protocol says."""
+
+
+class OctoAIConnectionError(OctoAIError):
+    """The connection failed: refused, reset, DNS, TLS, or a body cut short.
+
+    ``request_sent`` is True when the request had gone out whole before the
+    failure, so the server may have acted on it; such a POST is not re-sent.
+    """
+
+    request_sent = False
+
+
+class OctoAITimeoutError(OctoAIConnectionError):
+    """A connect, a read, a free pool slot or the call's deadline took too long."""
+
+
+_ERRORS_BY_STATUS: Mapping[int, type] = types.MappingProxyType(
+    {
+        400: BadRequestError,
+        401: AuthenticationError,
+        403: PermissionDeniedError,
+        404: NotFoundError,
+        422: UnprocessableEntityError,
+        429: RateLimitError,
+    }
+)
+
+
+# =============================================================================
+# 3. Data types
+# =============================================================================
+# Response objects keep the dict the server sent (`_raw`), so fields this
+# module does not name stay reachable as attributes and survive `dict()`.
+
+
+class TextModel(str, enum.Enum):
+    """Text models OctoAI served; any other model name may be passed as a str."""
+
+    LLAMA_2_13B_CHAT = "llama-2-13b-chat"
+    LLAMA_2_70B_CHAT = "llama-2-70b-chat"
+    LLAMA2_70B = "llama-2-70b-chat"  # the name the original guide's prose uses
+    CODELLAMA_7B_INSTRUCT = "codellama-7b-instruct"
+    CODELLAMA_13B_INSTRUCT = "codellama-13b-instruct"
+    CODELLAMA_34B_INSTRUCT = "codellama-34b-instruct"
+    CODELLAMA_70B_INSTRUCT = "codellama-70b-instruct"
+    MISTRAL_7B_INSTRUCT = "mistral-7b-instruct"
+    MIXTRAL_8X7B_INSTRUCT = "mixtral-8x7b-instruct"
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+def get_model_list() -> List[str]:
+    """Return the names of the models in `TextModel`."""
+    return [model.value for model in TextModel]
+
+
+def _to_json(value: Any) -> Any:
+    if isinstance(value, _Model):
+        return value.to_dict()
+    if isinstance(value, list):
+        return [_to_json(item) for item in value]
+    return value
+
+
+class _Model:
+    """Shared behaviour of the response dataclasses."""
+
+    _SEED_FIELDS: ClassVar[Tuple[str, ...]] = ()  # always present in dict()
+    _raw: Dict[str, Any]
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called for names the dataclass does not define: the server's
+        # extra fields (reasoning_content, logprobs, ...).
+        if not name.startswith("_"):
+            try:
+                return self._raw[name]
+            except KeyError:
+                pass
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Return the server's JSON: every field it sent, the guide's fields always."""
+        out: Dict[str, Any] = {}
+        for field in dataclasses.fields(self):  # type: ignore[arg-type]
+            name = field.name
+            if name == "_raw":
+                continue
+            value = getattr(self, name)
+            if value is None and name not in self._SEED_FIELDS and name not in self._raw:
+                continue
+            out[name] = _to_json(value)
+        for key, value in self._raw.items():
+            out.setdefault(key, value)
+        return out
+
+    dict = to_dict
+    model_dump = to_dict
+
+    def json(self, **dumps_kwargs: Any) -> str:
+        """Return `to_dict()` as a JSON string."""
+        return json.dumps(self.to_dict(), **dumps_kwargs)
+
+
+def _dict_or_none(value: Any) -> Optional[Dict[str, Any]]:
+    return value if isinstance(value, dict) else None
+
+
+@dataclasses.dataclass
+class FunctionCall(_Model):
+    """A function name and its JSON arguments (as a string)."""
+
+    name: Optional[str] = None
+    arguments: Optional[str] = None
+    _raw: Dict[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+    _SEED_FIELDS = ("name", "arguments")
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "FunctionCall":
+        """Build from the server's JSON object."""
+        return cls(data.get("name"), data.get("arguments"), data)
+
+
+def _function_or_none(value: Any) -> Optional[FunctionCall]:
+    return FunctionCall.from_dict(value) if isinstance(value, dict) else None
+
+
+@dataclasses.dataclass
+class ToolCall(_Model):
+    """One tool call; in a stream chunk, a fragment of one (see `index`)."""
+
+    id: Optional[str] = None
+    type: Optional[str] = None
+    function: Optional[FunctionCall] = None
+    index: Optional[int] = None
+    _raw: Dict[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+    _SEED_FIELDS = ("id", "type", "function")
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "ToolCall":
+        """Build from the server's JSON object."""
+        return cls(data.get("id"), data.get("type"), _function_or_none(data.get("function")), data.get("index"), data)
+
+
+def _tool_calls_or_none(value: Any) -> Optional[List[ToolCall]]:
+    if not isinstance(value, list):
+        return None
+    return [ToolCall.from_dict(item) for item in value if isinstance(item, dict)]
+
+
+@dataclasses.dataclass
+class ChatMessage(_Model):
+    """A message: what the model answered, or what you send."""
+
+    role: Optional[str] = None
+    content: Optional[str] = None
+    function_call: Optional[FunctionCall] = None
+    tool_calls: Optional[List[ToolCall]] = None
+    _raw: Dict[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+    _SEED_FIELDS = ("role", "content", "function_call")
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "ChatMessage":
+        """Build from the server's JSON object."""
+        return cls(
+            data.get("role"),
+            data.get("content"),
+            _function_or_none(data.get("function_call")),
+            _tool_calls_or_none(data.get("tool_calls")),
+            data,
+        )
+
+
+@dataclasses.dataclass
+class ChoiceDelta(_Model):
+    """The part of a message one stream chunk adds; `content` is None when it adds no text."""
+
+    role: Optional[str] = None
+    content: Optional[str] = None
+    function_call: Optional[FunctionCall] = None
+    tool_calls: Optional[List[ToolCall]] = None
+    _raw: Dict[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+    _SEED_FIELDS = ("role", "content")
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "ChoiceDelta":
+        """Build from the server's JSON object."""
+        return cls(
+            data.get("role"),
+            data.get("content"),
+            _function_or_none(data.get("function_call")),
+            _tool_calls_or_none(data.get("tool_calls")),
+            data,
+        )
+
+
+@dataclasses.dataclass
+class Choice(_Model):
+    """One answer: `message` in a completion, `delta` in a stream chunk."""
+
+    index: int = 0
+    message: Optional[ChatMessage] = None
+    delta: Optional[ChoiceDelta] = None
+    finish_reason: Optional[str] = None
+    _raw: Dict[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+    _SEED_FIELDS = ("index", "message", "delta", "finish_reason")
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "Choice":
+        """Build from the server's JSON object."""
+        message = _dict_or_none(data.get("message"))
+        delta = _dict_or_none(data.get("delta"))
+        return cls(
+            data.get("index", 0),
+            None if message is None else ChatMessage.from_dict(message),
+            None if delta is None else ChoiceDelta.from_dict(delta),
+            data.get("finish_reason"),
+            data,
+        )
+
+
+@dataclasses.dataclass
+class CompletionUsage(_Model):
+    """Token counts, the basis of billing."""
+
+    completion_tokens: Optional[int] = None
+    prompt_tokens: Optional[int] = None
+    total_tokens: Optional[int] = None
+    _raw: Dict[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+    _SEED_FIELDS = ("completion_tokens", "prompt_tokens", "total_tokens")
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "CompletionUsage":
+        """Build from the server's JSON object."""
+        return cls(data.get("completion_tokens"), data.get("prompt_tokens"), data.get("total_tokens"), data)
+
+
+@dataclasses.dataclass
+class ChatCompletion(_Model):
+    """A chat completion, or one chunk of a streamed one."""
+
+    id: Optional[str] = None
+    choices: List[Choice] = dataclasses.field(default_factory=list)
+    created: Optional[int] = None
+    model: Optional[str] = None
+    object: Optional[str] = None
+    system_fingerprint: Optional[str] = None
+    usage: Optional[CompletionUsage] = None
+    _raw: Dict[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+    _SEED_FIELDS = ("id", "choices", "created", "model", "object", "system_fingerprint", "usage")
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "ChatCompletion":
+        """Build from the server's JSON object; the caller has checked its shape."""
+        usage = _dict_or_none(data.get("usage"))
+        return cls(
+            data.get("id"),
+            [Choice.from_dict(choice) for choice in data.get("choices") or ()],
+            data.get("created"),
+            data.get("model"),
+            data.get("object"),
+            data.get("system_fingerprint"),
+            None if usage is None else CompletionUsage.from_dict(usage),
+            data,
+        )
+
+    @classmethod
+    def from_chunks(cls, chunks: Iterable[Union["ChatCompletion", Dict[str, Any]]]) -> "ChatCompletion":
+        """Fold stream chunks (objects or dicts) into one completion.
+
+        Content and tool-call fragments are joined per choice, and the last
+        finish_reason and usage win.
+        """
+        folder = _ChunkFolder()
+        for chunk in chunks:
+            folder.add(chunk._raw if isinstance(chunk, ChatCompletion) else chunk)
+        return cls.from_dict(folder.result())
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceFuture:
+    """A handle on an inference running in the background (`Client.infer_async`)."""
+
+    response_id: str
+    poll_url: str
+
+
+# =============================================================================
+# 4. Protocol (pure: no sockets, no clock, no randomness but via parameters)
+# =============================================================================
+
+# -- 4a. Server-Sent Events ---------------------------------------------------
+# WHATWG HTML, "9.2.6 Interpreting an event stream". The decoder works on
+# bytes: it splits lines on CR, LF or CRLF itself (never str.splitlines, which
+# also splits on U+2028) and decodes each whole line, so a character split
+# across reads is never broken. Chat meaning ([DONE], errors) lives in 4c.
+
+_BOM = b"\xef\xbb\xbf"
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerSentEvent:
+    """One dispatched event.
+
+    ``id`` is the stream's last event ID (None until one is set) and
+    ``retry`` the last reconnection time in milliseconds the stream set.
+    """
+
+    event: str = "message"
+    data: str = ""
+    id: Optional[str] = None
+    retry: Optional[int] = None
+
+    def json(self) -> Any:
+        """Return `data` parsed as JSON."""
+        return json.loads(self.data)
+
+
+class SSEDecoder:
+    """Turn the bytes of an event stream into `ServerSentEvent` objects.
+
+    Push bytes as they arrive with `feed`; it returns every event their
+    blank line completed, holding nothing back. Call `close` at end of input.
+    Raises `OctoAIValidationError` when a line or an event passes its limit.
+    """
+
+    def __init__(self, max_line_bytes: int = _MAX_LINE_BYTES, max_event_bytes: int = _MAX_EVENT_BYTES) -> None:
+        self.max_line_bytes = max_line_bytes
+        self.max_event_bytes = max_event_bytes
+        self._buffer = bytearray()  # bytes of a line not yet ended
+        self._at_start = True  # a BOM may still come
+        self._skip_lf = False  # the last feed ended in CR: a leading LF is its pair
+        self._data: List[str] = []  # the data buffer, one item per data line
+        self._data_chars = 0
+        self._event_type = ""  # the event type buffer
+        self._last_event_id: Optional[str] = None  # the last event ID buffer
+        self._retry: Optional[int] = None  # the reconnection time
+
+    def feed(self, data: bytes) -> List[ServerSentEvent]:
+        """Consume bytes; return the events they completed."""
+        buffer = self._buffer
+        scanned = len(buffer)  # no line end in what the buffer already held
+        buffer += data
+        if self._at_start:
+            if len(buffer) < len(_BOM) and _BOM.startswith(buffer):
+                return []  # too little to tell a BOM from text
+            if buffer.startswith(_BOM):
+                del buffer[: len(_BOM)]
+                scanned = 0
+            self._at_start = False
+        start = 0
+        if self._skip_lf and buffer:
+            self._skip_lf = False
+            if buffer[0] == 0x0A:
+                start = scanned = 1
+        events: List[ServerSentEvent] = []
+        for match in _LINE_END.finditer(buffer, scanned):
+            event = self._take_line(buffer[start : match.start()])
+            if event is not None:
+                events.append(event)
+            start = match.end()
+            if start == len(buffer) and buffer[-1] == 0x0D:
+                self._skip_lf = True  # CR at the end of this read: LF may follow
+        del buffer[:start]
+        if len(buffer) > self.max_line_bytes:
+            raise OctoAIValidationError(f"an event-stream line is longer than {self.max_line_bytes} bytes")
+        return events
+
+    def close(self) -> Optional[ServerSentEvent]:
+        """Mark the end of input and reset.
+
+        As the spec says, an event not ended by a blank line is not
+        dispatched; it is returned here (or None) so that the caller may
+        judge it, then forgotten.
+        """
+        if self._buffer:
+            self._take_line(self._buffer)
+        unterminated = self._make_event() if self._data else None
+        self._buffer.clear()
+        self._at_start, self._skip_lf = True, False
+        self._dispatch()
+        return unterminated
+
+    def _take_line(self, line: Union[bytes, bytearray]) -> Optional[ServerSentEvent]:
+        return self.decode_line(line.decode("utf-8", "replace"))
+
+    def decode_line(self, line: str) -> Optional[ServerSentEvent]:
+        """Process one line without its line end; return an event if it dispatched one."""
+        if not line:
+            return self._dispatch()
+        if line[0] == ":":
+            return None  # a comment, such as ": ping"
+        name, colon, value = line.partition(":")
+        if colon and value[:1] == " ":
+            value = value[1:]  # exactly one space is part of the syntax
+        if name == "data":
+            self._data.append(value)
+            self._data_chars += len(value) + 1
+            if self._data_chars > self.max_event_bytes:
+                raise OctoAIValidationError(f"an event is longer than {self.max_event_bytes} bytes")
+        elif name == "event":
+            self._event_type = value
+        elif name == "id":
+            if "\0" not in value:
+                self._last_event_id = value
+        elif name == "retry":
+            if value.isascii() and value.isdigit():  # int() would take " 5", "+5", "1_0"
+                self._retry = int(value)
+        return None  # any other field is ignored
+
+    def _make_event(self) -> ServerSentEvent:
+        return ServerSentEvent(self._event_type or "message", "\n".join(self._data), self._last_event_id, self._retry)
+
+    def _dispatch(self) -> Optional[ServerSentEvent]:
+        # Only an event with at least one data line is dispatched; the event
+        # type resets either way, the last event ID does not.
+        event = self._make_event() if self._data else None
+        self._data = []
+        self._data_chars = 0
+        self._event_type = ""
+        return event
+
+
+# -- 4b. Building requests ----------------------------------------------------
+
+
+def _model_name(model: Union[str, TextModel]) -> str:
+    return model.value if isinstance(model, TextModel) else str(model)
+
+
+def _build_chat_body(
+    model: Union[str, TextModel],
+    messages: Iterable[Any],
+    params: Mapping[str, Any],
+    extra: Optional[Mapping[str, Any]] = None,
+) -> Dict[str, Any]:
+    """The JSON body of a chat request: parameters left None are not sent."""
+    body: Dict[str, Any] = {"model": _model_name(model), "messages": list(messages)}
+    body.update((key, value) for key, value in params.items() if value is not None)
+    if extra:
+        body.update(extra)
+    return body
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, _Model):
+        return value.to_dict()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _build_json(body: Any) -> bytes:
+    return json.dumps(body, default=_json_default, ensure_ascii=False).encode("utf-8")
+
+
+def _merge_headers(*layers: Optional[Mapping[str, Optional[str]]]) -> Dict[str, str]:
+    """Merge header dicts, later ones winning whatever their case; None removes."""
+    merged: Dict[str, Tuple[str, Optional[str]]] = {}
+    for layer in layers:
+        for name, value in (layer or {}).items():
+            merged[name.lower()] = (name, value)
+    return {name: value for name, value in merged.values() if value is not None}
+
+
+def _build_headers(
+    token: Optional[str],
+    default_headers: Optional[Mapping[str, Optional[str]]],
+    extra_headers: Optional[Mapping[str, Optional[str]]] = None,
+    *,
+    stream: bool = False,
+    has_body: bool = True,
+) -> Dict[str, str]:
+    base: Dict[str, Optional[str]] = {
+        "User-Agent": _USER_AGENT,
+        "Accept": "text/event-stream" if stream else "application/json",
+    }
+    if has_body:
+        base["Content-Type"] = "application/json"
+    if token:
+        base["Authorization"] = "Bearer " + token
+    return _merge_headers(base, default_headers, extra_headers)
+
+
+def _join_url(base: str, path: str, query: Optional[Mapping[str, Any]] = None) -> str:
+    url = base.rstrip("/") + "/" + path.lstrip("/") if path else base
+    if query:
+        url += ("&" if "?" in url else "?") + urlencode(query, doseq=True)
+    return url
+
+
+def _redact(text: str, token: Optional[str]) -> str:
+    return text.replace(token, "***") if token and len(token) >= 4 else text
+
+
+def _redact_json(value: Any, token: Optional[str]) -> Any:
+    """A JSON value with the token replaced wherever it appears in a string."""
+    if isinstance(value, str):
+        return _redact(value, token)
+    if isinstance(value, list):
+        return [_redact_json(item, token) for item in value]
+    if isinstance(value, dict):
+        return {key: _redact_json(item, token) for key, item in value.items()}
+    return value
+
+
+def _parse_config_token(text: str) -> Optional[str]:
+    """The top-level `token:` of ~/.octoai/config.yaml, read without a YAML library."""
+    for line in text.splitlines():
+        if line[:1].isspace():
+            continue  # a nested key
+        key, colon, value = line.partition(":")
+        if not colon or key.strip() != "token":
+            continue
+        value = value.strip()
+        if value[:1] in ("'", '"'):
+            end = value.find(value[0], 1)
+            return value[1:end] or None if end > 0 else None
+        value = re.split(r"\s#", value, maxsplit=1)[0].strip()  # a comment needs a space before '#'
+        return value or None
+    return None
+
+
+# -- 4c. Parsing responses and errors -----------------------------------------
+
+_HTML_TAG = re.compile(r"<[^>]*>")
+_WHITESPACE = re.compile(r"\s+")
+_VERSION_SEGMENT = re.compile(r"/v\d+")
+
+
+def _request_id(headers: Mapping[str, str]) -> Optional[str]:
+    return headers.get("x-user-request-id") or headers.get("x-request-id")
+
+
+def _cut(text: str, limit: int = _MAX_MESSAGE_CHARS) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _parse_json(body: bytes) -> Any:
+    """Parse a JSON body; raise `OctoAIValidationError` saying what it was instead."""
+    try:
+        return json.loads(body)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        preview = _cut(body[:200].decode("utf-8", "replace"), 200)
+        raise OctoAIValidationError(f"the server sent a body that is not JSON: {preview!r}", exc) from exc
+
+
+def _error_details(payload: Any) -> Tuple[str, Optional[str], Optional[int]]:
+    """(message, code, status) of an error payload: {"error": {...}}, {"error": "..."}, {"detail": ...}, or text."""
+    if isinstance(payload, dict):
+        error = payload.get("error") or payload
+        if isinstance(error, dict):
+            message = error.get("message") or error.get("detail") or error.get("msg")
+            if isinstance(message, str):
+                text = message
+            else:
+                text = _detail_text(message) if message is not None else json.dumps(error)
+            code, kind = error.get("code"), error.get("type")
+            name = code if isinstance(code, str) else kind if isinstance(kind, str) else None
+            status = code if isinstance(code, int) and not isinstance(code, bool) else None
+            return _cut(text), name, status
+        payload = error
+    if isinstance(payload, str):
+        text = payload
+        if text.lstrip().startswith("<"):
+            text = _HTML_TAG.sub(" ", text)  # an HTML error page from a proxy: keep its words
+        return _cut(_WHITESPACE.sub(" ", text).strip()), None, None
+    return _cut(json.dumps(payload)), None, None
+
+
+def _detail_text(detail: Any) -> str:
+    # FastAPI's 422 detail: [{"loc": [...], "msg": "...", "type": "..."}]
+    if isinstance(detail, list):
+        parts = []
+        for item in detail:
+            if isinstance(item, dict) and "msg" in item:
+                where = ".".join(str(part) for part in item.get("loc", ()))
+                parts.append(f"{where}: {item['msg']}" if where else str(item["msg"]))
+            else:
+                parts.append(str(item))
+        return "; ".join(parts)
+    return json.dumps(detail)
+
+
+def _decode_error_body(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return body.decode("utf-8", "replace")
+
+
+def _error_from_response(
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    token: Optional[str] = None,
+    base_url: Optional[str] = None,
+) -> OctoAIError:
+    """The typed error for an HTTP error answer; returned, not raised."""
+    payload = _decode_error_body(body)
+    text, _code, _status = _error_details(payload)
+    if status in _ERRORS_BY_STATUS:
+        cls = _ERRORS_BY_STATUS[status]
+    elif 400 <= status < 500:
+        cls = OctoAIClientError
+    elif status >= 500:
+        cls = OctoAIServerError
+    else:
+        cls = OctoAIError
+    reason = http.client.responses.get(status, "")
+    message = f"{status} {reason}".rstrip()
+    if text:
+        message += ": " + text
+    if status == 401 and not token:
+        message += (
+            " (no token is set: pass Client(token=...), set OCTOAI_TOKEN, or put 'token: ...' in ~/.octoai/config.yaml)"
+        )
+    if status == 404 and base_url is not None and not _VERSION_SEGMENT.search(urlsplit(base_url).path):
+        message += f" (base_url {base_url} has no version segment: does it lack '/v1'?)"
+    request_id = _request_id(headers)
+    if request_id:
+        message += f" [request id: {request_id}]"
+    return cls(  # type: ignore[no-any-return]
+        _redact(message, token),
+        status_code=status,
+        body=_redact_json(payload if not isinstance(payload, str) else _cut(payload, 2000), token),
+        request_id=request_id,
+        headers=headers,
+    )
+
+
+def _error_from_payload(payload: Any, headers: Mapping[str, str], *, token: Optional[str] = None) -> OctoAIError:
+    """The typed error for an error object sent inside a 200 answer or a stream."""
+    text, _code, status = _error_details(payload)
+    cls = _ERRORS_BY_STATUS.get(status or 0) or (
+        OctoAIClientError if status and 400 <= status < 500 else OctoAIServerError
+    )
+    request_id = _request_id(headers)
+    message = "the server reported an error: " + text
+    if request_id:
+        message += f" [request id: {request_id}]"
+    return cls(  # type: ignore[no-any-return]
+        _redact(message, token),
+        status_code=status,
+        body=_redact_json(payload, token),
+        request_id=request_id,
+        headers=headers,
+    )
+
+
+def _error_code(payload: Any) -> Optional[str]:
+    return _error_details(payload)[1]
+
+
+def _check_completion(payload: Any, headers: Mapping[str, str], *, chunk: bool = False) -> Dict[str, Any]:
+    """Return the payload if it is a chat completion (or chunk); raise the right error if not."""
+    what = "stream chunk" if chunk else "chat completion"
+    if not isinstance(payload, dict):
+        raise OctoAIValidationError(
+            f"expected a {what} object, got {type(payload).__name__}: {_cut(repr(payload), 200)}"
+        )
+    if "error" in payload and payload["error"]:
+        raise _error_from_payload(payload, headers)
+    choices = payload.get("choices")
+    if not isinstance(choices, list) or not all(isinstance(choice, dict) for choice in choices):
+        keys = ", ".join(sorted(payload)[:10]) or "none"
+        raise OctoAIValidationError(f"expected a {what} with a 'choices' list; the server sent keys: {keys}")
+    if not chunk and not choices:
+        raise OctoAIValidationError("the chat completion has no choices")
+    return payload
+
+
+def _payload_from_event(event: ServerSentEvent, headers: Mapping[str, str]) -> Optional[Any]:
+    """The JSON of one event; None for `[DONE]`; raises for an error event or bad JSON."""
+    data = event.data
+    if data == "[DONE]":
+        return None
+    if event.event == "error":
+        try:
+            payload: Any = json.loads(data)
+        except ValueError:
+            payload = data
+        raise _error_from_payload(payload, headers)
+    try:
+        payload = json.loads(data)
+    except ValueError as exc:
+        raise OctoAIValidationError(f"an event's data is not JSON: {_cut(data, 200)!r}", exc) from exc
+    if isinstance(payload, dict) and payload.get("error"):
+        raise _error_from_payload(payload, headers)
+    return payload
+
+
+# -- 4d. Retry policy ---------------------------------------------------------
+# A value computed from the attempt and the answer, apart from the sleeping
+# (urllib3's Retry, openai's _should_retry). Connection failures reach it
+# only when they are safe to repeat: before the request went out, or for an
+# idempotent method.
+
+
+def _parse_retry_after(headers: Mapping[str, str], now: float) -> Optional[float]:
+    """Seconds the server asked to wait (retry-after-ms, Retry-After seconds or HTTP date), or None."""
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            value = float(millis) / 1000
+            if value == value and value != float("inf"):
+                return max(0.0, value)
+        except ValueError:
+            pass
+    text = headers.get("retry-after")
+    if not text:
+        return None
+    try:
+        value = float(text)
+        return max(0.0, value) if value == value and value != float("inf") else None
+    except ValueError:
+        pass
+    import email.utils  # only this path needs it
+
+    try:
+        parsed = email.utils.parsedate_tz(text)
+        if parsed is None:
+            return None
+        return max(0.0, email.utils.mktime_tz(parsed) - now)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+def _retry_delay(
+    attempt: int,
+    *,
+    status: Optional[int] = None,
+    headers: Optional[Mapping[str, str]] = None,
+    error_code: Optional[str] = None,
+    now: float,
+    rand: float,
+    initial_s: float = _BACKOFF_INITIAL_S,
+) -> Optional[float]:
+    """Seconds to wait before retrying, or None not to retry.
+
+    ``attempt`` counts the failed tries so far less one (0 after the first);
+    ``rand`` is in [0, 1). A connection failure passes no status.
+    """
+    headers = headers or {}
+    should_retry = headers.get("x-should-retry")
+    if should_retry == "false":
+        return None
+    if status is not None and should_retry != "true":
+        if status not in _RETRY_STATUSES:
+            return None
+        if status == 429 and error_code == "insufficient_quota":
+            return None  # waiting does not add quota
+    asked = _parse_retry_after(headers, now)
+    if asked is not None:
+        return asked if asked <= _RETRY_AFTER_MAX_S else None
+    backoff = min(initial_s * 2.0**attempt, _BACKOFF_MAX_S)
+    return backoff * (1.0 - 0.25 * rand)  # jitter: 75% to 100% of the backoff
+
+
+# -- 4e. Redirects ------------------------------------------------------------
+
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+
+
+def _origin(url: str) -> Tuple[str, str, Optional[int]]:
+    parts = urlsplit(url)
+    default_port = 443 if parts.scheme == "https" else 80
+    return parts.scheme, (parts.hostname or "").lower(), parts.port or default_port
+
+
+def _redirect_target(method: str, url: str, status: int, headers: Mapping[str, str]) -> str:
+    """Where to follow a redirect; raises `OctoAIClientError` where following would be wrong.
+
+    307 and 308 keep the method and body; 301/302/303 would turn a POST into
+    a GET of something else, so only GETs follow them. Nothing is followed to
+    another origin, so the token is never sent there.
+    """
+    location = headers.get("location", "")
+    target = urljoin(url, location)
+    why = ""
+    if status not in (307, 308) and method not in _IDEMPOTENT_METHODS:
+        why = f"a {method} cannot follow a {status} without turning into a GET"
+    elif _origin(target) != _origin(url):
+        why = "it leads to another origin, where the token must not go"
+    if why:
+        raise OctoAIClientError(
+            f"{status} redirect to {target} not followed: {why}; set base_url to the new address",
+            status_code=status,
+            headers=headers,
+            request_id=_request_id(headers),
+        )
+    return target
+
+
+# -- 4f. Folding stream chunks ------------------------------------------------
+
+
+class _ChunkFolder:
+    """Accumulate chat chunks (dicts) into one completion dict."""
+
+    def __init__(self) -> None:
+        self._top: Dict[str, Any] = {}
+        self._choices: Dict[int, Dict[str, Any]] = {}
+        self._usage: Optional[Dict[str, Any]] = None
+
+    def add(self, chunk: Mapping[str, Any]) -> None:
+        top = self._top
+        if not top:
+            top.update((key, value) for key, value in chunk.items() if key not in ("choices", "usage", "object"))
+        if chunk.get("usage"):
+            self._usage = chunk["usage"]
+        for choice in chunk.get("choices") or ():
+            index = choice.get("index", 0)
+            state = self._choices.get(index)
+            if state is None:
+                state = self._choices[index] = {"content": [], "reasoning": [], "tools": {}, "message": {}}
+                state["choice"] = {"index": index}
+            delta = choice.get("delta") or choice.get("message") or {}
+            self._add_delta(state, delta)
+            for key, value in choice.items():
+                if key not in ("delta", "message", "index") and value is not None:
+                    if key == "logprobs" and isinstance(value, dict):
+                        self._add_logprobs(state["choice"], value)
+                    else:
+                        state["choice"][key] = value
+
+    @staticmethod
+    def _add_delta(state: Dict[str, Any], delta: Mapping[str, Any]) -> None:
+        message = state["message"]
+        for key, value in delta.items():
+            if value is None:
+                continue
+            if key == "content":
+                state["content"].append(value)
+            elif key == "reasoning_content":
+                state["reasoning"].append(value)
+            elif key == "tool_calls":
+                _ChunkFolder._add_tool_calls(state["tools"], value)
+            elif key == "function_call":
+                call = message.setdefault("function_call", {"name": None, "arguments": ""})
+                if value.get("name"):
+                    call["name"] = value["name"]
+                call["arguments"] += value.get("arguments") or ""
+            else:
+                message[key] = value
+
+    @staticmethod
+    def _add_tool_calls(tools: Dict[int, Dict[str, Any]], fragments: Iterable[Mapping[str, Any]]) -> None:
+        for fragment in fragments:
+            index = fragment.get("index")
+            if index is None:
+                # Some servers leave `index` out: a new id starts a new call,
+                # a fragment without one continues the last call.
+                known = [i for i, call in tools.items() if fragment.get("id") and call.get("id") == fragment["id"]]
+                if known:
+                    index = known[0]
+                elif fragment.get("id") or not tools:
+                    index = len(tools)
+                else:
+                    index = max(tools)
+            call = tools.get(index)
+            if call is None:
+                call = tools[index] = {"id": None, "type": "function", "function": {"name": None, "arguments": ""}}
+            for key, value in fragment.items():
+                if key == "function" and isinstance(value, dict):
+                    function = call["function"]
+                    if value.get("name"):
+                        function["name"] = value["name"]
+                    function["arguments"] += value.get("arguments") or ""
+                elif key != "index" and value is not None:
+                    call[key] = value
+
+    @staticmethod
+    def _add_logprobs(choice: Dict[str, Any], logprobs: Mapping[str, Any]) -> None:
+        folded = choice.setdefault("logprobs", {})
+        for key, value in logprobs.items():
+            if isinstance(value, list):
+                folded.setdefault(key, []).extend(value)
+            else:
+                folded[key] = value
+
+    def result(self) -> Dict[str, Any]:
+        out = dict(self._top)
+        out["object"] = "chat.completion"
+        choices = []
+        for index in sorted(self._choices):
+            state = self._choices[index]
+            message: Dict[str, Any] = {"role": "assistant", "content": None}
+            message.update(state["message"])
+            if state["content"]:
+                message["content"] = "".join(state["content"])
+            if state["reasoning"]:
+                message["reasoning_content"] = "".join(state["reasoning"])
+            if state["tools"]:
+                message["tool_calls"] = [state["tools"][i] for i in sorted(state["tools"])]
+            choice = dict(state["choice"])
+            choice["message"] = message
+            choice.setdefault("finish_reason", None)
+            choices.append(choice)
+        out["choices"] = choices
+        out["usage"] = self._usage
+        return out
+
+
+# =============================================================================
+# 5. Transport: the only code that touches sockets
+# =============================================================================
+# Built on http.client (urllib opens a connection per request). One `send`
+# returns a `_RawResponse`; every low-level failure is mapped in
+# `_map_errors` to OctoAIConnectionError / OctoAITimeoutError, raised from
+# its cause. A connection goes back to the pool only when its response was
+# read to the end and the server did not ask to close it.
+
+_Env = Mapping[str, str]
+_PoolKey = Tuple[str, str, int, Optional[str]]
+
+
+def _env_get(env: _Env, name: str) -> Optional[str]:
+    # curl and urllib prefer the lower-case form of proxy variables.
+    return env.get(name.lower()) or env.get(name.upper()) or None
+
+
+def _bypasses_proxy(host: str, port: int, no_proxy: str) -> bool:
+    """Whether NO_PROXY (comma-separated hosts, .domains, host:port, CIDR, '*') exempts host."""
+    host = host.lower().strip("[]")
+    for entry in no_proxy.replace(" ", "").lower().split(","):
+        if not entry:
+            continue
+        if entry == "*":
+            return True
+        entry_host, entry_port = entry, ""
+        if entry.count(":") == 1:
+            entry_host, entry_port = entry.split(":")
+        if entry_port and entry_port != str(port):
+            continue
+        entry_host = entry_host.strip("[]").lstrip(".")
+        if host == entry_host or host.endswith("." + entry_host):
+            return True
+        if "/" in entry_host:
+            import ipaddress  # only CIDR entries need it
+
+            try:
+                if ipaddress.ip_address(host) in ipaddress.ip_network(entry_host, strict=False):
+                    return True
+            except ValueError:
+                continue
+    return False
+
+
+def _proxy_for(scheme: str, host: str, port: int, env: _Env) -> Optional[str]:
+    """The proxy URL to use for a request, from the *_PROXY variables, or None."""
+    if _bypasses_proxy(host, port, _env_get(env, "no_proxy") or ""):
+        return None
+    if scheme == "https":
+        proxy = _env_get(env, "https_proxy")
+    else:
+        # HTTP_PROXY in upper case is ignored under CGI, where a request's
+        # "Proxy:" header would set it (httpoxy), as urllib does.
+        proxy = env.get("http_proxy") or (None if "REQUEST_METHOD" in env else env.get("HTTP_PROXY"))
+    proxy = proxy or _env_get(env, "all_proxy")
+    if proxy and "://" not in proxy:
+        proxy = "http://" + proxy
+    return proxy or None
+
+
+def _proxy_authorization(proxy_url: str) -> Dict[str, str]:
+    parts = urlsplit(proxy_url)
+    if parts.username is None:
+        return {}
+    import base64  # only proxies with credentials need it
+
+    credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode("utf-8")
+    return {"Proxy-Authorization": "Basic " + base64.b64encode(credentials).decode("ascii")}
+
+
+def _ssl_context(verify: Union[bool, str, "os.PathLike[str]"], env: _Env) -> ssl.SSLContext:
+    """The client's one TLS context: verifying by default, or with a CA bundle, or not at all."""
+    if verify is False:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        log.warning("TLS certificate verification is off (verify_ssl=False): traffic can be intercepted")
+        return context
+    cafile = os.fspath(verify) if not isinstance(verify, bool) else env.get("SSL_CERT_FILE")
+    try:
+        if cafile and os.path.isdir(cafile):
+            return ssl.create_default_context(capath=cafile)
+        return ssl.create_default_context(cafile=cafile or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise OctoAIClientError(f"cannot load the CA bundle {cafile!r}: {exc}", exc) from exc
+
+
+def _is_dropped(sock: Optional[socket.socket]) -> bool:
+    """Whether an idle pooled socket was closed by the server (or has stray bytes)."""
+    if sock is None:
+        return True
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)  # an idle HTTP connection has nothing to say
+
+
+_PHASES = types.MappingProxyType(
+    {
+        "connect": "connecting to",
+        "send": "sending the request to",
+        "wait": "waiting for the answer from",
+        "body": "reading the answer from",
+    }
+)
+
+
+def _translate_error(exc: BaseException, phase: str, where: str) -> OctoAIConnectionError:
+    """The OctoAIConnectionError (or OctoAITimeoutError) for a socket, TLS or http.client failure."""
+    doing = _PHASES[phase]
+    # After the request went out whole, the server may have acted on it.
+    note = " (the request was sent: the server may have received it)" if phase == "wait" else ""
+    error: OctoAIConnectionError
+    if isinstance(exc, socket.timeout):
+        error = OctoAITimeoutError(f"timed out {doing} {where}{note}", exc)
+    elif isinstance(exc, ssl.SSLCertVerificationError):
+        error = OctoAIConnectionError(
+            f"TLS certificate verification failed for {where}: {exc.verify_message or exc.reason}; "
+            "pass verify_ssl='/path/to/ca.pem' or set SSL_CERT_FILE if a private CA signed it",
+            exc,
+        )
+    elif isinstance(exc, http.client.IncompleteRead):
+        error = OctoAIConnectionError(f"the connection closed before the whole answer arrived from {where}", exc)
+    else:
+        error = OctoAIConnectionError(f"error {doing} {where}: {type(exc).__name__}: {exc}{note}", exc)
+    error.request_sent = phase in ("wait", "body")
+    return error
+
+
+@contextlib.contextmanager
+def _map_errors(phase: str, where: str) -> Iterator[None]:
+    """Raise low-level failures inside the block as this module's errors, from their cause."""
+    try:
+        yield
+    except OctoAIError:
+        raise
+    except (OSError, http.client.HTTPException) as exc:
+        raise _translate_error(exc, phase, where) from exc
+
+
+class _ConnectionPool:
+    """Keep-alive connections per (scheme, host, port, proxy), lock-protected.
+
+    At most `max_per_host` connections to one key are open at once; a caller
+    wanting one more waits for a release. Idle connections are reused most
+    recent first and checked for a server-side close before reuse.
+    """
+
+    def __init__(self, max_per_host: int = _POOL_MAX_PER_HOST) -> None:
+        self.max_per_host = max_per_host
+        self._cond = threading.Condition()
+        self._idle: Dict[_PoolKey, List[http.client.HTTPConnection]] = {}
+        self._open: Dict[_PoolKey, int] = {}
+        self._closed = False
+
+    def acquire(self, key: _PoolKey, wait_s: float) -> Optional[http.client.HTTPConnection]:
+        """An idle connection, or None with a slot reserved for a new one."""
+        give_up_at = time.monotonic() + wait_s
+        with self._cond:
+            while True:
+                idle = self._idle.get(key)
+                while idle:
+                    conn = idle.pop()
+                    if not _is_dropped(conn.sock):
+                        return conn
+                    conn.close()
+                    self._open[key] -= 1
+                if self._open.get(key, 0) < self.max_per_host:
+                    self._open[key] = self._open.get(key, 0) + 1
+                    return None
+                remaining = give_up_at - time.monotonic()
+                if remaining <= 0:
+                    raise OctoAITimeoutError(
+                        f"all {self.max_per_host} connections to {key[1]}:{key[2]} stayed busy for {wait_s:g} s"
+                    )
+                self._cond.wait(remaining)
+
+    def release(self, key: _PoolKey, conn: Optional[http.client.HTTPConnection], reusable: bool) -> None:
+        """Give a connection back: kept if reusable, else closed and its slot freed."""
+        with self._cond:
+            if conn is not None and reusable and not self._closed:
+                self._idle.setdefault(key, []).append(conn)
+            else:
+                if conn is not None:
+                    conn.close()
+                self._open[key] -= 1
+            self._cond.notify()
+
+    def open_count(self) -> int:
+        with self._cond:
+            return sum(self._open.values())
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            for key, idle in self._idle.items():
+                for conn in idle:
+                    conn.close()
+                self._open[key] -= len(idle)
+            self._idle.clear()
+            self._cond.notify_all()
+
+
+class _RawResponse:
+    """One HTTP response and the pooled connection it came on.
+
+    Whoever holds it must read it to the end (it then goes back to the pool)
+    or `close()` it.
+    """
+
+    def __init__(
+        self,
+        transport: "_Transport",
+        key: _PoolKey,
+        conn: http.client.HTTPConnection,
+        sock: socket.socket,
+        response: http.client.HTTPResponse,
+        url: str,
+        timeout_s: float,
+        deadline_at: Optional[float],
+    ) -> None:
+        self.status = response.status
+        self.headers = {name.lower(): value for name, value in response.getheaders()}
+        self.url = url
+        self._transport = transport
+        self._key = key
+        self._conn: Optional[http.client.HTTPConnection] = conn
+        self._sock = sock
+        self._response = response
+        self._timeout_s = timeout_s
+        self._deadline_at = deadline_at
+        self._where = f"{key[1]}:{key[2]}"
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("content-type", "").split(";")[0].strip().lower()
+
+    def _deadline_error(self) -> OctoAITimeoutError:
+        return OctoAITimeoutError(f"the call's deadline passed while reading from {self._where}")
+
+    def read_chunk(self) -> bytes:
+        """Whatever part of the body one socket read brings (b"" at the end, then released)."""
+        if self._conn is None:
+            return b""
+        response = self._response
+        try:
+            if self._deadline_at is not None:
+                remaining = self._deadline_at - time.monotonic()
+                if remaining <= 0:
+                    raise self._deadline_error()
+                self._sock.settimeout(min(self._timeout_s, remaining))
+            data = response.read1(_READ_SIZE)
+            if not data and response.length:  # http.client ends a short Content-Length body quietly
+                raise http.client.IncompleteRead(b"", response.length)
+        except OctoAIError:
+            self.close()
+            raise
+        except (OSError, http.client.HTTPException) as exc:
+            self.close()
+            if self._deadline_at is not None and time.monotonic() >= self._deadline_at:
+                raise self._deadline_error() from exc
+            raise _translate_error(exc, "body", self._where) from exc
+        if not data:
+            self.release()
+        return data
+
+    def read(self, limit: int = _MAX_BODY_BYTES, *, truncate: bool = False) -> bytes:
+        """The whole body; past `limit` bytes raise, or with `truncate` keep the start."""
+        chunks: List[bytes] = []
+        size = 0
+        while True:
+            data = self.read_chunk()
+            if not data:
+                return b"".join(chunks)
+            chunks.append(data)
+            size += len(data)
+            if size > limit:
+                self.close()
+                if truncate:
+                    return b"".join(chunks)[:limit]
+                raise OctoAIValidationError(f"the answer from {self._where} is larger than {limit} bytes")
+
+    def finish(self, grace_s: float) -> None:
+        """Read what is left of an answer already complete for its caller, then release.
+
+        The rest may take up to `grace_s`; any failure just retires the connection.
+        """
+        if self._conn is None:
+            return
+        self._timeout_s = min(self._timeout_s, grace_s)
+        self._sock.settimeout(self._timeout_s)
+        try:
+            while self.read_chunk():
+                pass
+        except OctoAIError:
+            pass
+
+    def release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            reusable = not self._response.will_close and self._response.isclosed()
+            self._transport.pool.release(self._key, conn, reusable)
+
+    def close(self) -> None:
+        """End the response now; the connection is closed, not reused."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._response.close()
+            self._sock.close()
+            self._transport.pool.release(self._key, conn, False)
+
+
+class _Transport:
+    """Sends requests over pooled connections; shared by a Client and its `with_options` copies."""
+
+    def __init__(self, verify: Union[bool, str, "os.PathLike[str]"], env: _Env) -> None:
+        self.pool = _ConnectionPool()
+        self._verify = verify
+        self._env = env
+        self._context: Optional[ssl.SSLContext] = None
+        self._lock = threading.Lock()
+
+    def ssl_context(self) -> ssl.SSLContext:
+        # Made on first HTTPS use (loading CAs costs milliseconds), once per client.
+        with self._lock:
+            if self._context is None:
+                self._context = _ssl_context(self._verify, self._env)
+            return self._context
+
+    def send(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: Optional[bytes],
+        *,
+        timeout_s: float,
+        deadline_at: Optional[float],
+    ) -> _RawResponse:
+        """Send one request, following safe redirects; return the response, whatever its status."""
+        for _ in range(_MAX_REDIRECTS + 1):
+            response = self._send_once(method, url, headers, body, timeout_s, deadline_at)
+            if response.status not in _REDIRECT_STATUSES or "location" not in response.headers:
+                return response
+            response.close()
+            url = _redirect_target(method, url, response.status, response.headers)
+            log.debug("following %d redirect to %s", response.status, url)
+        raise OctoAIClientError(f"more than {_MAX_REDIRECTS} redirects, the last to {url}")
+
+    def _timeout(self, timeout_s: float, deadline_at: Optional[float], where: str) -> float:
+        if deadline_at is None:
+            return timeout_s
+        remaining = deadline_at - time.monotonic()
+        if remaining <= 0:
+            raise OctoAITimeoutError(f"the call's deadline passed before a request to {where}")
+        return min(timeout_s, remaining)
+
+    def _send_once(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: Optional[bytes],
+        timeout_s: float,
+        deadline_at: Optional[float],
+    ) -> _RawResponse:
+        parts = urlsplit(url)
+        scheme = parts.scheme
+        if scheme not in ("http", "https") or not parts.hostname:
+            raise OctoAIClientError(f"not an http(s) URL: {url!r}")
+        host = parts.hostname
+        port = parts.port or (443 if scheme == "https" else 80)
+        where = f"{host}:{port}"
+        proxy = _proxy_for(scheme, host, port, self._env)
+        key: _PoolKey = (scheme, host, port, proxy)
+        target = parts.path or "/"
+        if parts.query:
+            target += "?" + parts.query
+        headers = dict(headers)
+        if proxy and scheme == "http":
+            target = f"http://{where}{target}"  # a plain-HTTP proxy takes the absolute URL
+            headers.update(_proxy_authorization(proxy))
+        # A pooled connection the server closed while idle fails before any
+        # answer byte; the request is then sent once more on a new connection
+        # (the server never read it), and this is not counted as a retry.
+        for fresh in (False, True):
+            conn = self.pool.acquire(key, self._timeout(timeout_s, deadline_at, where))
+            reused = conn is not None
+            if conn is None:
+                try:
+                    conn = self._connect(scheme, host, port, proxy, self._timeout(timeout_s, deadline_at, where))
+                except BaseException:
+                    self.pool.release(key, None, False)
+                    raise
+            sock = conn.sock
+            assert sock is not None
+            try:
+                sock.settimeout(self._timeout(timeout_s, deadline_at, where))
+                with _map_errors("send", where):
+                    conn.request(method, target, body, headers)
+                with _map_errors("wait", where):
+                    response = conn.getresponse()
+            except OctoAIConnectionError as exc:
+                conn.close()
+                self.pool.release(key, conn, False)
+                if (
+                    reused
+                    and not fresh
+                    and isinstance(exc.__cause__, (ConnectionError, http.client.RemoteDisconnected))
+                ):
+                    log.debug("pooled connection to %s was closed by the server; sending on a new one", where)
+                    continue
+                raise
+            except BaseException:
+                conn.close()
+                self.pool.release(key, conn, False)
+                raise
+            return _RawResponse(self, key, conn, sock, response, url, timeout_s, deadline_at)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _connect(
+        self, scheme: str, host: str, port: int, proxy: Optional[str], timeout_s: float
+    ) -> http.client.HTTPConnection:
+        where = f"{host}:{port}"
+        connect_host, connect_port = host, port
+        if proxy:
+            proxy_parts = urlsplit(proxy)
+            if proxy_parts.scheme != "http" or not proxy_parts.hostname:
+                raise OctoAIClientError(f"unsupported proxy URL (only http:// proxies): {proxy_parts.scheme}://...")
+            connect_host, connect_port = proxy_parts.hostname, proxy_parts.port or 80
+            where = f"{host}:{port} through the proxy {connect_host}:{connect_port}"
+        conn: http.client.HTTPConnection
+        if scheme == "https":
+            conn = http.client.HTTPSConnection(
+                connect_host, connect_port, timeout=timeout_s, context=self.ssl_context()
+            )
+            if proxy:
+                conn.set_tunnel(host, port, headers=_proxy_authorization(proxy))
+        else:
+            conn = http.client.HTTPConnection(connect_host, connect_port, timeout=timeout_s)
+        with _map_errors("connect", where):
+            conn.connect()
+        return conn
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+# =============================================================================
+# 6. Client API
+# =============================================================================
+# The shells around the pure pieces: build a request, send it through the
+# retry loop, turn the answer into objects. A stream is never retried once
+# an event has been handed out.
+
+
+def _iter_payloads(
+    response: _RawResponse, token: Optional[str], convert: Callable[[Any], Any]
+) -> Generator[Any, None, None]:
+    """Yield each event's JSON through `convert` until [DONE]; close the response on any exit."""
+    try:
+        headers = response.headers
+        if response.content_type == "application/json":
+            # Asked for a stream, got one JSON body: its error, or a clear complaint.
+            payload = _parse_json(response.read())
+            if isinstance(payload, dict) and payload.get("error"):
+                raise _error_from_payload(payload, headers, token=token)
+            raise OctoAIValidationError(
+                "the server answered a streaming request with one JSON body instead of an event stream"
+            )
+        decoder = SSEDecoder()
+        count = 0
+        while True:
+            data = response.read_chunk()
+            if not data:
+                break
+            for event in decoder.feed(data):
+                payload = _payload_from_event(event, headers)
+                if payload is None:
+                    response.finish(_DONE_GRACE_S)  # complete: a cut from here on loses nothing
+                    return
+                count += 1
+                yield convert(payload)
+        # llama.cpp ends with "data: [DONE]" and no blank line after it.
+        unterminated = decoder.close()
+        if unterminated is not None and unterminated.data == "[DONE]":
+            return
+        if count == 0:
+            raise OctoAIValidationError(
+                "the stream ended before any event arrived (a server may do this when the prompt is too long)"
+            )
+    finally:
+        response.close()  # a no-op once the body was read to the end and released
+
+
+class _EventStream:
+    """Iterate the JSON payloads of an SSE answer; owns its response until closed."""
+
+    def __init__(
+        self, response: _RawResponse, token: Optional[str], convert: Optional[Callable[[Any], Any]] = None
+    ) -> None:
+        self.response_headers: Dict[str, str] = response.headers
+        self.request_id = _request_id(response.headers)
+        self._response = response
+        self._items = _iter_payloads(response, token, convert or (lambda payload: payload))
+
+    def __iter__(self) -> "_EventStream":
+        return self
+
+    def __next__(self) -> Any:
+        return next(self._items)
+
+    def __enter__(self) -> "_EventStream":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if hasattr(self, "_items"):
+            self.close()
+
+    def close(self) -> None:
+        """End the HTTP response now; the connection is closed, not reused."""
+        self._response.close()
+        with contextlib.suppress(ValueError):  # closed from another thread mid-read
+            self._items.close()
+
+
+class Stream(_EventStream):
+    """Chat completion chunks as the server sends them.
+
+    Iterate it for `ChatCompletion` chunks (``chunk.choices[0].delta.content``).
+    The Stream owns the HTTP connection: leaving a ``with`` block, `close()`,
+    or reading to the end releases it. Raises `OctoAIConnectionError` if the
+    body is cut short, and the server's typed error if it sends one.
+    """
+
+    def __init__(self, response: _RawResponse, token: Optional[str]) -> None:
+        folder = self._folder = _ChunkFolder()
+        headers = response.headers
+
+        def convert(payload: Any) -> ChatCompletion:
+            chunk = _check_completion(payload, headers, chunk=True)
+            folder.add(chunk)
+            return ChatCompletion.from_dict(chunk)
+
+        super().__init__(response, token, convert)
+
+    def __iter__(self) -> "Stream":
+        return self
+
+    def __next__(self) -> ChatCompletion:
+        return next(self._items)  # type: ignore[no-any-return]
+
+    def __enter__(self) -> "Stream":
+        return self
+
+    def get_final_completion(self) -> ChatCompletion:
+        """Read the rest of the stream and return the whole answer as one completion."""
+        for _ in self:
+            pass
+        return ChatCompletion.from_dict(self._folder.result())
+
+
+def _resolve_token(token: Optional[str], config_path: Optional[str], env: _Env) -> Optional[str]:
+    if token:
+        return token
+    if env.get("OCTOAI_TOKEN"):
+        return env["OCTOAI_TOKEN"]
+    path = os.path.expanduser(config_path or _CONFIG_PATH)
+    try:
+        with open(path, encoding="utf-8") as file:
+            return _parse_config_token(file.read())
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _configure_logging(env: _Env) -> None:
+    level = env.get("OCTOAI_LOG", "").upper()
+    if level in ("DEBUG", "INFO", "WARNING") and not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s octoai_lite %(levelname)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(level)
+
+
+class _Completions:
+    def __init__(self, client: "Client") -> None:
+        self._client = client
+
+    def create(
+        self,
+        *,
+        model: Union[str, TextModel],
+        messages: Iterable[Any],
+        stream: bool = False,
+        max_tokens: Optional[int] = None,
+        temperature: Optional[float] = None,
+        top_p: Optional[float] = None,
+        stop: Union[str, List[str], None] = None,
+        frequency_penalty: Optional[float] = None,
+        presence_penalty: Optional[float] = None,
+        response_format: Optional[Mapping[str, Any]] = None,
+        extra_headers: Optional[Mapping[str, Optional[str]]] = None,
+        extra_query: Optional[Mapping[str, Any]] = None,
+        extra_body: Optional[Mapping[str, Any]] = None,
+        timeout: Optional[float] = None,
+        max_retries: Optional[int] = None,
+        deadline: Optional[float] = None,
+        **more: Any,
+    ) -> Union[ChatCompletion, Stream]:
+        """Create a chat completion; with ``stream=True`` return a `Stream` of chunks.
+
+        Only parameters you set are sent; any other keyword (tools, seed, n,
+        stream_options...) goes into the body unchanged. Raises the typed
+        `OctoAIError` for the server's answer or the connection's failure.
+        """
+        params = dict(
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            stop=stop,
+            frequency_penalty=frequency_penalty,
+            presence_penalty=presence_penalty,
+            response_format=response_format,
+        )
+        params.update(more)
+        body = _build_chat_body(model, messages, params, extra_body)
+        if stream:
+            body["stream"] = True
+        client = self._client
+        response = client._send(
+            "POST",
+            _join_url(client.base_url, "chat/completions", extra_query),
+            body,
+            stream=stream,
+            extra_headers=extra_headers,
+            timeout=timeout,
+            max_retries=max_retries,
+            deadline=deadline,
+        )
+        if stream:
+            return Stream(response, client._token)
+        payload = _parse_json(response.read())
+        return ChatCompletion.from_dict(_check_completion(payload, response.headers))
+
+
+class _Chat:
+    def __init__(self, client: "Client") -> None:
+        self.completions = _Completions(client)
+
+
+class _Models:
+    def __init__(self, client: "Client") -> None:
+        self._client = client
+
+    def list(self, **options: Any) -> List[str]:
+        """Return the ids of the models the server offers (GET {base_url}/models)."""
+        client = self._client
+        url = _join_url(client.base_url, "models", options.pop("extra_query", None))
+        payload = _parse_json(client._send("GET", url, None, **options).read())
+        data = payload.get("data") if isinstance(payload, dict) else None
+        if not isinstance(data, list) or not all(isinstance(item, dict) and "id" in item for item in data):
+            raise OctoAIValidationError("expected {'data': [{'id': ...}, ...]} from the models endpoint")
+        return [str(item["id"]) for item in data]
+
+
+class Client:
+    """A client for OctoAI and any OpenAI-compatible Chat Completions server.
+
+    The token comes from ``token`` (or ``api_key``), else ``OCTOAI_TOKEN``,
+    else ``token:`` in ``~/.octoai/config.yaml`` (or ``config_path``); with
+    none, no Authorization header is sent. The endpoint comes from
+    ``base_url``, else ``OCTOAI_BASE_URL``, else OctoAI's. ``timeout``
+    bounds connecting and each read, ``deadline`` (None: no bound) a whole
+    call, both in seconds. ``verify_ssl`` may be False or a CA bundle path.
+
+    Safe to share between threads; connections are pooled and reused. Use
+    ``with Client() as client:`` or call `close()`.
+    """
+
+    def __init__(
+        self,
+        token: Optional[str] = None,
+        config_path: Optional[str] = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        verify_ssl: Union[bool, str, "os.PathLike[str]"] = True,
+        secure_link: bool = False,
+        *,
+        base_url: Optional[str] = None,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        default_headers: Optional[Mapping[str, Optional[str]]] = None,
+        deadline: Optional[float] = None,
+        api_key: Optional[str] = None,
+    ) -> None:
+        if token and api_key:
+            raise ValueError("pass token= or api_key=, not both")
+        env = os.environ
+        _configure_logging(env)
+        self._token = _resolve_token(token or api_key, config_path, env)
+        base_url = (
+            base_url or env.get("OCTOAI_BASE_URL") or (_SECURE_LINK_BASE_URL if secure_link else DEFAULT_BASE_URL)
+        )
+        if urlsplit(base_url).scheme not in ("http", "https"):
+            raise ValueError(f"base_url must start with http:// or https://, not {base_url!r}")
+        self.base_url = base_url.rstrip("/")
+        self.secure_link = secure_link
+        self.timeout = float(timeout)
+        self.max_retries = max_retries
+        self.deadline = deadline
+        self.default_headers: Dict[str, Optional[str]] = dict(default_headers or {})
+        self._transport = _Transport(verify_ssl, env)
+        self._owns_transport = True
+        self._bind()
+
+    def _bind(self) -> None:
+        self.chat = _Chat(self)
+        self.models = _Models(self)
+
+    def __repr__(self) -> str:
+        token = "set" if self._token else "none"
+        return f"Client(base_url={self.base_url!r}, token={token}, timeout={self.timeout:g})"
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the pooled connections (a `with_options` copy leaves them to its original)."""
+        if self._owns_transport:
+            self._transport.close()
+
+    def with_options(
+        self,
+        *,
+        timeout: Optional[float] = None,
+        max_retries: Optional[int] = None,
+        default_headers: Optional[Mapping[str, Optional[str]]] = None,
+        deadline: Optional[float] = None,
+    ) -> "Client":
+        """Return a copy with other settings that shares this client's connections."""
+        clone = object.__new__(Client)
+        clone.__dict__.update(self.__dict__)
+        clone._owns_transport = False
+        if timeout is not None:
+            clone.timeout = float(timeout)
+        if max_retries is not None:
+            clone.max_retries = max_retries
+        if default_headers is not None:
+            clone.default_headers = {**self.default_headers, **default_headers}
+        if deadline is not None:
+            clone.deadline = deadline
+        clone._bind()
+        return clone
+
+    # -- the request loop -----------------------------------------------------
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        body: Any,
+        *,
+        stream: bool = False,
+        extra_headers: Optional[Mapping[str, Optional[str]]] = None,
+        timeout: Optional[float] = None,
+        max_retries: Optional[int] = None,
+        deadline: Optional[float] = None,
+    ) -> _RawResponse:
+        """Send with retries; return a 2xx response or raise the typed error."""
+        data = None if body is None else _build_json(body)
+        headers = _build_headers(
+            self._token, self.default_headers, extra_headers, stream=stream, has_body=data is not None
+        )
+        timeout_s = self.timeout if timeout is None else float(timeout)
+        deadline = self.deadline if deadline is None else deadline
+        deadline_at = None if deadline is None else time.monotonic() + deadline
+        retries = self.max_retries if max_retries is None else max_retries
+        for attempt in range(retries + 1):
+            started = time.monotonic()
+            try:
+                response = self._transport.send(
+                    method, url, headers, data, timeout_s=timeout_s, deadline_at=deadline_at
+                )
+            except OctoAIConnectionError as exc:
+                safe = not exc.request_sent or method in _IDEMPOTENT_METHODS
+                delay = None
+                if safe and attempt < retries and not _deadline_passed(deadline_at):
+                    delay = _retry_delay(attempt, now=time.time(), rand=_random(), initial_s=_BACKOFF_INITIAL_S)
+                self._pause_or_raise(exc, delay, deadline_at, method, url, attempt, retries)
+                continue
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "%s %s -> %d in %.1f ms [request id: %s]",
+                    method,
+                    _redact(url, self._token),
+                    response.status,
+                    (time.monotonic() - started) * 1000,
+                    _request_id(response.headers),
+                )
+            if response.status < 300:
+                return response
+            error_body = response.read(_MAX_ERROR_BODY_BYTES, truncate=True)
+            error = _error_from_response(
+                response.status,
+                response.headers,
+                error_body,
+                token=self._token,
+                base_url=self.base_url if url.startswith(self.base_url + "/") else None,
+            )
+            error.retry_after = _parse_retry_after(response.headers, time.time())
+            delay = None
+            if attempt < retries:
+                delay = _retry_delay(
+                    attempt,
+                    status=response.status,
+                    headers=response.headers,
+                    error_code=_error_code(error.body),
+                    now=time.time(),
+                    rand=_random(),
+                    initial_s=_BACKOFF_INITIAL_S,
+                )
+            self._pause_or_raise(error, delay, deadline_at, method, url, attempt, retries)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _pause_or_raise(
+        self,
+        error: OctoAIError,
+        delay: Optional[float],
+        deadline_at: Optional[float],
+        method: str,
+        url: str,
+        attempt: int,
+        retries: int,
+    ) -> None:
+        if delay is None or (deadline_at is not None and time.monotonic() + delay >= deadline_at):
+            raise error
+        log.info(
+            "retrying %s %s in %.2f s (retry %d of %d): %s",
+            method,
+            _redact(url, self._token),
+            delay,
+            attempt + 1,
+            retries,
+            error,
+        )
+        time.sleep(delay)
+
+    # -- the generic inference API of the original SDK ----------------------
+
+    def infer(self, endpoint_url: str, inputs: Mapping[str, Any], **options: Any) -> Any:
+        """POST `inputs` as JSON to `endpoint_url`; return the JSON answer."""
+        return _parse_json(self._send("POST", endpoint_url, inputs, **options).read())
+
+    def infer_stream(
+        self,
+        endpoint_url: str,
+        inputs: Mapping[str, Any],
+        map_fn: Optional[Callable[[Any], Any]] = None,
+        **options: Any,
+    ) -> Iterator[Any]:
+        """POST `inputs` and yield each event's JSON (through `map_fn` if given) until `[DONE]`.
+
+        The returned iterator owns the connection; it is also a context manager.
+        """
+        response = self._send("POST", endpoint_url, inputs, stream=True, **options)
+        return _EventStream(response, self._token, map_fn)
+
+    def infer_async(self, endpoint_url: str, inputs: Mapping[str, Any], **options: Any) -> InferenceFuture:
+        """Start an inference in the background (header ``X-OctoAI-Async: 1``)."""
+        extra = _merge_headers({"X-OctoAI-Async": "1"}, options.pop("extra_headers", None))
+        payload = _parse_json(self._send("POST", endpoint_url, inputs, extra_headers=extra, **options).read())
+        if not isinstance(payload, dict) or "response_id" not in payload or "poll_url" not in payload:
+            raise OctoAIValidationError("expected 'response_id' and 'poll_url' in the answer to an async inference")
+        return InferenceFuture(str(payload["response_id"]), str(payload["poll_url"]))
+
+    def _poll(self, future: InferenceFuture) -> Dict[str, Any]:
+        payload = _parse_json(self._send("GET", future.poll_url, None).read())
+        if not isinstance(payload, dict):
+            raise OctoAIValidationError("expected a JSON object from the poll URL")
+        if payload.get("status") == "failed":
+            raise OctoAIServerError("the background inference failed: " + _error_details(payload)[0], body=payload)
+        return payload
+
+    def is_future_ready(self, future: InferenceFuture) -> bool:
+        """Whether the background inference has completed."""
+        return self._poll(future).get("status") == "completed"
+
+    def get_future_result(self, future: InferenceFuture) -> Optional[Any]:
+        """The background inference's JSON result, or None while it is still running."""
+        status = self._poll(future)
+        if status.get("status") != "completed":
+            return None
+        response_url = status.get("response_url")
+        if not isinstance(response_url, str):
+            raise OctoAIValidationError("the completed inference names no 'response_url'")
+        return _parse_json(self._send("GET", response_url, None).read())
+
+    def health_check(
+        self, endpoint_url: str, timeout: float = DEFAULT_TIMEOUT, *, interval: float = _HEALTH_CHECK_INTERVAL_S
+    ) -> int:
+        """GET `endpoint_url` every `interval` seconds until it answers below 500 or `timeout` passes.
+
+        Returns the last status code; raises the typed error for a 4xx, and
+        the last connection error if the server never answered.
+        """
+        give_up_at = time.monotonic() + timeout
+        while True:
+            remaining = give_up_at - time.monotonic()
+            try:
+                response = self._send(
+                    "GET", endpoint_url, None, max_retries=0, timeout=max(0.01, min(self.timeout, remaining))
+                )
+                response.read(_MAX_ERROR_BODY_BYTES, truncate=True)
+                return response.status
+            except OctoAIServerError as exc:
+                if time.monotonic() + interval >= give_up_at:
+                    return exc.status_code or 500
+            except OctoAIConnectionError:
+                if time.monotonic() + interval >= give_up_at:
+                    raise
+            time.sleep(interval)
+
+
+def _deadline_passed(deadline_at: Optional[float]) -> bool:
+    return deadline_at is not None and time.monotonic() >= deadline_at
+
+
+def _random() -> float:
+    import random  # only retries need it
+
+    return random.random()
+
+
+# The original SDK's module layout, for `import octoai_lite as octoai`:
+# octoai.chat.TextModel, octoai.chat.get_model_list(), octoai.client.Client.
+chat = types.SimpleNamespace(
+    TextModel=TextModel,
+    get_model_list=get_model_list,
+    ChatCompletion=ChatCompletion,
+    ChatMessage=ChatMessage,
+    Choice=Choice,
+    ChoiceDelta=ChoiceDelta,
+    CompletionUsage=CompletionUsage,
+)
+client = types.SimpleNamespace(Client=Client, InferenceFuture=InferenceFuture)
+
+
+# =============================================================================
+# 7. Command line
+# =============================================================================
+# Text goes to stdout as it arrives, diagnostics to stderr. Exit status: 0
+# success, 1 API or network error, 2 usage error, 130 interrupted. The token
+# is never an argument (it would show in `ps`): environment or config file.
+
+_EXIT_OK, _EXIT_ERROR, _EXIT_USAGE, _EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the command line; return the exit status."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="octoai-lite",
+        description="Ask a Chat Completions model and stream the answer. "
+        "The token comes from OCTOAI_TOKEN or ~/.octoai/config.yaml, never from an argument.",
+    )
+    parser.add_argument("prompt", nargs="*", help="the prompt; '-' or none reads stdin")
+    parser.add_argument("-m", "--model", default=os.environ.get("OCTOAI_MODEL", TextModel.LLAMA_2_70B_CHAT.value))
+    parser.add_argument("--base-url", default=None, help="e.g. http://127.0.0.1:8080/v1")
+    parser.add_argument("--max-tokens", type=int, default=None)
+    parser.add_argument("--version", action="version", version=f"octoai-lite {__version__}")
+    args = parser.parse_args(argv)
+    prompt = " ".join(args.prompt)
+    if not prompt or prompt == "-":
+        if sys.stdin is None or sys.stdin.isatty():
+            parser.print_usage(sys.stderr)
+            print("octoai-lite: error: give a prompt, or pipe one to stdin", file=sys.stderr)
+            return _EXIT_USAGE
+        prompt = sys.stdin.read()
+    try:
+        with Client(base_url=args.base_url) as cli_client:
+            stream = cli_client.chat.completions.create(
+                model=args.model,
+                messages=[{"role": "user", "content": prompt}],
+                max_tokens=args.max_tokens,
+                stream=True,
+            )
+            assert isinstance(stream, Stream)
+            with stream:
+                for chunk in stream:
+                    for choice in chunk.choices[:1]:
+                        if choice.delta is not None and choice.delta.content:
+                            sys.stdout.write(choice.delta.content)
+                            sys.stdout.flush()
+            sys.stdout.write("\n")
+    except OctoAIError as exc:
+        print(f"octoai-lite: error: {exc}", file=sys.stderr)
+        return _EXIT_ERROR
+    except KeyboardInterrupt:
+        sys.stdout.write("\n")
+        return _EXIT_INTERRUPTED
+    return _EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
