@@ -1414,10 +1414,11 @@ class _RawResponse:
             pass
 
     def release(self) -> None:
+        """Hand the connection back after the body was read to its end."""
         conn, self._conn = self._conn, None
         if conn is not None:
-            reusable = not self._response.will_close and self._response.isclosed()
-            self._transport.pool.release(self._key, conn, reusable)
+            self._response.close()  # http.client leaves a finished Content-Length body open
+            self._transport.pool.release(self._key, conn, not self._response.will_close)
 
     def close(self) -> None:
         """End the response now; the connection is closed, not reused."""
@@ -1556,12 +1557,21 @@ class _Transport:
                 conn.set_tunnel(host, port, headers=_proxy_authorization(proxy))
         else:
             conn = http.client.HTTPConnection(connect_host, connect_port, timeout=timeout_s)
-        with _map_errors("connect", where):
-            conn.connect()
+        try:
+            with _map_errors("connect", where):
+                conn.connect()
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def close(self) -> None:
         self.pool.close()
+
+    def __del__(self) -> None:
+        # Idle keep-alive sockets go with the last client that used them.
+        if hasattr(self, "pool"):
+            self.pool.close()
 
 
 # =============================================================================

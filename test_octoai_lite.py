@@ -200,13 +200,15 @@ def test_decode_line_for_callers_with_lines():
 sse_lines = st.lists(
     st.one_of(
         st.sampled_from(["data: x", "data:", "data", ": ping", "event: e", "id: 9", "retry: 10", "", "foo: bar"]),
-        st.text(alphabet=st.characters(blacklist_characters="\r\n"), max_size=8).map(lambda s: "data: " + s),
+        st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"), max_size=8).map(
+            lambda s: "data: " + s
+        ),
     ),
     max_size=12,
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(lines=sse_lines, eol=st.sampled_from(["\n", "\r", "\r\n"]), cuts=st.lists(st.integers(0, 400), max_size=6))
 def test_any_split_gives_the_same_events(lines, eol, cuts):
     data = ("\ufeff" + eol.join(lines) + eol).encode()

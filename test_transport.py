@@ -1,0 +1,663 @@
+"""The transport over real loopback sockets: keep-alive, threads, retries,
+timeouts, deadlines, proxies, TLS, redirects, and byte-exact faults."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import socket
+import threading
+import time
+
+import pytest
+
+import octoai_lite
+from conftest import chunk, completion_body, reply, reset, sse_event, stream
+from octoai_lite import (
+    BadRequestError,
+    Client,
+    NotFoundError,
+    OctoAIClientError,
+    OctoAIConnectionError,
+    OctoAIServerError,
+    OctoAITimeoutError,
+    RateLimitError,
+)
+
+TOKEN = "sk-transport-secret-999"
+
+
+def chat(client, **kwargs):
+    return client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], **kwargs)
+
+
+# =============================================================================
+# Keep-alive
+# =============================================================================
+
+
+def test_sequential_requests_share_one_connection(server, make_client):
+    client = make_client()
+    for _ in range(100):
+        chat(client)
+    assert server.connections == 1
+    assert len({r.port for r in server.requests}) == 1
+
+
+def test_streams_read_to_the_end_return_their_connection(server, make_client):
+    client = make_client()
+    for _ in range(5):
+        assert chat(client, stream=True).get_final_completion().choices[0].message.content
+    assert server.connections == 1
+
+
+def test_unread_response_is_never_reused(server, make_client):
+    client = make_client()
+    chat_stream = chat(client, stream=True)
+    next(chat_stream)
+    chat_stream.close()
+    chat(client)
+    assert server.connections == 2
+
+
+def test_idle_connection_closed_by_server_is_replaced_silently(raw_server):
+    body = json.dumps(completion_body()).encode()
+    answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+    def one_answer_then_close(sock, server):
+        server.read_request(sock)
+        sock.sendall(answer)
+        time.sleep(0.05)
+        sock.close()  # the keep-alive connection dies while idle in the pool
+
+    raw_server.handler = one_answer_then_close
+    client = Client(base_url=raw_server.url + "/v1", max_retries=0, timeout=5)
+    chat(client)
+    time.sleep(0.2)
+    chat(client)  # max_retries=0: a retry would have been refused
+    assert raw_server.accepted == 2
+    client.close()
+
+
+def test_stale_connection_detected_only_on_send_is_resent_once(raw_server):
+    """The server closes right after reading the next request, before any answer byte."""
+    body = json.dumps(completion_body()).encode()
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    calls = []
+
+    def handler(sock, server):
+        calls.append(1)
+        server.read_request(sock)
+        sock.sendall(answer)
+        if len(calls) == 1:
+            server.read_request(sock)  # read the second request, then hang up without answering
+            sock.close()
+            return
+        while server.read_request(sock):
+            sock.sendall(answer)
+
+    raw_server.handler = handler
+    client = Client(base_url=raw_server.url + "/v1", max_retries=0, timeout=5)
+    chat(client)
+    chat(client)
+    assert raw_server.accepted == 2
+    client.close()
+
+
+# =============================================================================
+# Threads
+# =============================================================================
+
+
+def test_threads_share_one_client_within_the_pool_bound(server, make_client):
+    client = make_client()
+    errors = []
+    peak = [0]
+
+    def work(number):
+        try:
+            for i in range(50):
+                answer = client.infer(server.url + f"/echo/{number}/{i}", {"n": number, "i": i})
+                assert answer["path"] == f"/echo/{number}/{i}" and json.loads(answer["body"]) == {"n": number, "i": i}
+                peak[0] = max(peak[0], client._transport.pool.open_count())
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    assert len(server.requests) == 32 * 50
+    assert server.connections <= octoai_lite._POOL_MAX_PER_HOST
+    assert peak[0] <= octoai_lite._POOL_MAX_PER_HOST
+    client.close()
+    assert client._transport.pool.open_count() == 0
+
+
+def test_pool_wait_is_bounded(server, make_client):
+    client = make_client(timeout=0.3)
+    client._transport.pool.max_per_host = 1
+    held = chat(client, stream=True)
+    next(held)
+    started = time.monotonic()
+    with pytest.raises(OctoAITimeoutError, match="stayed busy"):
+        chat(client)
+    assert time.monotonic() - started < 2
+    held.close()
+    chat(client)
+
+
+# =============================================================================
+# Retries
+# =============================================================================
+
+
+@pytest.mark.parametrize("status", [408, 409, 429, 500, 502, 503, 504])
+def test_retryable_statuses_are_retried(server, make_client, status):
+    server.script += [reply(status, {"error": {"message": "later"}}), reply(200)]
+    assert chat(make_client(max_retries=2)).choices[0].message.content
+    assert len(server.requests) == 2
+
+
+@pytest.mark.parametrize(
+    "status, cls",
+    [
+        (400, BadRequestError),
+        (401, octoai_lite.AuthenticationError),
+        (403, octoai_lite.PermissionDeniedError),
+        (404, NotFoundError),
+        (422, octoai_lite.UnprocessableEntityError),
+    ],
+)
+def test_client_errors_are_never_retried(server, make_client, status, cls):
+    server.script += [reply(status, {"error": {"message": "no"}}), reply(200)]
+    with pytest.raises(cls):
+        chat(make_client(max_retries=3))
+    assert len(server.requests) == 1
+
+
+def test_retries_stop_at_max_retries_and_wait_backoff(server, make_client, monkeypatch):
+    monkeypatch.setattr(octoai_lite, "_BACKOFF_INITIAL_S", 0.05)
+    server.script += [reply(503, "busy")] * 4
+    with pytest.raises(OctoAIServerError, match="503"):
+        chat(make_client(max_retries=2))
+    times = [r.time for r in server.requests]
+    assert len(times) == 3
+    waits = [b - a for a, b in zip(times, times[1:])]
+    assert 0.0375 * 0.9 <= waits[0] < 0.05 + 0.1  # 75-100% of 0.05 s
+    assert 0.075 * 0.9 <= waits[1] < 0.1 + 0.1  # then doubled
+
+
+def test_max_retries_per_call_and_zero_means_one_try(server, make_client):
+    client = make_client(max_retries=5)
+    server.script += [reply(503, "busy")] * 3
+    with pytest.raises(OctoAIServerError):
+        chat(client, max_retries=0)
+    assert len(server.requests) == 1
+    server.reset()
+    server.script += [reply(503, "busy"), reply(200)]
+    chat(client.with_options(max_retries=1))
+    assert len(server.requests) == 2
+
+
+def test_retry_after_seconds_and_http_date_are_honoured(server, make_client):
+    def date_reply(handler, request):
+        date = email.utils.formatdate(time.time() + 1.5, usegmt=True)  # whole seconds: a 0.5-1.5 s wait
+        reply(503, "busy", headers={"Retry-After": date})(handler, request)
+
+    server.script += [
+        reply(429, "slow down", headers={"Retry-After": "0.3"}),
+        date_reply,
+        reply(503, "busy", headers={"retry-after-ms": "100"}),
+        reply(200),
+    ]
+    chat(make_client(max_retries=3))
+    times = [r.time for r in server.requests]
+    assert times[1] - times[0] >= 0.28
+    assert times[2] - times[1] >= 0.4
+    assert times[3] - times[2] >= 0.09
+
+
+def test_retry_after_beyond_the_cap_raises_at_once_with_the_wait(server, make_client):
+    server.script += [reply(429, {"error": {"message": "wait an hour"}}, headers={"Retry-After": "3600"}), reply(200)]
+    started = time.monotonic()
+    with pytest.raises(RateLimitError) as info:
+        chat(make_client(max_retries=3))
+    assert time.monotonic() - started < 1
+    assert info.value.retry_after == 3600
+    assert len(server.requests) == 1
+
+
+def test_should_retry_header_is_obeyed(server, make_client):
+    server.script += [reply(503, "no", headers={"x-should-retry": "false"}), reply(200)]
+    with pytest.raises(OctoAIServerError):
+        chat(make_client(max_retries=2))
+    server.reset()
+    server.script += [reply(400, "try again", headers={"x-should-retry": "true"}), reply(200)]
+    chat(make_client(max_retries=2))
+    assert len(server.requests) == 2
+
+
+def test_insufficient_quota_is_not_retried(server, make_client):
+    body = {
+        "error": {
+            "message": "You exceeded your current quota",
+            "type": "insufficient_quota",
+            "code": "insufficient_quota",
+        }
+    }
+    server.script += [reply(429, body), reply(200)]
+    with pytest.raises(RateLimitError, match="quota"):
+        chat(make_client(max_retries=2))
+    assert len(server.requests) == 1
+
+
+def test_connection_refused_is_retried_then_raised():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    client = Client(base_url=f"http://127.0.0.1:{port}/v1", max_retries=2, timeout=1)
+    with pytest.raises(OctoAIConnectionError, match="connecting to") as info:
+        chat(client)
+    assert info.value.request_sent is False
+
+
+def test_post_reset_after_sending_is_not_resent(raw_server):
+    def read_then_reset(sock, server):
+        server.read_request(sock)
+        reset(sock)
+
+    raw_server.handler = read_then_reset
+    client = Client(base_url=raw_server.url + "/v1", max_retries=3, timeout=2)
+    with pytest.raises(OctoAIConnectionError, match="may have received it") as info:
+        chat(client)
+    assert info.value.request_sent is True
+    assert len(raw_server.requests) == 1
+
+
+def test_post_timeout_after_sending_is_not_resent_but_get_is(raw_server):
+    def read_then_stall(sock, server):
+        server.read_request(sock)
+        time.sleep(1)
+
+    raw_server.handler = read_then_stall
+    client = Client(base_url=raw_server.url + "/v1", max_retries=2, timeout=0.2)
+    with pytest.raises(OctoAITimeoutError, match="may have received it"):
+        chat(client)
+    assert len(raw_server.requests) == 1
+    with pytest.raises(OctoAITimeoutError):
+        client.models.list()
+    assert len(raw_server.requests) == 1 + 3  # an idempotent GET is tried again
+
+
+def test_stream_is_not_retried_after_a_chunk(server, make_client):
+    server.script += [stream([sse_event(chunk("a"))], cut=True), stream()]
+    got = []
+    with pytest.raises(OctoAIConnectionError):
+        for c in chat(make_client(max_retries=3), stream=True):
+            got.append(c.choices[0].delta.content)
+    assert got == ["a"] and len(server.requests) == 1
+
+
+def test_retry_decisions_are_logged(server, make_client, caplog):
+    caplog.set_level(logging.INFO, logger="octoai_lite")
+    server.script += [reply(502, "bad gateway"), reply(200)]
+    chat(make_client(max_retries=1))
+    assert "retrying POST" in caplog.text and "502" in caplog.text
+
+
+# =============================================================================
+# Timeouts and deadlines
+# =============================================================================
+
+
+def test_server_that_accepts_and_never_answers_times_out(raw_server):
+    raw_server.handler = lambda sock, server: time.sleep(2)
+    client = Client(base_url=raw_server.url + "/v1", max_retries=0, timeout=0.3)
+    started = time.monotonic()
+    with pytest.raises(OctoAITimeoutError, match="waiting for the answer"):
+        chat(client)
+    assert time.monotonic() - started < 0.3 + 0.5
+
+
+def test_headers_then_silence_times_out(raw_server):
+    def headers_then_stall(sock, server):
+        server.read_request(sock)
+        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+        time.sleep(2)
+
+    raw_server.handler = headers_then_stall
+    client = Client(base_url=raw_server.url + "/v1", max_retries=0, timeout=0.3)
+    started = time.monotonic()
+    with pytest.raises(OctoAITimeoutError, match="reading the answer"):
+        chat(client)
+    assert time.monotonic() - started < 0.3 + 0.5
+
+
+def test_stream_that_stalls_mid_way_times_out(server, make_client):
+    server.script.append(stall_after_first_event())
+    client = make_client(timeout=0.3)
+    got = []
+    started = time.monotonic()
+    with pytest.raises(OctoAITimeoutError):
+        for c in chat(client, stream=True):
+            got.append(c.choices[0].delta.content)
+            started = time.monotonic()
+    assert got == ["a"]
+    assert time.monotonic() - started < 0.3 + 0.5
+
+
+def stall_after_first_event():
+    def action(handler, request):
+        handler.send_response(200)
+        handler.send_header("Content-Type", "text/event-stream")
+        handler.send_header("Transfer-Encoding", "chunked")
+        handler.end_headers()
+        event = sse_event(chunk("a"))
+        handler.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
+        time.sleep(1.5)
+        handler.close_connection = True
+
+    return action
+
+
+def test_deadline_stops_a_trickling_stream(server, make_client):
+    events = [b": ping\n\n"] + [sse_event(chunk("x"))] * 200
+    server.script.append(stream(events, delay=0.05))  # never idle long enough for `timeout`
+    client = make_client(timeout=5)
+    started = time.monotonic()
+    with pytest.raises(OctoAITimeoutError, match="deadline"):
+        for _ in chat(client, stream=True, deadline=0.5):
+            pass
+    assert 0.45 < time.monotonic() - started < 1.5
+
+
+def test_client_deadline_bounds_retries(server, make_client):
+    server.script += [reply(503, "busy", headers={"Retry-After": "0.4"})] * 5
+    client = make_client(max_retries=5, deadline=1.0)
+    started = time.monotonic()
+    with pytest.raises(OctoAIServerError):
+        chat(client)
+    assert time.monotonic() - started < 1.2
+    assert len(server.requests) <= 3
+
+
+def test_slow_byte_by_byte_answer_still_arrives(raw_server):
+    body = json.dumps(completion_body()).encode()
+    answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+    def trickle(sock, server):
+        server.read_request(sock)
+        for i in range(len(answer)):
+            sock.sendall(answer[i : i + 1])
+            if i % 50 == 0:
+                time.sleep(0.001)
+
+    raw_server.handler = trickle
+    client = Client(base_url=raw_server.url + "/v1", max_retries=0, timeout=2)
+    assert chat(client).choices[0].message.content
+    client.close()
+
+
+# =============================================================================
+# Byte-exact faults
+# =============================================================================
+
+
+def sse_head(chunked=True):
+    framing = b"Transfer-Encoding: chunked\r\n" if chunked else b"Connection: close\r\n"
+    return b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n" + framing + b"\r\n"
+
+
+def test_truncated_chunked_encoding_is_a_connection_error(raw_server):
+    event = sse_event(chunk("a"))
+
+    def truncated(sock, server):
+        server.read_request(sock)
+        sock.sendall(sse_head() + b"%x\r\n%s\r\n" % (len(event), event) + b"40\r\ndata: {")
+        sock.shutdown(socket.SHUT_WR)  # a clean FIN in the middle of a chunk
+
+    raw_server.handler = truncated
+    client = Client(base_url=raw_server.url + "/v1", max_retries=0, timeout=2)
+    with pytest.raises(OctoAIConnectionError, match="closed before the whole answer"):
+        list(chat(client, stream=True))
+
+
+def test_short_content_length_body_is_a_connection_error(raw_server):
+    def short(sock, server):
+        server.read_request(sock)
+        sock.sendall(b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n{"id": 1')
+        sock.shutdown(socket.SHUT_WR)
+
+    raw_server.handler = short
+    client = Client(base_url=raw_server.url + "/v1", max_retries=0, timeout=2)
+    with pytest.raises(OctoAIConnectionError, match="closed before the whole answer"):
+        chat(client)
+
+
+def test_cr_only_sse_over_the_socket(raw_server):
+    events = (sse_event(chunk("a")) + sse_event(chunk("b")) + b"data: [DONE]\n\n").replace(b"\n", b"\r")
+
+    def cr_only(sock, server):
+        server.read_request(sock)
+        sock.sendall(sse_head(chunked=False))
+        for i in range(0, len(events), 7):
+            sock.sendall(events[i : i + 7])
+            time.sleep(0.001)
+
+    raw_server.handler = cr_only
+    client = Client(base_url=raw_server.url + "/v1", max_retries=0, timeout=2)
+    assert chat(client, stream=True).get_final_completion().choices[0].message.content == "ab"
+
+
+def test_read_to_close_stream_ending_without_done_ends_normally(raw_server):
+    def no_done(sock, server):
+        server.read_request(sock)
+        sock.sendall(sse_head(chunked=False) + sse_event(chunk("a")) + sse_event(chunk("b")))
+
+    raw_server.handler = no_done
+    client = Client(base_url=raw_server.url + "/v1", max_retries=0, timeout=2)
+    assert chat(client, stream=True).get_final_completion().choices[0].message.content == "ab"
+
+
+def test_reset_mid_stream_is_a_connection_error(raw_server):
+    def reset_mid_stream(sock, server):
+        server.read_request(sock)
+        event = sse_event(chunk("a"))
+        sock.sendall(sse_head() + b"%x\r\n%s\r\n" % (len(event), event))
+        time.sleep(0.1)
+        reset(sock)
+
+    raw_server.handler = reset_mid_stream
+    client = Client(base_url=raw_server.url + "/v1", max_retries=3, timeout=2)
+    got = []
+    with pytest.raises(OctoAIConnectionError):
+        for c in chat(client, stream=True):
+            got.append(c.choices[0].delta.content)
+    assert got == ["a"] and raw_server.accepted == 1
+
+
+def test_huge_error_body_is_cut(server, make_client):
+    server.script.append(reply(500, b"E" * (5 * 1024 * 1024), content_type="text/plain"))
+    with pytest.raises(OctoAIServerError) as info:
+        chat(make_client())
+    assert len(str(info.value)) < 1000 and len(info.value.body) <= 2010
+
+
+# =============================================================================
+# Redirects
+# =============================================================================
+
+
+def redirect(status, location):
+    return reply(status, b"", headers={"Location": location}, content_type="text/plain")
+
+
+@pytest.mark.parametrize("status", [307, 308])
+def test_same_origin_307_308_keep_method_and_body(server, make_client, status):
+    server.script.append(redirect(status, "/v2/chat/completions"))
+    chat(make_client(token=TOKEN))
+    first, second = server.requests
+    assert second.method == "POST" and second.path == "/v2/chat/completions"
+    assert second.body == first.body and second.headers["authorization"] == f"Bearer {TOKEN}"
+
+
+def test_redirect_to_another_origin_is_refused(server, make_client, http_server):
+    other = server.url.replace("127.0.0.1", "localhost")
+    server.script.append(redirect(307, other + "/v1/chat/completions"))
+    with pytest.raises(OctoAIClientError, match="another origin"):
+        chat(make_client(token=TOKEN))
+    assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize("status", [301, 302, 303])
+def test_post_is_not_turned_into_a_get(server, make_client, status):
+    server.script.append(redirect(status, "/elsewhere"))
+    with pytest.raises(OctoAIClientError, match="cannot follow"):
+        chat(make_client())
+    assert len(server.requests) == 1
+
+
+def test_get_follows_a_same_origin_301(server, make_client):
+    server.script.append(redirect(301, "/v1/models"))
+    assert make_client(base_url=server.url + "/old").models.list() == ["llama-2-70b-chat", "tiny"]
+
+
+# =============================================================================
+# Proxies
+# =============================================================================
+
+
+def test_http_proxy_from_environment_with_credentials(server, proxy, monkeypatch):
+    monkeypatch.setenv("HTTP_PROXY", proxy.url.replace("http://", "http://user:p%40ss@"))
+    client = Client(base_url=server.url + "/v1", max_retries=0, timeout=5)
+    chat(client)
+    line, headers = proxy.seen[-1]
+    assert line.startswith("POST http://127.0.0.1:") and line.endswith("/v1/chat/completions HTTP/1.1")
+    import base64
+
+    assert headers["proxy-authorization"] == "Basic " + base64.b64encode(b"user:p@ss").decode()
+    assert len(server.requests) == 1
+    client.close()
+
+
+def test_no_proxy_bypasses(server, proxy, monkeypatch):
+    monkeypatch.setenv("http_proxy", proxy.url)
+    monkeypatch.setenv("NO_PROXY", "example.com,127.0.0.0/8")
+    client = Client(base_url=server.url + "/v1", max_retries=0, timeout=5)
+    chat(client)
+    assert proxy.seen == [] and len(server.requests) == 1
+    client.close()
+
+
+def test_https_goes_through_a_connect_tunnel(tls_server, certificates, proxy, monkeypatch):
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url.replace("http://", "http://u:pw@"))
+    client = Client(
+        base_url=tls_server.url.replace("http:", "https:") + "/v1", verify_ssl=certificates["ca"], timeout=5
+    )
+    chat(client)
+    chat(client)
+    connects = [line for line, _ in proxy.seen if line.startswith("CONNECT")]
+    assert len(connects) == 1  # one tunnel, kept alive
+    assert connects[0].startswith(f"CONNECT 127.0.0.1:{tls_server.server_address[1]} HTTP/1.")
+    assert proxy.seen[0][1]["proxy-authorization"].startswith("Basic ")
+    assert len(tls_server.requests) == 2
+    client.close()
+
+
+def test_proxy_environment_rules():
+    env = {"HTTPS_PROXY": "http://upper:1", "https_proxy": "http://lower:1", "NO_PROXY": ".internal, db:5432"}
+    assert octoai_lite._proxy_for("https", "api.example.com", 443, env) == "http://lower:1"
+    assert octoai_lite._proxy_for("https", "x.internal", 443, env) is None
+    assert octoai_lite._proxy_for("https", "db", 5432, env) is None
+    assert octoai_lite._proxy_for("https", "db", 443, env) == "http://lower:1"
+    assert octoai_lite._proxy_for("http", "a", 80, {"HTTP_PROXY": "p:3128"}) == "http://p:3128"
+    assert octoai_lite._proxy_for("http", "a", 80, {"HTTP_PROXY": "p:3128", "REQUEST_METHOD": "GET"}) is None
+    assert octoai_lite._proxy_for("https", "a", 443, {"ALL_PROXY": "http://all:1", "NO_PROXY": "*"}) is None
+
+
+# =============================================================================
+# TLS
+# =============================================================================
+
+
+def https_url(server):
+    return server.url.replace("http:", "https:") + "/v1"
+
+
+def test_tls_verification_is_on_by_default(tls_server):
+    client = Client(base_url=https_url(tls_server), max_retries=2, timeout=5)
+    with pytest.raises(OctoAIConnectionError, match="certificate verification failed.*(self.signed|local issuer)"):
+        chat(client)
+
+
+def test_tls_with_a_ca_bundle_path(tls_server, certificates):
+    client = Client(base_url=https_url(tls_server), verify_ssl=certificates["ca"], timeout=5)
+    for _ in range(3):
+        chat(client)
+    assert tls_server.connections == 1  # one handshake, kept alive
+    context = client._transport.ssl_context()
+    assert context is client._transport.ssl_context()  # one context per client
+    client.close()
+
+
+def test_tls_with_ssl_cert_file(tls_server, certificates, monkeypatch):
+    monkeypatch.setenv("SSL_CERT_FILE", certificates["ca"])
+    client = Client(base_url=https_url(tls_server), timeout=5)
+    assert chat(client, stream=True).get_final_completion().choices[0].message.content
+    client.close()
+
+
+def test_tls_verification_off_works_and_warns(tls_server, caplog):
+    caplog.set_level(logging.WARNING, logger="octoai_lite")
+    client = Client(base_url=https_url(tls_server), verify_ssl=False, timeout=5)
+    chat(client)
+    assert "verification is off" in caplog.text
+    client.close()
+
+
+def test_missing_ca_bundle_is_a_clear_error(tls_server, tmp_path):
+    client = Client(base_url=https_url(tls_server), verify_ssl=str(tmp_path / "nope.pem"), timeout=5)
+    with pytest.raises(OctoAIClientError, match="cannot load the CA bundle"):
+        chat(client)
+
+
+# =============================================================================
+# Per-call options
+# =============================================================================
+
+
+def test_per_call_headers_query_body_and_timeout(server, make_client):
+    client = make_client(default_headers={"X-Team": "a", "X-Drop": "1"})
+    chat(
+        client,
+        extra_headers={"x-team": "b", "X-Drop": None, "X-Call": "c"},
+        extra_query={"api-version": "2024"},
+        extra_body={"guided_json": {"type": "object"}},
+        timeout=3,
+    )
+    request = server.requests[-1]
+    assert request.headers["x-team"] == "b" and request.headers["x-call"] == "c" and "x-drop" not in request.headers
+    assert request.path == "/v1/chat/completions?api-version=2024"
+    assert request.json()["guided_json"] == {"type": "object"}
+
+
+def test_with_options_shares_the_pool(server, make_client):
+    client = make_client()
+    quick = client.with_options(timeout=1, max_retries=0, default_headers={"X-Extra": "1"})
+    chat(client)
+    chat(quick)
+    assert server.connections == 1 and server.requests[-1].headers["x-extra"] == "1"
+    assert "x-extra" not in server.requests[0].headers
+    assert quick._transport is client._transport
+    quick.close()  # leaves the pool to its original
+    chat(client)
+    assert server.connections == 1
+
+
+def test_models_list_per_call_options(server, make_client):
+    make_client().models.list(extra_headers={"X-A": "1"}, extra_query={"q": "1"}, timeout=2)
+    assert server.requests[-1].headers["x-a"] == "1" and server.requests[-1].path == "/v1/models?q=1"
