@@ -1207,10 +1207,13 @@ def _is_dropped(sock: Optional[socket.socket]) -> bool:
     if sock is None:
         return True
     try:
-        readable, _, _ = select.select([sock], [], [], 0)
+        if hasattr(select, "poll"):  # select() cannot watch descriptors above 1023
+            poller = select.poll()
+            poller.register(sock, select.POLLIN)
+            return bool(poller.poll(0))
+        return bool(select.select([sock], [], [], 0)[0])
     except (OSError, ValueError):
-        return True
-    return bool(readable)  # an idle HTTP connection has nothing to say
+        return True  # an idle HTTP connection has nothing to say: readable means gone
 
 
 _PHASES = types.MappingProxyType(

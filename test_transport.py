@@ -45,6 +45,24 @@ def test_sequential_requests_share_one_connection(server, make_client):
     assert len({r.port for r in server.requests}) == 1
 
 
+def test_keep_alive_holds_with_descriptors_above_1023(server, make_client):
+    import os
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 2048), hard))
+    spare = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]  # push new sockets past select()'s limit
+    try:
+        client = make_client()
+        for _ in range(3):
+            chat(client)
+        assert server.connections == 1
+    finally:
+        for fd in spare:
+            os.close(fd)
+
+
 def test_streams_read_to_the_end_return_their_connection(server, make_client):
     client = make_client()
     for _ in range(5):
