@@ -645,13 +645,10 @@ def _build_chat_body(
     model: Union[str, TextModel],
     messages: Iterable[Any],
     params: Mapping[str, Any],
-    extra: Optional[Mapping[str, Any]] = None,
 ) -> Dict[str, Any]:
     """The JSON body of a chat request: parameters left None are not sent."""
     body: Dict[str, Any] = {"model": _model_name(model), "messages": list(messages)}
     body.update((key, value) for key, value in params.items() if value is not None)
-    if extra:
-        body.update(extra)
     return body
 
 
@@ -1757,16 +1754,18 @@ class _Completions:
             response_format=response_format,
         )
         params.update(more)
-        body = _build_chat_body(model, messages, params, extra_body)
+        body = _build_chat_body(model, messages, params)
         if stream:
             body["stream"] = True
         client = self._client
         response = client._send(
             "POST",
-            _join_url(client.base_url, "chat/completions", extra_query),
+            _join_url(client.base_url, "chat/completions"),
             body,
             stream=stream,
             extra_headers=extra_headers,
+            extra_query=extra_query,
+            extra_body=extra_body,
             timeout=timeout,
             max_retries=max_retries,
             deadline=deadline,
@@ -1789,8 +1788,7 @@ class _Models:
     def list(self, **options: Any) -> List[str]:
         """Return the ids of the models the server offers (GET {base_url}/models)."""
         client = self._client
-        url = _join_url(client.base_url, "models", options.pop("extra_query", None))
-        payload = _parse_json(client._send("GET", url, None, **options).read())
+        payload = _parse_json(client._send("GET", _join_url(client.base_url, "models"), None, **options).read())
         data = payload.get("data") if isinstance(payload, dict) else None
         if not isinstance(data, list) or not all(isinstance(item, dict) and "id" in item for item in data):
             raise OctoAIValidationError("expected {'data': [{'id': ...}, ...]} from the models endpoint")
@@ -1897,11 +1895,20 @@ class Client:
         *,
         stream: bool = False,
         extra_headers: Optional[Mapping[str, Optional[str]]] = None,
+        extra_query: Optional[Mapping[str, Any]] = None,
+        extra_body: Optional[Mapping[str, Any]] = None,
         timeout: Optional[float] = None,
         max_retries: Optional[int] = None,
         deadline: Optional[float] = None,
     ) -> _RawResponse:
-        """Send with retries; return a 2xx response or raise the typed error."""
+        """Send with retries; return a 2xx response or raise the typed error.
+
+        The keyword arguments are the per-call options every public method takes.
+        """
+        if extra_body and body is not None:
+            body = {**body, **extra_body}
+        if extra_query:
+            url = _join_url(url, "", extra_query)
         data = None if body is None else _build_json(body)
         headers = _build_headers(
             self._token, self.default_headers, extra_headers, stream=stream, has_body=data is not None
@@ -2083,57 +2090,140 @@ client = types.SimpleNamespace(Client=Client, InferenceFuture=InferenceFuture)
 # =============================================================================
 # 7. Command line
 # =============================================================================
-# Text goes to stdout as it arrives, diagnostics to stderr. Exit status: 0
-# success, 1 API or network error, 2 usage error, 130 interrupted. The token
-# is never an argument (it would show in `ps`): environment or config file.
+# Generated text goes to stdout as it arrives, diagnostics to stderr. Exit
+# status: 0 success, 1 API or network error, 2 usage error, 130 interrupted.
+# The token is never an argument (it would show in `ps`).
 
 _EXIT_OK, _EXIT_ERROR, _EXIT_USAGE, _EXIT_INTERRUPTED = 0, 1, 2, 130
 
+_CLI_EXAMPLES = """\
+examples:
+  octoai-lite "Write a haiku about Seattle"
+  octoai-lite --base-url http://127.0.0.1:8080/v1 -m my-model "Hello"
+  cat notes.txt | octoai-lite -s "Summarise the text" --max-tokens 200
+  octoai-lite --no-stream --json "Hi" > completion.json
+  octoai-lite --list-models
 
-def main(argv: Optional[List[str]] = None) -> int:
-    """Run the command line; return the exit status."""
-    import argparse
+The token comes from OCTOAI_TOKEN or 'token:' in ~/.octoai/config.yaml, never
+from an argument (it would show in the process list). OCTOAI_BASE_URL and
+OCTOAI_MODEL set the defaults of --base-url and --model.
+"""
+
+
+def _build_arg_parser() -> Any:
+    import argparse  # only the command line needs it
 
     parser = argparse.ArgumentParser(
         prog="octoai-lite",
-        description="Ask a Chat Completions model and stream the answer. "
-        "The token comes from OCTOAI_TOKEN or ~/.octoai/config.yaml, never from an argument.",
+        description="Ask a Chat Completions model and stream its answer to stdout.",
+        epilog=_CLI_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("prompt", nargs="*", help="the prompt; '-' or none reads stdin")
-    parser.add_argument("-m", "--model", default=os.environ.get("OCTOAI_MODEL", TextModel.LLAMA_2_70B_CHAT.value))
-    parser.add_argument("--base-url", default=None, help="e.g. http://127.0.0.1:8080/v1")
-    parser.add_argument("--max-tokens", type=int, default=None)
+    parser.add_argument("prompt", nargs="*", help="the prompt; '-' or nothing reads it from stdin")
+    parser.add_argument(
+        "-m", "--model", default=os.environ.get("OCTOAI_MODEL") or TextModel.LLAMA_2_70B_CHAT.value, help="model name"
+    )
+    parser.add_argument("-s", "--system", help="a system message to send first")
+    parser.add_argument("--max-tokens", type=int)
+    parser.add_argument("--temperature", type=float)
+    parser.add_argument("--top-p", type=float)
+    parser.add_argument("--stop", action="append", help="a stop sequence (repeatable)")
+    parser.add_argument("--no-stream", action="store_true", help="wait for the whole answer")
+    parser.add_argument(
+        "--json", action="store_true", help="print the completion's JSON (one chunk per line when streaming)"
+    )
+    parser.add_argument("--list-models", action="store_true", help="list the server's models and exit")
+    parser.add_argument("--base-url", help="the API's base URL, e.g. http://127.0.0.1:8080/v1")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds for connecting and each read")
+    parser.add_argument("--max-retries", type=int, default=DEFAULT_MAX_RETRIES)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log requests to stderr; tracebacks on errors")
     parser.add_argument("--version", action="version", version=f"octoai-lite {__version__}")
-    args = parser.parse_args(argv)
-    prompt = " ".join(args.prompt)
-    if not prompt or prompt == "-":
-        if sys.stdin is None or sys.stdin.isatty():
-            parser.print_usage(sys.stderr)
-            print("octoai-lite: error: give a prompt, or pipe one to stdin", file=sys.stderr)
-            return _EXIT_USAGE
-        prompt = sys.stdin.read()
+    return parser
+
+
+def _read_prompt(words: List[str]) -> Optional[str]:
+    if words and words != ["-"]:
+        return " ".join(words)
+    if words == ["-"] or (sys.stdin is not None and not sys.stdin.isatty()):
+        return sys.stdin.read()
+    return None
+
+
+def _print_models(client: Client) -> None:
     try:
-        with Client(base_url=args.base_url) as cli_client:
-            stream = cli_client.chat.completions.create(
-                model=args.model,
-                messages=[{"role": "user", "content": prompt}],
-                max_tokens=args.max_tokens,
-                stream=True,
-            )
-            assert isinstance(stream, Stream)
-            with stream:
-                for chunk in stream:
-                    for choice in chunk.choices[:1]:
-                        if choice.delta is not None and choice.delta.content:
-                            sys.stdout.write(choice.delta.content)
-                            sys.stdout.flush()
-            sys.stdout.write("\n")
+        models = client.models.list()
     except OctoAIError as exc:
+        print(f"octoai-lite: the server did not list its models ({exc}); OctoAI's known models:", file=sys.stderr)
+        models = get_model_list()
+    for model in models:
+        print(model)
+
+
+def _print_answer(client: Client, args: Any, messages: List[Dict[str, str]]) -> None:
+    params = dict(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, stop=args.stop)
+    if args.no_stream:
+        completion = client.chat.completions.create(model=args.model, messages=messages, **params)
+        assert isinstance(completion, ChatCompletion)
+        text = completion.json() if args.json else completion.choices[0].message.content or ""  # type: ignore[union-attr]
+        sys.stdout.write(text + "\n")
+        return
+    stream = client.chat.completions.create(model=args.model, messages=messages, stream=True, **params)
+    assert isinstance(stream, Stream)
+    with stream:
+        try:
+            for chunk in stream:
+                if args.json:
+                    sys.stdout.write(chunk.json() + "\n")
+                elif chunk.choices and chunk.choices[0].delta is not None and chunk.choices[0].delta.content:
+                    sys.stdout.write(chunk.choices[0].delta.content)
+                sys.stdout.flush()
+        finally:
+            if not args.json:
+                sys.stdout.write("\n")  # also after Ctrl-C, so the shell prompt starts on its own line
+                sys.stdout.flush()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the command line with `argv` (default: sys.argv[1:]); return the exit status."""
+    parser = _build_arg_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error
+        return exc.code if isinstance(exc.code, int) else _EXIT_USAGE
+    if args.verbose and not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("octoai-lite: %(levelname)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.DEBUG)
+    try:
+        with Client(base_url=args.base_url, timeout=args.timeout, max_retries=args.max_retries) as cli_client:
+            if args.list_models:
+                _print_models(cli_client)
+                return _EXIT_OK
+            prompt = _read_prompt(args.prompt)
+            if not prompt:
+                parser.print_usage(sys.stderr)
+                print("octoai-lite: error: give a prompt, or pipe one to stdin", file=sys.stderr)
+                return _EXIT_USAGE
+            messages = [{"role": "user", "content": prompt}]
+            if args.system:
+                messages.insert(0, {"role": "system", "content": args.system})
+            _print_answer(cli_client, args, messages)
+    except (OctoAIError, ValueError) as exc:
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc()
         print(f"octoai-lite: error: {exc}", file=sys.stderr)
         return _EXIT_ERROR
     except KeyboardInterrupt:
-        sys.stdout.write("\n")
         return _EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, and keep Python's
+        # final flush of stdout from complaining too.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return _EXIT_OK
     return _EXIT_OK
 
 

@@ -231,8 +231,7 @@ def test_chat_body_omits_none_and_passes_extras_through():
     body = octoai_lite._build_chat_body(
         TextModel.LLAMA_2_70B_CHAT,
         [{"role": "user", "content": "hi"}],
-        {"max_tokens": 5, "temperature": None, "tools": [{"type": "function"}], "seed": 1},
-        {"repetition_penalty": 1.1},
+        {"max_tokens": 5, "temperature": None, "tools": [{"type": "function"}], "seed": 1, "repetition_penalty": 1.1},
     )
     assert body == {
         "model": "llama-2-70b-chat",

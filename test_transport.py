@@ -679,3 +679,14 @@ def test_with_options_shares_the_pool(server, make_client):
 def test_models_list_per_call_options(server, make_client):
     make_client().models.list(extra_headers={"X-A": "1"}, extra_query={"q": "1"}, timeout=2)
     assert server.requests[-1].headers["x-a"] == "1" and server.requests[-1].path == "/v1/models?q=1"
+
+
+def test_infer_family_per_call_options(server, make_client):
+    client = make_client(max_retries=0)
+    answer = client.infer(server.url + "/echo", {"a": 1}, extra_headers={"X-B": "2"}, extra_body=None, timeout=2)
+    assert answer["headers"]["x-b"] == "2"
+    server.script += [reply(503, "busy"), reply(200, {"ok": True})]
+    assert client.infer(server.url + "/x", {}, max_retries=1) == {"ok": True}
+    server.script.append(stream([sse_event({"n": 1}), b"data: [DONE]\n\n"]))
+    assert list(client.infer_stream(server.url + "/s", {}, extra_headers={"X-C": "3"}, deadline=5)) == [{"n": 1}]
+    assert server.requests[-1].headers["x-c"] == "3"

@@ -17,8 +17,11 @@ COMPLETION = json.dumps(
         "created": 1700000000,
         "model": "bench-model",
         "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": "Hello there, this is a benchmark answer."},
-             "finish_reason": "stop"}
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "Hello there, this is a benchmark answer."},
+                "finish_reason": "stop",
+            }
         ],
         "usage": {"prompt_tokens": 10, "completion_tokens": 9, "total_tokens": 19},
     }
@@ -32,8 +35,13 @@ def sse(payload):
 
 def chunk(content, finish=None):
     return json.dumps(
-        {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1700000000, "model": "bench-model",
-         "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": finish}]}
+        {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion.chunk",
+            "created": 1700000000,
+            "model": "bench-model",
+            "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": finish}],
+        }
     ).encode()
 
 
