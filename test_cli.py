@@ -11,7 +11,6 @@ import sysconfig
 import time
 from pathlib import Path
 
-import pytest
 
 from conftest import WORDS, chunk, reply, sse_event, stream
 

@@ -4,15 +4,12 @@ test_transport.py."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import logging
 import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +20,6 @@ import octoai_lite
 from conftest import (
     SEED_TEXT,
     WORDS,
-    chat_events,
     chunk,
     completion_body,
     reply,
@@ -38,7 +34,6 @@ from octoai_lite import (
     NotFoundError,
     OctoAIClientError,
     OctoAIConnectionError,
-    OctoAIError,
     OctoAIServerError,
     OctoAIValidationError,
     PermissionDeniedError,
@@ -1029,7 +1024,3 @@ def test_module_has_no_forbidden_imports():
     stdlib = getattr(sys, "stdlib_module_names", None)
     if stdlib:
         assert names - set(stdlib) - {"__future__"} == set()
-
-
-def _unused():  # keep imports referenced for linters
-    return contextlib, io, time, chat_events, OctoAIError
