@@ -45,10 +45,30 @@ import sys
 import threading
 import time
 import types
-from typing import Any, Callable, ClassVar, Dict, Generator, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    AsyncGenerator,
+    Callable,
+    ClassVar,
+    Dict,
+    Generator,
+    Iterable,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Tuple,
+    Union,
+)
 from urllib.parse import unquote, urlencode, urljoin, urlsplit
 
+if TYPE_CHECKING:
+    import asyncio
+
 __all__ = [
+    "AsyncClient",
+    "AsyncStream",
     "AuthenticationError",
     "BadRequestError",
     "ChatCompletion",
@@ -113,6 +133,7 @@ _MAX_LINE_BYTES = 8 * 1024 * 1024
 _MAX_EVENT_BYTES = 16 * 1024 * 1024
 _MAX_BODY_BYTES = 64 * 1024 * 1024  # a whole non-streamed JSON answer
 _MAX_ERROR_BODY_BYTES = 64 * 1024  # an error page; only its text is kept
+_MAX_HEAD_BYTES = 64 * 1024  # a response's status line and headers (http.client: 100 lines of 64 KiB)
 _MAX_MESSAGE_CHARS = 500  # server text quoted in an exception message
 _READ_SIZE = 64 * 1024  # one read from the socket
 
@@ -899,6 +920,107 @@ def _payload_from_event(event: ServerSentEvent, headers: Mapping[str, str]) -> O
     return payload
 
 
+class _EventPayloads:
+    """The JSON payloads of an event-stream body, by the rules of a chat stream.
+
+    Feed it the body as it arrives; `done` turns True at `[DONE]`. Call `end`
+    when the body ends without one.
+    """
+
+    def __init__(self, headers: Mapping[str, str]) -> None:
+        self._decoder = SSEDecoder()
+        self._headers = headers
+        self.count = 0
+        self.done = False
+
+    def payloads(self, data: bytes) -> Iterator[Any]:
+        """Each payload the bytes completed; raises the server's error where it stands."""
+        for event in self._decoder.feed(data):
+            payload = _payload_from_event(event, self._headers)
+            if payload is None:
+                self.done = True
+                return
+            self.count += 1
+            yield payload
+
+    def end(self) -> None:
+        """At a clean end of the body: raise if the stream never said anything."""
+        unterminated = self._decoder.close()
+        if unterminated is not None and unterminated.data == "[DONE]":
+            return  # llama.cpp ends with "data: [DONE]" and no blank line after it
+        if self.count == 0:
+            raise OctoAIValidationError(
+                "the stream ended before any event arrived (a server may do this when the prompt is too long)"
+            )
+
+
+def _stream_answered_with_json(body: bytes, headers: Mapping[str, str], token: Optional[str]) -> OctoAIError:
+    """The error for a streaming request answered with one JSON body: its error, or a clear complaint."""
+    payload = _parse_json(body)
+    if isinstance(payload, dict) and payload.get("error"):
+        return _error_from_payload(payload, headers, token=token)
+    return OctoAIValidationError(
+        "the server answered a streaming request with one JSON body instead of an event stream"
+    )
+
+
+def _completion_from_body(body: bytes, headers: Mapping[str, str]) -> ChatCompletion:
+    return ChatCompletion.from_dict(_check_completion(_parse_json(body), headers))
+
+
+def _models_from_body(body: bytes) -> List[str]:
+    payload = _parse_json(body)
+    data = payload.get("data") if isinstance(payload, dict) else None
+    if not isinstance(data, list) or not all(isinstance(item, dict) and "id" in item for item in data):
+        raise OctoAIValidationError("expected {'data': [{'id': ...}, ...]} from the models endpoint")
+    return [str(item["id"]) for item in data]
+
+
+def _future_from_body(body: bytes) -> InferenceFuture:
+    payload = _parse_json(body)
+    if not isinstance(payload, dict) or "response_id" not in payload or "poll_url" not in payload:
+        raise OctoAIValidationError("expected 'response_id' and 'poll_url' in the answer to an async inference")
+    return InferenceFuture(str(payload["response_id"]), str(payload["poll_url"]))
+
+
+def _poll_status_from_body(body: bytes) -> Dict[str, Any]:
+    """A poll answer; raises OctoAIServerError when the background inference failed."""
+    payload = _parse_json(body)
+    if not isinstance(payload, dict):
+        raise OctoAIValidationError("expected a JSON object from the poll URL")
+    if payload.get("status") == "failed":
+        raise OctoAIServerError("the background inference failed: " + _error_details(payload)[0], body=payload)
+    return payload
+
+
+def _response_url(status: Mapping[str, Any]) -> Optional[str]:
+    """Where a completed background inference's result is; None while it runs."""
+    if status.get("status") != "completed":
+        return None
+    url = status.get("response_url")
+    if not isinstance(url, str):
+        raise OctoAIValidationError("the completed inference names no 'response_url'")
+    return url
+
+
+_CALL_OPTIONS = ("extra_headers", "extra_query", "extra_body", "timeout", "max_retries", "deadline")
+
+
+def _build_chat_request(arguments: Mapping[str, Any]) -> Tuple[Dict[str, Any], bool, Dict[str, Any]]:
+    """(body, stream, per-call options) from `chat.completions.create`'s keyword arguments."""
+    params = dict(arguments)
+    try:
+        model, messages = params.pop("model"), params.pop("messages")
+    except KeyError as exc:
+        raise TypeError(f"create() missing required keyword argument {exc}") from None
+    stream = bool(params.pop("stream", False))
+    options = {name: params.pop(name) for name in _CALL_OPTIONS if name in params}
+    body = _build_chat_body(model, messages, params)
+    if stream:
+        body["stream"] = True
+    return body, stream, options
+
+
 # -- 4d. Retry policy ---------------------------------------------------------
 # A value computed from the attempt and the answer, apart from the sleeping
 # (urllib3's Retry, openai's _should_retry). Connection failures reach it
@@ -998,6 +1120,7 @@ def _redirect_target(method: str, url: str, status: int, headers: Mapping[str, s
             headers=headers,
             request_id=_request_id(headers),
         )
+    log.debug("following %d redirect to %s", status, target)
     return target
 
 
@@ -1109,6 +1232,179 @@ class _ChunkFolder:
         out["choices"] = choices
         out["usage"] = self._usage
         return out
+
+
+# -- 4g. HTTP/1.1 framing for the asyncio transport ---------------------------
+# http.client frames responses for the threaded transport; asyncio has no
+# HTTP client, so its transport feeds received bytes to this parser (RFC 9112
+# sections 6 and 7). Failures are raised as http.client's own exceptions, so
+# one mapping (section 5) serves both transports.
+
+_HEAD_END = b"\r\n\r\n"
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+
+
+def _build_request_head(
+    method: str, target: str, host: str, headers: Mapping[str, str], body_length: Optional[int]
+) -> bytes:
+    """The request line and headers, as http.client would send them."""
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}", "Accept-Encoding: identity"]
+    for name, value in headers.items():
+        if "\r" in name or "\n" in name or "\r" in value or "\n" in value:
+            raise ValueError(f"invalid header {name!r}: line breaks are not allowed")
+        lines.append(f"{name}: {value}")
+    if body_length is not None or method in ("POST", "PUT", "PATCH"):
+        lines.append(f"Content-Length: {body_length or 0}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+class _ResponseParser:
+    """Frame one HTTP/1.1 response from bytes: its head, its body pieces, its end.
+
+    `feed` and `feed_eof` return events: ("head", b""), ("data", bytes) and
+    ("end", b""). After "head", `status`, `headers` (lower-case names) and
+    `will_close` describe it. Interim 1xx answers are skipped. Raises
+    http.client.HTTPException on malformed framing and IncompleteRead (or
+    RemoteDisconnected) when the input ends early.
+    """
+
+    def __init__(self, method: str) -> None:
+        self._method = method
+        self._buffer = bytearray()
+        self._state = "head"  # head, length, chunk_size, chunk_data, chunk_end, trailer, close, done
+        self._remaining = 0
+        self.status = 0
+        self.headers: Dict[str, str] = {}
+        self.will_close = False
+
+    def feed(self, data: bytes) -> List[Tuple[str, bytes]]:
+        self._buffer += data
+        events: List[Tuple[str, bytes]] = []
+        while self._step(events):
+            pass
+        return events
+
+    def feed_eof(self) -> List[Tuple[str, bytes]]:
+        if self._state == "close":
+            self._state = "done"
+            return [("end", b"")]
+        if self._state == "done":
+            return []
+        if self._state == "head":
+            raise http.client.RemoteDisconnected("the server closed the connection without an answer")
+        raise http.client.IncompleteRead(b"")
+
+    def _step(self, events: List[Tuple[str, bytes]]) -> bool:
+        """Advance one step; False when more input is needed."""
+        state, buffer = self._state, self._buffer
+        if state == "head":
+            end = buffer.find(_HEAD_END)
+            if end < 0:
+                if len(buffer) > _MAX_HEAD_BYTES:
+                    raise http.client.LineTooLong(f"a response head over {_MAX_HEAD_BYTES} bytes")
+                return False
+            self._parse_head(bytes(buffer[:end]))
+            del buffer[: end + len(_HEAD_END)]
+            if 100 <= self.status < 200:
+                return True  # 100 Continue, 103 Early Hints: the real answer follows
+            events.append(("head", b""))
+            self._state = self._body_state()
+            if self._state == "done":
+                events.append(("end", b""))
+            return True
+        if state in ("length", "chunk_data", "close"):
+            if not buffer:
+                return False
+            size = len(buffer) if state == "close" else min(self._remaining, len(buffer))
+            events.append(("data", bytes(buffer[:size])))
+            del buffer[:size]
+            self._remaining -= size
+            if state == "length" and not self._remaining:
+                self._state = "done"
+                events.append(("end", b""))
+            elif state == "chunk_data" and not self._remaining:
+                self._state = "chunk_end"
+            return True
+        if state == "done":
+            if buffer:  # bytes after the answer: this connection cannot be trusted again
+                self.will_close = True
+                buffer.clear()
+            return False
+        # chunk_size, chunk_end and trailer read one CRLF-ended line.
+        end = buffer.find(b"\r\n")
+        if end < 0:
+            if len(buffer) > 4096:
+                raise http.client.LineTooLong("a chunk-size or trailer line over 4096 bytes")
+            return False
+        line = bytes(buffer[:end])
+        del buffer[: end + 2]
+        if state == "chunk_size":
+            size_text = line.split(b";", 1)[0].strip()  # chunk extensions are ignored
+            if not _CHUNK_SIZE.fullmatch(size_text):
+                raise http.client.HTTPException(f"a malformed chunk size line {line[:40]!r}")
+            self._remaining = int(size_text, 16)
+            self._state = "chunk_data" if self._remaining else "trailer"
+        elif state == "chunk_end":
+            if line:
+                raise http.client.HTTPException("a chunk longer than its size line said")
+            self._state = "chunk_size"
+        elif not line:  # the empty line that ends the trailer section
+            self._state = "done"
+            events.append(("end", b""))
+        return True
+
+    def _parse_head(self, head: bytes) -> None:
+        lines = head.split(b"\r\n")
+        version, _, rest = lines[0].partition(b" ")
+        code = rest[:3]
+        if not version.startswith(b"HTTP/1.") or not code.isdigit():
+            raise http.client.BadStatusLine(repr(lines[0][:100]))
+        self.status = int(code)
+        headers: Dict[str, str] = {}
+        for line in lines[1:]:
+            name, colon, value = line.partition(b":")
+            if not colon:
+                raise http.client.HTTPException(f"a header line without a colon: {line[:100]!r}")
+            key = name.strip().decode("latin-1").lower()
+            text = value.strip().decode("latin-1")
+            headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        self.headers = headers
+        connection = headers.get("connection", "").lower()
+        self.will_close = "close" in connection or (version == b"HTTP/1.0" and "keep-alive" not in connection)
+
+    def _body_state(self) -> str:
+        if self._method == "HEAD" or self.status in (204, 304) or (self._method == "CONNECT" and self.status < 300):
+            return "done"
+        if "chunked" in self.headers.get("transfer-encoding", "").lower():
+            return "chunk_size"
+        length = self.headers.get("content-length")
+        if length is not None:
+            if not length.isdigit():
+                raise http.client.HTTPException(f"a bad Content-Length: {length[:40]!r}")
+            self._remaining = int(length)
+            return "length" if self._remaining else "done"
+        self.will_close = True  # the body ends when the connection does
+        return "close"
+
+
+class _Body:
+    """Collect a body up to a limit."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.over = False
+        self._chunks: List[bytes] = []
+        self._size = 0
+
+    def add(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._size += len(data)
+        self.over = self._size > self.limit
+
+    def value(self, truncate: bool, where: str) -> bytes:
+        if self.over and not truncate:
+            raise OctoAIValidationError(f"the answer from {where} is larger than {self.limit} bytes")
+        return b"".join(self._chunks)[: self.limit]
 
 
 # =============================================================================
@@ -1256,70 +1552,180 @@ def _map_errors(phase: str, where: str) -> Iterator[None]:
         raise _translate_error(exc, phase, where) from exc
 
 
-class _ConnectionPool:
-    """Keep-alive connections per (scheme, host, port, proxy), lock-protected.
+class _Route:
+    """Where a request goes: the pool key, the address to connect to, and what to send."""
 
-    At most `max_per_host` connections to one key are open at once; a caller
-    wanting one more waits for a release. Idle connections are reused most
-    recent first and checked for a server-side close before reuse.
+    def __init__(self, url: str, headers: Mapping[str, str], env: _Env) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise OctoAIClientError(f"not an http(s) URL: {url!r}")
+        self.scheme = parts.scheme
+        self.host = parts.hostname
+        self.port = parts.port or (443 if self.scheme == "https" else 80)
+        self.host_header = parts.netloc.rpartition("@")[2]
+        self.proxy = _proxy_for(self.scheme, self.host, self.port, env)
+        self.key: _PoolKey = (self.scheme, self.host, self.port, self.proxy)
+        self.where = f"{self.host}:{self.port}"
+        self.connect_host, self.connect_port = self.host, self.port
+        self.headers = dict(headers)
+        self.target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
+        if self.proxy:
+            proxy = urlsplit(self.proxy)
+            if proxy.scheme != "http" or not proxy.hostname:
+                raise OctoAIClientError(f"unsupported proxy URL (only http:// proxies): {proxy.scheme}://...")
+            self.connect_host, self.connect_port = proxy.hostname, proxy.port or 80
+            self.where += f" through the proxy {self.connect_host}:{self.connect_port}"
+            if self.scheme == "http":  # a plain-HTTP proxy takes the absolute URL; https tunnels
+                self.target = f"http://{self.host_header}{self.target}"
+                self.headers.update(_proxy_authorization(self.proxy))
+
+
+def _call_timeout(timeout_s: float, deadline_at: Optional[float], where: str) -> float:
+    """The wait allowed for the next step: `timeout_s`, shortened by the call's deadline."""
+    if deadline_at is None:
+        return timeout_s
+    remaining = deadline_at - time.monotonic()
+    if remaining <= 0:
+        raise OctoAITimeoutError(f"the call's deadline passed before the answer from {where}")
+    return min(timeout_s, remaining)
+
+
+def _is_stale_keepalive(exc: BaseException) -> bool:
+    # A pooled connection the server closed while idle fails before any
+    # answer byte; the server never read the request, so it is sent once
+    # more on a new connection, and this does not count as a retry.
+    return isinstance(exc, OctoAIConnectionError) and isinstance(
+        exc.__cause__, (ConnectionError, http.client.RemoteDisconnected)
+    )
+
+
+def _is_redirect(status: int, headers: Mapping[str, str]) -> bool:
+    return status in _REDIRECT_STATUSES and "location" in headers
+
+
+class _PoolBook:
+    """The bookkeeping both pools share: idle connections and open counts per key.
+
+    At most `max_per_host` connections to one key are open at once. Idle
+    connections are reused most recent first, after a check that the server
+    has not closed them.
     """
 
     def __init__(self, max_per_host: int = _POOL_MAX_PER_HOST) -> None:
         self.max_per_host = max_per_host
-        self._cond = threading.Condition()
-        self._idle: Dict[_PoolKey, List[http.client.HTTPConnection]] = {}
+        self._idle: Dict[_PoolKey, List[Any]] = {}
         self._open: Dict[_PoolKey, int] = {}
         self._closed = False
+
+    def _is_gone(self, conn: Any) -> bool:
+        raise NotImplementedError
+
+    def _take(self, key: _PoolKey) -> Tuple[Any, bool]:
+        """(an idle connection or None, whether the caller may go on: None means open a new one)."""
+        idle = self._idle.get(key)
+        while idle:
+            conn = idle.pop()
+            if not self._is_gone(conn):
+                return conn, True
+            conn.close()
+            self._open[key] -= 1
+        if self._open.get(key, 0) < self.max_per_host:
+            self._open[key] = self._open.get(key, 0) + 1
+            return None, True
+        return None, False
+
+    def _give(self, key: _PoolKey, conn: Any, reusable: bool) -> None:
+        if conn is not None and reusable and not self._closed:
+            self._idle.setdefault(key, []).append(conn)
+            return
+        if conn is not None:
+            conn.close()
+        self._open[key] -= 1
+
+    def _busy(self, key: _PoolKey, wait_s: float) -> OctoAITimeoutError:
+        return OctoAITimeoutError(
+            f"all {self.max_per_host} connections to {key[1]}:{key[2]} stayed busy for {wait_s:g} s"
+        )
+
+    def _close_idle(self) -> None:
+        self._closed = True
+        for key, idle in self._idle.items():
+            for conn in idle:
+                conn.close()
+            self._open[key] -= len(idle)
+        self._idle.clear()
+
+    def open_count(self) -> int:
+        """Connections open now, idle or busy."""
+        return sum(self._open.values())
+
+
+class _ConnectionPool(_PoolBook):
+    """The threaded transport's pool: a caller wanting a connection past the bound waits."""
+
+    def __init__(self, max_per_host: int = _POOL_MAX_PER_HOST) -> None:
+        super().__init__(max_per_host)
+        self._cond = threading.Condition()
+
+    def _is_gone(self, conn: http.client.HTTPConnection) -> bool:
+        return _is_dropped(conn.sock)
 
     def acquire(self, key: _PoolKey, wait_s: float) -> Optional[http.client.HTTPConnection]:
         """An idle connection, or None with a slot reserved for a new one."""
         give_up_at = time.monotonic() + wait_s
         with self._cond:
             while True:
-                idle = self._idle.get(key)
-                while idle:
-                    conn = idle.pop()
-                    if not _is_dropped(conn.sock):
-                        return conn
-                    conn.close()
-                    self._open[key] -= 1
-                if self._open.get(key, 0) < self.max_per_host:
-                    self._open[key] = self._open.get(key, 0) + 1
-                    return None
+                conn, reserved = self._take(key)
+                if reserved:
+                    return conn  # type: ignore[no-any-return]
                 remaining = give_up_at - time.monotonic()
                 if remaining <= 0:
-                    raise OctoAITimeoutError(
-                        f"all {self.max_per_host} connections to {key[1]}:{key[2]} stayed busy for {wait_s:g} s"
-                    )
+                    raise self._busy(key, wait_s)
                 self._cond.wait(remaining)
 
     def release(self, key: _PoolKey, conn: Optional[http.client.HTTPConnection], reusable: bool) -> None:
         """Give a connection back: kept if reusable, else closed and its slot freed."""
         with self._cond:
-            if conn is not None and reusable and not self._closed:
-                self._idle.setdefault(key, []).append(conn)
-            else:
-                if conn is not None:
-                    conn.close()
-                self._open[key] -= 1
+            self._give(key, conn, reusable)
             self._cond.notify()
-
-    def open_count(self) -> int:
-        with self._cond:
-            return sum(self._open.values())
 
     def close(self) -> None:
         with self._cond:
-            self._closed = True
-            for key, idle in self._idle.items():
-                for conn in idle:
-                    conn.close()
-                self._open[key] -= len(idle)
-            self._idle.clear()
+            self._close_idle()
             self._cond.notify_all()
 
 
-class _RawResponse:
+class _ResponseBase:
+    """What both transports' responses share: headers, and the timeout of the next read."""
+
+    status: int
+    headers: Dict[str, str]
+    _where: str
+    _timeout_s: float
+    _deadline_at: Optional[float]
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("content-type", "").split(";")[0].strip().lower()
+
+    def _deadline_error(self) -> OctoAITimeoutError:
+        return OctoAITimeoutError(f"the call's deadline passed while reading from {self._where}")
+
+    def _read_timeout(self) -> float:
+        if self._deadline_at is None:
+            return self._timeout_s
+        remaining = self._deadline_at - time.monotonic()
+        if remaining <= 0:
+            raise self._deadline_error()
+        return min(self._timeout_s, remaining)
+
+    def _read_error(self, exc: BaseException) -> OctoAIError:
+        if self._deadline_at is not None and time.monotonic() >= self._deadline_at:
+            return self._deadline_error()
+        return _translate_error(exc, "body", self._where)
+
+
+class _RawResponse(_ResponseBase):
     """One HTTP response and the pooled connection it came on.
 
     Whoever holds it must read it to the end (it then goes back to the pool)
@@ -1329,7 +1735,7 @@ class _RawResponse:
     def __init__(
         self,
         transport: "_Transport",
-        key: _PoolKey,
+        route: _Route,
         conn: http.client.HTTPConnection,
         sock: socket.socket,
         response: http.client.HTTPResponse,
@@ -1340,21 +1746,14 @@ class _RawResponse:
         self.status = response.status
         self.headers = {name.lower(): value for name, value in response.getheaders()}
         self.url = url
-        self._transport = transport
-        self._key = key
+        self._pool = transport.pool
+        self._key = route.key
+        self._where = route.where
         self._conn: Optional[http.client.HTTPConnection] = conn
-        self._sock = sock
+        self._sock = sock  # http.client drops conn.sock when the server says "close"
         self._response = response
         self._timeout_s = timeout_s
         self._deadline_at = deadline_at
-        self._where = f"{key[1]}:{key[2]}"
-
-    @property
-    def content_type(self) -> str:
-        return self.headers.get("content-type", "").split(";")[0].strip().lower()
-
-    def _deadline_error(self) -> OctoAITimeoutError:
-        return OctoAITimeoutError(f"the call's deadline passed while reading from {self._where}")
 
     def read_chunk(self) -> bytes:
         """Whatever part of the body one socket read brings (b"" at the end, then released)."""
@@ -1362,11 +1761,7 @@ class _RawResponse:
             return b""
         response = self._response
         try:
-            if self._deadline_at is not None:
-                remaining = self._deadline_at - time.monotonic()
-                if remaining <= 0:
-                    raise self._deadline_error()
-                self._sock.settimeout(min(self._timeout_s, remaining))
+            self._sock.settimeout(self._read_timeout())
             data = response.read1(_READ_SIZE)
             if not data and response.length:  # http.client ends a short Content-Length body quietly
                 raise http.client.IncompleteRead(b"", response.length)
@@ -1375,50 +1770,39 @@ class _RawResponse:
             raise
         except (OSError, http.client.HTTPException) as exc:
             self.close()
-            if self._deadline_at is not None and time.monotonic() >= self._deadline_at:
-                raise self._deadline_error() from exc
-            raise _translate_error(exc, "body", self._where) from exc
+            raise self._read_error(exc) from exc
         if not data:
             self.release()
         return data
 
     def read(self, limit: int = _MAX_BODY_BYTES, *, truncate: bool = False) -> bytes:
         """The whole body; past `limit` bytes raise, or with `truncate` keep the start."""
-        chunks: List[bytes] = []
-        size = 0
-        while True:
+        body = _Body(limit)
+        while not body.over:
             data = self.read_chunk()
             if not data:
-                return b"".join(chunks)
-            chunks.append(data)
-            size += len(data)
-            if size > limit:
-                self.close()
-                if truncate:
-                    return b"".join(chunks)[:limit]
-                raise OctoAIValidationError(f"the answer from {self._where} is larger than {limit} bytes")
+                break
+            body.add(data)
+        if body.over:
+            self.close()
+        return body.value(truncate, self._where)
 
     def finish(self, grace_s: float) -> None:
-        """Read what is left of an answer already complete for its caller, then release.
+        """Read the rest of an answer already complete for its caller, within `grace_s`, then release.
 
-        The rest may take up to `grace_s`; any failure just retires the connection.
+        Any failure only retires the connection.
         """
-        if self._conn is None:
-            return
         self._timeout_s = min(self._timeout_s, grace_s)
-        self._sock.settimeout(self._timeout_s)
-        try:
+        with contextlib.suppress(OctoAIError):
             while self.read_chunk():
                 pass
-        except OctoAIError:
-            pass
 
     def release(self) -> None:
         """Hand the connection back after the body was read to its end."""
         conn, self._conn = self._conn, None
         if conn is not None:
             self._response.close()  # http.client leaves a finished Content-Length body open
-            self._transport.pool.release(self._key, conn, not self._response.will_close)
+            self._pool.release(self._key, conn, not self._response.will_close)
 
     def close(self) -> None:
         """End the response now; the connection is closed, not reused."""
@@ -1426,14 +1810,13 @@ class _RawResponse:
         if conn is not None:
             self._response.close()
             self._sock.close()
-            self._transport.pool.release(self._key, conn, False)
+            self._pool.release(self._key, conn, False)
 
 
-class _Transport:
-    """Sends requests over pooled connections; shared by a Client and its `with_options` copies."""
+class _TransportBase:
+    """The settings both transports share, and the one TLS context of a client."""
 
     def __init__(self, verify: Union[bool, str, "os.PathLike[str]"], env: _Env) -> None:
-        self.pool = _ConnectionPool()
         self._verify = verify
         self._env = env
         self._context: Optional[ssl.SSLContext] = None
@@ -1445,6 +1828,20 @@ class _Transport:
             if self._context is None:
                 self._context = _ssl_context(self._verify, self._env)
             return self._context
+
+    def __del__(self) -> None:
+        # Idle keep-alive connections go with the last client that used them.
+        pool = getattr(self, "pool", None)
+        if pool is not None:
+            pool.close()
+
+
+class _Transport(_TransportBase):
+    """Sends requests over pooled http.client connections; shared by a Client and its copies."""
+
+    def __init__(self, verify: Union[bool, str, "os.PathLike[str]"], env: _Env) -> None:
+        super().__init__(verify, env)
+        self.pool = _ConnectionPool()
 
     def send(
         self,
@@ -1458,107 +1855,59 @@ class _Transport:
     ) -> _RawResponse:
         """Send one request, following safe redirects; return the response, whatever its status."""
         for _ in range(_MAX_REDIRECTS + 1):
-            response = self._send_once(method, url, headers, body, timeout_s, deadline_at)
-            if response.status not in _REDIRECT_STATUSES or "location" not in response.headers:
+            response = self._send_once(method, url, _Route(url, headers, self._env), body, timeout_s, deadline_at)
+            if not _is_redirect(response.status, response.headers):
                 return response
             response.close()
             url = _redirect_target(method, url, response.status, response.headers)
-            log.debug("following %d redirect to %s", response.status, url)
         raise OctoAIClientError(f"more than {_MAX_REDIRECTS} redirects, the last to {url}")
-
-    def _timeout(self, timeout_s: float, deadline_at: Optional[float], where: str) -> float:
-        if deadline_at is None:
-            return timeout_s
-        remaining = deadline_at - time.monotonic()
-        if remaining <= 0:
-            raise OctoAITimeoutError(f"the call's deadline passed before a request to {where}")
-        return min(timeout_s, remaining)
 
     def _send_once(
         self,
         method: str,
         url: str,
-        headers: Mapping[str, str],
+        route: _Route,
         body: Optional[bytes],
         timeout_s: float,
         deadline_at: Optional[float],
     ) -> _RawResponse:
-        parts = urlsplit(url)
-        scheme = parts.scheme
-        if scheme not in ("http", "https") or not parts.hostname:
-            raise OctoAIClientError(f"not an http(s) URL: {url!r}")
-        host = parts.hostname
-        port = parts.port or (443 if scheme == "https" else 80)
-        where = f"{host}:{port}"
-        proxy = _proxy_for(scheme, host, port, self._env)
-        key: _PoolKey = (scheme, host, port, proxy)
-        target = parts.path or "/"
-        if parts.query:
-            target += "?" + parts.query
-        headers = dict(headers)
-        if proxy and scheme == "http":
-            target = f"http://{where}{target}"  # a plain-HTTP proxy takes the absolute URL
-            headers.update(_proxy_authorization(proxy))
-        # A pooled connection the server closed while idle fails before any
-        # answer byte; the request is then sent once more on a new connection
-        # (the server never read it), and this is not counted as a retry.
         for fresh in (False, True):
-            conn = self.pool.acquire(key, self._timeout(timeout_s, deadline_at, where))
+            conn = self.pool.acquire(route.key, _call_timeout(timeout_s, deadline_at, route.where))
             reused = conn is not None
             if conn is None:
                 try:
-                    conn = self._connect(scheme, host, port, proxy, self._timeout(timeout_s, deadline_at, where))
+                    conn = self._connect(route, _call_timeout(timeout_s, deadline_at, route.where))
                 except BaseException:
-                    self.pool.release(key, None, False)
+                    self.pool.release(route.key, None, False)
                     raise
             sock = conn.sock
             assert sock is not None
             try:
-                sock.settimeout(self._timeout(timeout_s, deadline_at, where))
-                with _map_errors("send", where):
-                    conn.request(method, target, body, headers)
-                with _map_errors("wait", where):
+                sock.settimeout(_call_timeout(timeout_s, deadline_at, route.where))
+                with _map_errors("send", route.where):
+                    conn.request(method, route.target, body, route.headers)
+                with _map_errors("wait", route.where):
                     response = conn.getresponse()
-            except OctoAIConnectionError as exc:
-                conn.close()
-                self.pool.release(key, conn, False)
-                if (
-                    reused
-                    and not fresh
-                    and isinstance(exc.__cause__, (ConnectionError, http.client.RemoteDisconnected))
-                ):
-                    log.debug("pooled connection to %s was closed by the server; sending on a new one", where)
+            except BaseException as exc:
+                self.pool.release(route.key, conn, False)
+                if reused and not fresh and _is_stale_keepalive(exc):
                     continue
                 raise
-            except BaseException:
-                conn.close()
-                self.pool.release(key, conn, False)
-                raise
-            return _RawResponse(self, key, conn, sock, response, url, timeout_s, deadline_at)
+            return _RawResponse(self, route, conn, sock, response, url, timeout_s, deadline_at)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _connect(
-        self, scheme: str, host: str, port: int, proxy: Optional[str], timeout_s: float
-    ) -> http.client.HTTPConnection:
-        where = f"{host}:{port}"
-        connect_host, connect_port = host, port
-        if proxy:
-            proxy_parts = urlsplit(proxy)
-            if proxy_parts.scheme != "http" or not proxy_parts.hostname:
-                raise OctoAIClientError(f"unsupported proxy URL (only http:// proxies): {proxy_parts.scheme}://...")
-            connect_host, connect_port = proxy_parts.hostname, proxy_parts.port or 80
-            where = f"{host}:{port} through the proxy {connect_host}:{connect_port}"
+    def _connect(self, route: _Route, timeout_s: float) -> http.client.HTTPConnection:
         conn: http.client.HTTPConnection
-        if scheme == "https":
+        if route.scheme == "https":
             conn = http.client.HTTPSConnection(
-                connect_host, connect_port, timeout=timeout_s, context=self.ssl_context()
+                route.connect_host, route.connect_port, timeout=timeout_s, context=self.ssl_context()
             )
-            if proxy:
-                conn.set_tunnel(host, port, headers=_proxy_authorization(proxy))
+            if route.proxy:
+                conn.set_tunnel(route.host, route.port, headers=_proxy_authorization(route.proxy))
         else:
-            conn = http.client.HTTPConnection(connect_host, connect_port, timeout=timeout_s)
+            conn = http.client.HTTPConnection(route.connect_host, route.connect_port, timeout=timeout_s)
         try:
-            with _map_errors("connect", where):
+            with _map_errors("connect", route.where):
                 conn.connect()
         except BaseException:
             conn.close()
@@ -1568,18 +1917,371 @@ class _Transport:
     def close(self) -> None:
         self.pool.close()
 
-    def __del__(self) -> None:
-        # Idle keep-alive sockets go with the last client that used them.
-        if hasattr(self, "pool"):
-            self.pool.close()
+
+# -- 5b. The asyncio transport ------------------------------------------------
+# No thread per request: connections are asyncio protocols whose bytes feed
+# `_ResponseParser` (4g); every wait is a future with a timer beside it.
+# asyncio is imported inside functions, so that sync users never pay for it.
+
+
+def _expire(waiter: "asyncio.Future[None]", error: Optional[BaseException]) -> None:
+    if not waiter.done():
+        if error is None:
+            waiter.set_result(None)
+        else:
+            waiter.set_exception(error)
+
+
+class _AsyncConnection:
+    """One connection as an asyncio protocol: received bytes wait here until read."""
+
+    def __init__(self, loop: "asyncio.AbstractEventLoop") -> None:
+        self.loop = loop
+        self.transport: Any = None
+        self._chunks: List[bytes] = []
+        self._size = 0
+        self._eof = False
+        self._error: Optional[BaseException] = None
+        self._waiter: Optional["asyncio.Future[None]"] = None
+        self._paused = False
+
+    # -- asyncio.Protocol callbacks
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._size += len(data)
+        if self._size > 4 * _READ_SIZE and not self._paused:
+            self._paused = True  # the caller reads slower than the server sends: push back
+            self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake()
+        return False
+
+    def connection_lost(self, exc: Optional[BaseException]) -> None:
+        self._eof = True
+        self._error = exc
+        self._wake()
+
+    def pause_writing(self) -> None:
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+    def _wake(self) -> None:
+        if self._waiter is not None:
+            _expire(self._waiter, None)
+
+    # -- used by the transport
+    @property
+    def closed(self) -> bool:
+        return self._eof or self.transport is None or self.transport.is_closing()
+
+    async def receive(self, timeout_s: float) -> bytes:
+        """The bytes received so far, waiting up to `timeout_s` for some; b"" at the end."""
+        while not self._chunks:
+            if self._eof:
+                if self._error is not None:
+                    raise self._error
+                return b""
+            waiter = self._waiter = self.loop.create_future()
+            timer = self.loop.call_later(timeout_s, _expire, waiter, socket.timeout("timed out"))
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+        data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+        self._chunks.clear()
+        self._size = 0
+        if self._paused:
+            self._paused = False
+            self.transport.resume_reading()
+        return data
+
+    def send(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def close(self) -> None:
+        """Close at once, without flushing: nobody wants the rest."""
+        self._eof = True
+        if self.transport is not None and not self.loop.is_closed():
+            self.transport.abort()
+
+
+class _AsyncPool(_PoolBook):
+    """The asyncio transport's pool: a task wanting a connection past the bound waits."""
+
+    def __init__(self, max_per_host: int = _POOL_MAX_PER_HOST) -> None:
+        super().__init__(max_per_host)
+        self._waiters: List["asyncio.Future[None]"] = []
+
+    def _is_gone(self, conn: _AsyncConnection) -> bool:
+        import asyncio
+
+        return conn.closed or conn.loop is not asyncio.get_running_loop()
+
+    async def acquire(self, key: _PoolKey, wait_s: float) -> Optional[_AsyncConnection]:
+        """An idle connection, or None with a slot reserved for a new one."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + wait_s
+        while True:
+            conn, reserved = self._take(key)
+            if reserved:
+                return conn  # type: ignore[no-any-return]
+            remaining = give_up_at - loop.time()
+            if remaining <= 0:
+                raise self._busy(key, wait_s)
+            waiter: "asyncio.Future[None]" = loop.create_future()
+            self._waiters.append(waiter)
+            timer = loop.call_later(remaining, _expire, waiter, None)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+
+    def release(self, key: _PoolKey, conn: Optional[_AsyncConnection], reusable: bool) -> None:
+        """Give a connection back: kept if reusable, else closed and its slot freed."""
+        self._give(key, conn, reusable)
+        while self._waiters:
+            waiter = self._waiters.pop(0)
+            if not waiter.done():
+                waiter.set_result(None)
+                break
+
+    def close(self) -> None:
+        self._close_idle()
+        for waiter in self._waiters:
+            _expire(waiter, None)
+
+
+class _AsyncRawResponse(_ResponseBase):
+    """One HTTP response read through `_ResponseParser`; the async twin of `_RawResponse`."""
+
+    def __init__(
+        self,
+        transport: "_AsyncTransport",
+        route: _Route,
+        conn: _AsyncConnection,
+        parser: _ResponseParser,
+        events: List[Tuple[str, bytes]],
+        url: str,
+        timeout_s: float,
+        deadline_at: Optional[float],
+    ) -> None:
+        self.status = parser.status
+        self.headers = parser.headers
+        self.url = url
+        self._pool = transport.pool
+        self._key = route.key
+        self._where = route.where
+        self._conn: Optional[_AsyncConnection] = conn
+        self._parser = parser
+        self._timeout_s = timeout_s
+        self._deadline_at = deadline_at
+        self._pending: List[bytes] = []
+        self._ended = False
+        self._take(events)
+
+    def _take(self, events: List[Tuple[str, bytes]]) -> None:
+        for kind, data in events:
+            if kind == "data" and data:
+                self._pending.append(data)
+            elif kind == "end":
+                self._ended = True
+
+    async def read_chunk(self) -> bytes:
+        """The next part of the body (b"" at the end, then released)."""
+        while not self._pending:
+            if self._conn is None:
+                return b""
+            if self._ended:
+                self.release()
+                return b""
+            try:
+                data = await self._conn.receive(self._read_timeout())
+                self._take(self._parser.feed(data) if data else self._parser.feed_eof())
+            except OctoAIError:
+                self.close()
+                raise
+            except (OSError, http.client.HTTPException) as exc:
+                self.close()
+                raise self._read_error(exc) from exc
+        return self._pending.pop(0)
+
+    async def read(self, limit: int = _MAX_BODY_BYTES, *, truncate: bool = False) -> bytes:
+        """The whole body; past `limit` bytes raise, or with `truncate` keep the start."""
+        body = _Body(limit)
+        while not body.over:
+            data = await self.read_chunk()
+            if not data:
+                break
+            body.add(data)
+        if body.over:
+            self.close()
+        return body.value(truncate, self._where)
+
+    async def finish(self, grace_s: float) -> None:
+        """Read the rest of an answer already complete for its caller, within `grace_s`, then release."""
+        self._timeout_s = min(self._timeout_s, grace_s)
+        with contextlib.suppress(OctoAIError):
+            while await self.read_chunk():
+                pass
+
+    def release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._pool.release(self._key, conn, not self._parser.will_close)
+
+    def close(self) -> None:
+        """End the response now; the connection is closed, not reused."""
+        conn, self._conn = self._conn, None
+        self._pending.clear()
+        if conn is not None:
+            self._pool.release(self._key, conn, False)
+
+
+class _AsyncTransport(_TransportBase):
+    """Sends requests over pooled asyncio connections; the async twin of `_Transport`."""
+
+    def __init__(self, verify: Union[bool, str, "os.PathLike[str]"], env: _Env) -> None:
+        super().__init__(verify, env)
+        self.pool = _AsyncPool()
+
+    async def send(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: Optional[bytes],
+        *,
+        timeout_s: float,
+        deadline_at: Optional[float],
+    ) -> _AsyncRawResponse:
+        """Send one request, following safe redirects; return the response, whatever its status."""
+        for _ in range(_MAX_REDIRECTS + 1):
+            response = await self._send_once(method, url, _Route(url, headers, self._env), body, timeout_s, deadline_at)
+            if not _is_redirect(response.status, response.headers):
+                return response
+            response.close()
+            url = _redirect_target(method, url, response.status, response.headers)
+        raise OctoAIClientError(f"more than {_MAX_REDIRECTS} redirects, the last to {url}")
+
+    async def _send_once(
+        self,
+        method: str,
+        url: str,
+        route: _Route,
+        body: Optional[bytes],
+        timeout_s: float,
+        deadline_at: Optional[float],
+    ) -> _AsyncRawResponse:
+        length = None if body is None else len(body)
+        head = _build_request_head(method, route.target, route.host_header, route.headers, length)
+        for fresh in (False, True):
+            conn = await self.pool.acquire(route.key, _call_timeout(timeout_s, deadline_at, route.where))
+            reused = conn is not None
+            if conn is None:
+                try:
+                    conn = await self._connect(route, _call_timeout(timeout_s, deadline_at, route.where))
+                except BaseException:
+                    self.pool.release(route.key, None, False)
+                    raise
+            parser = _ResponseParser(method)
+            try:
+                conn.send(head + (body or b""))
+                events = await self._read_head(conn, parser, route, timeout_s, deadline_at)
+            except BaseException as exc:
+                self.pool.release(route.key, conn, False)
+                if reused and not fresh and _is_stale_keepalive(exc):
+                    continue
+                raise
+            return _AsyncRawResponse(self, route, conn, parser, events, url, timeout_s, deadline_at)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    async def _read_head(
+        conn: _AsyncConnection, parser: _ResponseParser, route: _Route, timeout_s: float, deadline_at: Optional[float]
+    ) -> List[Tuple[str, bytes]]:
+        try:
+            while True:
+                data = await conn.receive(_call_timeout(timeout_s, deadline_at, route.where))
+                events = parser.feed(data) if data else parser.feed_eof()
+                if events:  # the head is always the first event
+                    return events
+        except (OSError, http.client.HTTPException) as exc:
+            raise _translate_error(exc, "wait", route.where) from exc
+
+    async def _connect(self, route: _Route, timeout_s: float) -> _AsyncConnection:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        context = self.ssl_context() if route.scheme == "https" else None
+        tunnel = context is not None and route.proxy is not None
+        factory: Callable[[], Any] = lambda: _AsyncConnection(loop)  # noqa: E731
+        made: Optional[_AsyncConnection] = None
+        try:
+            _, made = await asyncio.wait_for(
+                loop.create_connection(
+                    factory,
+                    route.connect_host,
+                    route.connect_port,
+                    ssl=None if tunnel else context,
+                    server_hostname=route.host if context is not None and not tunnel else None,
+                ),
+                timeout_s,
+            )
+            conn: _AsyncConnection = made  # type: ignore[assignment]
+            if tunnel:
+                await self._open_tunnel(conn, route, timeout_s)
+                conn.transport = await asyncio.wait_for(
+                    loop.start_tls(conn.transport, conn, context, server_hostname=route.host),  # type: ignore[arg-type]
+                    timeout_s,
+                )
+            return conn
+        except BaseException as exc:
+            if made is not None:
+                made.close()
+            if isinstance(exc, asyncio.TimeoutError):
+                raise _translate_error(socket.timeout("timed out"), "connect", route.where) from exc
+            if isinstance(exc, (OSError, http.client.HTTPException)):
+                raise _translate_error(exc, "connect", route.where) from exc
+            raise
+
+    @staticmethod
+    async def _open_tunnel(conn: _AsyncConnection, route: _Route, timeout_s: float) -> None:
+        """Ask an HTTP proxy for a CONNECT tunnel to the route's host."""
+        assert route.proxy is not None
+        authority = f"{route.host}:{route.port}"
+        conn.send(_build_request_head("CONNECT", authority, authority, _proxy_authorization(route.proxy), None))
+        parser = _ResponseParser("CONNECT")
+        while True:
+            data = await conn.receive(timeout_s)
+            if parser.feed(data) if data else parser.feed_eof():
+                break
+        if parser.status != 200:
+            raise OSError(f"Tunnel connection failed: {parser.status}")
+
+    def close(self) -> None:
+        self.pool.close()
 
 
 # =============================================================================
 # 6. Client API
 # =============================================================================
 # The shells around the pure pieces: build a request, send it through the
-# retry loop, turn the answer into objects. A stream is never retried once
-# an event has been handed out.
+# retry loop, turn the answer into objects. Client and AsyncClient share
+# every decision through _BaseClient; only the loops that wait differ. A
+# stream is never retried once an event has been handed out.
 
 
 def _iter_payloads(
@@ -1587,49 +2289,75 @@ def _iter_payloads(
 ) -> Generator[Any, None, None]:
     """Yield each event's JSON through `convert` until [DONE]; close the response on any exit."""
     try:
-        headers = response.headers
         if response.content_type == "application/json":
-            # Asked for a stream, got one JSON body: its error, or a clear complaint.
-            payload = _parse_json(response.read())
-            if isinstance(payload, dict) and payload.get("error"):
-                raise _error_from_payload(payload, headers, token=token)
-            raise OctoAIValidationError(
-                "the server answered a streaming request with one JSON body instead of an event stream"
-            )
-        decoder = SSEDecoder()
-        count = 0
-        while True:
+            raise _stream_answered_with_json(response.read(), response.headers, token)
+        reader = _EventPayloads(response.headers)
+        while not reader.done:
             data = response.read_chunk()
             if not data:
-                break
-            for event in decoder.feed(data):
-                payload = _payload_from_event(event, headers)
-                if payload is None:
-                    response.finish(_DONE_GRACE_S)  # complete: a cut from here on loses nothing
-                    return
-                count += 1
+                reader.end()
+                return
+            for payload in reader.payloads(data):
                 yield convert(payload)
-        # llama.cpp ends with "data: [DONE]" and no blank line after it.
-        unterminated = decoder.close()
-        if unterminated is not None and unterminated.data == "[DONE]":
-            return
-        if count == 0:
-            raise OctoAIValidationError(
-                "the stream ended before any event arrived (a server may do this when the prompt is too long)"
-            )
+        response.finish(_DONE_GRACE_S)  # the answer is complete: a cut from here on loses nothing
     finally:
         response.close()  # a no-op once the body was read to the end and released
 
 
-class _EventStream:
-    """Iterate the JSON payloads of an SSE answer; owns its response until closed."""
+async def _aiter_payloads(
+    response: _AsyncRawResponse, token: Optional[str], convert: Callable[[Any], Any]
+) -> AsyncGenerator[Any, None]:
+    """The async twin of `_iter_payloads`."""
+    try:
+        if response.content_type == "application/json":
+            raise _stream_answered_with_json(await response.read(), response.headers, token)
+        reader = _EventPayloads(response.headers)
+        while not reader.done:
+            data = await response.read_chunk()
+            if not data:
+                reader.end()
+                return
+            for payload in reader.payloads(data):
+                yield convert(payload)
+        await response.finish(_DONE_GRACE_S)
+    finally:
+        response.close()
+
+
+def _chat_chunks(folder: _ChunkFolder, headers: Mapping[str, str]) -> Callable[[Any], ChatCompletion]:
+    """A payload converter that checks each chunk, folds it, and returns it as an object."""
+
+    def convert(payload: Any) -> ChatCompletion:
+        chunk = _check_completion(payload, headers, chunk=True)
+        folder.add(chunk)
+        return ChatCompletion.from_dict(chunk)
+
+    return convert
+
+
+class _StreamBase:
+    """What the four stream classes share: the answer's headers, and closing on collection."""
+
+    def __init__(self, response: Union[_RawResponse, _AsyncRawResponse]) -> None:
+        self.response_headers: Dict[str, str] = response.headers
+        self.request_id = _request_id(response.headers)
+        self._response = response
+
+    def __del__(self) -> None:
+        # A stream dropped unfinished must not leak its socket. The iterator
+        # holds the response, not the stream, so this runs at once.
+        response = getattr(self, "_response", None)
+        if response is not None:
+            response.close()
+
+
+class _EventStream(_StreamBase):
+    """Iterate the JSON payloads of an event-stream answer; owns the response until closed."""
 
     def __init__(
         self, response: _RawResponse, token: Optional[str], convert: Optional[Callable[[Any], Any]] = None
     ) -> None:
-        self.response_headers: Dict[str, str] = response.headers
-        self.request_id = _request_id(response.headers)
-        self._response = response
+        super().__init__(response)
         self._items = _iter_payloads(response, token, convert or (lambda payload: payload))
 
     def __iter__(self) -> "_EventStream":
@@ -1643,10 +2371,6 @@ class _EventStream:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-    def __del__(self) -> None:
-        if hasattr(self, "_items"):
-            self.close()
 
     def close(self) -> None:
         """End the HTTP response now; the connection is closed, not reused."""
@@ -1665,15 +2389,8 @@ class Stream(_EventStream):
     """
 
     def __init__(self, response: _RawResponse, token: Optional[str]) -> None:
-        folder = self._folder = _ChunkFolder()
-        headers = response.headers
-
-        def convert(payload: Any) -> ChatCompletion:
-            chunk = _check_completion(payload, headers, chunk=True)
-            folder.add(chunk)
-            return ChatCompletion.from_dict(chunk)
-
-        super().__init__(response, token, convert)
+        self._folder = _ChunkFolder()
+        super().__init__(response, token, _chat_chunks(self._folder, response.headers))
 
     def __iter__(self) -> "Stream":
         return self
@@ -1687,6 +2404,58 @@ class Stream(_EventStream):
     def get_final_completion(self) -> ChatCompletion:
         """Read the rest of the stream and return the whole answer as one completion."""
         for _ in self:
+            pass
+        return ChatCompletion.from_dict(self._folder.result())
+
+
+class _AsyncEventStream(_StreamBase):
+    """The async twin of `_EventStream`: ``async for``, ``async with``, `aclose()`."""
+
+    def __init__(
+        self, response: _AsyncRawResponse, token: Optional[str], convert: Optional[Callable[[Any], Any]] = None
+    ) -> None:
+        super().__init__(response)
+        self._items = _aiter_payloads(response, token, convert or (lambda payload: payload))
+
+    def __aiter__(self) -> "_AsyncEventStream":
+        return self
+
+    async def __anext__(self) -> Any:
+        return await self._items.__anext__()
+
+    async def __aenter__(self) -> "_AsyncEventStream":
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """End the HTTP response now; the connection is closed, not reused."""
+        self._response.close()
+        await self._items.aclose()
+
+    close = aclose
+
+
+class AsyncStream(_AsyncEventStream):
+    """Chat completion chunks for ``async for``; see `Stream`."""
+
+    def __init__(self, response: _AsyncRawResponse, token: Optional[str]) -> None:
+        self._folder = _ChunkFolder()
+        super().__init__(response, token, _chat_chunks(self._folder, response.headers))
+
+    def __aiter__(self) -> "AsyncStream":
+        return self
+
+    async def __anext__(self) -> ChatCompletion:
+        return await self._items.__anext__()  # type: ignore[no-any-return]
+
+    async def __aenter__(self) -> "AsyncStream":
+        return self
+
+    async def get_final_completion(self) -> ChatCompletion:
+        """Read the rest of the stream and return the whole answer as one completion."""
+        async for _ in self:
             pass
         return ChatCompletion.from_dict(self._folder.result())
 
@@ -1711,6 +2480,203 @@ def _configure_logging(env: _Env) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s octoai_lite %(levelname)s %(message)s"))
         log.addHandler(handler)
         log.setLevel(level)
+
+
+def _random() -> float:
+    import random  # only retries need it
+
+    return random.random()
+
+
+def _with_async_header(options: Dict[str, Any]) -> Dict[str, Any]:
+    return {**options, "extra_headers": _merge_headers({"X-OctoAI-Async": "1"}, options.get("extra_headers"))}
+
+
+def _health_result(error: OctoAIError, give_up_at: float, interval: float) -> Optional[int]:
+    """After a failed health check: None to try again, else the status to return (or raise)."""
+    if time.monotonic() + interval < give_up_at:
+        return None
+    if isinstance(error, OctoAIServerError):
+        return error.status_code or 500
+    raise error
+
+
+class _Request:
+    """One call's request and settings, ready for the retry loop."""
+
+    def __init__(
+        self, method: str, url: str, headers: Dict[str, str], data: Optional[bytes], timeout_s: float,
+        deadline_at: Optional[float], retries: int, base_url: Optional[str],
+    ) -> None:  # fmt: skip
+        self.method = method
+        self.url = url
+        self.headers = headers
+        self.data = data
+        self.timeout_s = timeout_s
+        self.deadline_at = deadline_at
+        self.retries = retries
+        self.base_url = base_url  # for the 404 hint, when the URL was built from base_url
+
+
+class _BaseClient:
+    """Configuration and retry decisions that Client and AsyncClient share."""
+
+    _transport: Any
+
+    def __init__(
+        self,
+        token: Optional[str] = None,
+        config_path: Optional[str] = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        verify_ssl: Union[bool, str, "os.PathLike[str]"] = True,
+        secure_link: bool = False,
+        *,
+        base_url: Optional[str] = None,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        default_headers: Optional[Mapping[str, Optional[str]]] = None,
+        deadline: Optional[float] = None,
+        api_key: Optional[str] = None,
+    ) -> None:
+        if token and api_key:
+            raise ValueError("pass token= or api_key=, not both")
+        env = os.environ
+        _configure_logging(env)
+        self._token = _resolve_token(token or api_key, config_path, env)
+        base_url = (
+            base_url or env.get("OCTOAI_BASE_URL") or (_SECURE_LINK_BASE_URL if secure_link else DEFAULT_BASE_URL)
+        )
+        if urlsplit(base_url).scheme not in ("http", "https"):
+            raise ValueError(f"base_url must start with http:// or https://, not {base_url!r}")
+        self.base_url = base_url.rstrip("/")
+        self.secure_link = secure_link
+        self.timeout = float(timeout)
+        self.max_retries = max_retries
+        self.deadline = deadline
+        self.default_headers: Dict[str, Optional[str]] = dict(default_headers or {})
+        self._transport = self._make_transport(verify_ssl, env)
+        self._owns_transport = True
+        self._bind()
+
+    def _make_transport(self, verify: Union[bool, str, "os.PathLike[str]"], env: _Env) -> Any:
+        raise NotImplementedError
+
+    def _bind(self) -> None:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        token = "set" if self._token else "none"
+        return f"{type(self).__name__}(base_url={self.base_url!r}, token={token}, timeout={self.timeout:g})"
+
+    def with_options(
+        self,
+        *,
+        timeout: Optional[float] = None,
+        max_retries: Optional[int] = None,
+        default_headers: Optional[Mapping[str, Optional[str]]] = None,
+        deadline: Optional[float] = None,
+    ) -> Any:
+        """Return a copy with other settings that shares this client's connections."""
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone._owns_transport = False
+        if timeout is not None:
+            clone.timeout = float(timeout)
+        if max_retries is not None:
+            clone.max_retries = max_retries
+        if default_headers is not None:
+            clone.default_headers = {**self.default_headers, **default_headers}
+        if deadline is not None:
+            clone.deadline = deadline
+        clone._bind()
+        return clone
+
+    def _prepare(
+        self,
+        method: str,
+        url: str,
+        body: Any,
+        *,
+        stream: bool = False,
+        extra_headers: Optional[Mapping[str, Optional[str]]] = None,
+        extra_query: Optional[Mapping[str, Any]] = None,
+        extra_body: Optional[Mapping[str, Any]] = None,
+        timeout: Optional[float] = None,
+        max_retries: Optional[int] = None,
+        deadline: Optional[float] = None,
+    ) -> _Request:
+        """Apply the per-call options every public method takes."""
+        if extra_body and body is not None:
+            body = {**body, **extra_body}
+        if extra_query:
+            url = _join_url(url, "", extra_query)
+        data = None if body is None else _build_json(body)
+        headers = _build_headers(
+            self._token, self.default_headers, extra_headers, stream=stream, has_body=data is not None
+        )
+        deadline = self.deadline if deadline is None else deadline
+        return _Request(
+            method,
+            url,
+            headers,
+            data,
+            self.timeout if timeout is None else float(timeout),
+            None if deadline is None else time.monotonic() + deadline,
+            self.max_retries if max_retries is None else max_retries,
+            self.base_url if url.startswith(self.base_url + "/") else None,
+        )
+
+    def _log_answer(self, request: _Request, status: int, headers: Mapping[str, str], started: float) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "%s %s -> %d in %.1f ms [request id: %s]",
+                request.method,
+                _redact(request.url, self._token),
+                status,
+                (time.monotonic() - started) * 1000,
+                _request_id(headers),
+            )
+
+    def _after_connection_error(self, error: OctoAIConnectionError, request: _Request, attempt: int) -> float:
+        """Seconds to wait before trying again, or raise `error`."""
+        # Safe to repeat: nothing went out, or the method is idempotent.
+        safe = not error.request_sent or request.method in _IDEMPOTENT_METHODS
+        delay = None
+        if safe and attempt < request.retries:
+            delay = _retry_delay(attempt, now=time.time(), rand=_random(), initial_s=_BACKOFF_INITIAL_S)
+        return self._retry_wait(error, delay, request, attempt)
+
+    def _after_error_status(
+        self, status: int, headers: Mapping[str, str], body: bytes, request: _Request, attempt: int
+    ) -> float:
+        """Seconds to wait before trying again, or raise the typed error for this answer."""
+        error = _error_from_response(status, headers, body, token=self._token, base_url=request.base_url)
+        error.retry_after = _parse_retry_after(headers, time.time())
+        delay = None
+        if attempt < request.retries:
+            delay = _retry_delay(
+                attempt,
+                status=status,
+                headers=headers,
+                error_code=_error_code(error.body),
+                now=time.time(),
+                rand=_random(),
+                initial_s=_BACKOFF_INITIAL_S,
+            )
+        return self._retry_wait(error, delay, request, attempt)
+
+    def _retry_wait(self, error: OctoAIError, delay: Optional[float], request: _Request, attempt: int) -> float:
+        if delay is None or (request.deadline_at is not None and time.monotonic() + delay >= request.deadline_at):
+            raise error
+        log.info(
+            "retrying %s %s in %.2f s (retry %d of %d): %s",
+            request.method,
+            _redact(request.url, self._token),
+            delay,
+            attempt + 1,
+            request.retries,
+            error,
+        )
+        return delay
 
 
 class _Completions:
@@ -1744,36 +2710,15 @@ class _Completions:
         stream_options...) goes into the body unchanged. Raises the typed
         `OctoAIError` for the server's answer or the connection's failure.
         """
-        params = dict(
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            stop=stop,
-            frequency_penalty=frequency_penalty,
-            presence_penalty=presence_penalty,
-            response_format=response_format,
-        )
-        params.update(more)
-        body = _build_chat_body(model, messages, params)
-        if stream:
-            body["stream"] = True
+        arguments = dict(locals())
+        del arguments["self"]
+        arguments.update(arguments.pop("more"))
+        body, stream, options = _build_chat_request(arguments)
         client = self._client
-        response = client._send(
-            "POST",
-            _join_url(client.base_url, "chat/completions"),
-            body,
-            stream=stream,
-            extra_headers=extra_headers,
-            extra_query=extra_query,
-            extra_body=extra_body,
-            timeout=timeout,
-            max_retries=max_retries,
-            deadline=deadline,
-        )
+        response = client._send("POST", _join_url(client.base_url, "chat/completions"), body, stream=stream, **options)
         if stream:
             return Stream(response, client._token)
-        payload = _parse_json(response.read())
-        return ChatCompletion.from_dict(_check_completion(payload, response.headers))
+        return _completion_from_body(response.read(), response.headers)
 
 
 class _Chat:
@@ -1788,14 +2733,10 @@ class _Models:
     def list(self, **options: Any) -> List[str]:
         """Return the ids of the models the server offers (GET {base_url}/models)."""
         client = self._client
-        payload = _parse_json(client._send("GET", _join_url(client.base_url, "models"), None, **options).read())
-        data = payload.get("data") if isinstance(payload, dict) else None
-        if not isinstance(data, list) or not all(isinstance(item, dict) and "id" in item for item in data):
-            raise OctoAIValidationError("expected {'data': [{'id': ...}, ...]} from the models endpoint")
-        return [str(item["id"]) for item in data]
+        return _models_from_body(client._send("GET", _join_url(client.base_url, "models"), None, **options).read())
 
 
-class Client:
+class Client(_BaseClient):
     """A client for OctoAI and any OpenAI-compatible Chat Completions server.
 
     The token comes from ``token`` (or ``api_key``), else ``OCTOAI_TOKEN``,
@@ -1806,50 +2747,21 @@ class Client:
     call, both in seconds. ``verify_ssl`` may be False or a CA bundle path.
 
     Safe to share between threads; connections are pooled and reused. Use
-    ``with Client() as client:`` or call `close()`.
+    ``with Client() as client:`` or call `close()`. Every method takes the
+    per-call options ``extra_headers``, ``extra_query``, ``extra_body``,
+    ``timeout``, ``max_retries`` and ``deadline``.
     """
 
-    def __init__(
-        self,
-        token: Optional[str] = None,
-        config_path: Optional[str] = None,
-        timeout: float = DEFAULT_TIMEOUT,
-        verify_ssl: Union[bool, str, "os.PathLike[str]"] = True,
-        secure_link: bool = False,
-        *,
-        base_url: Optional[str] = None,
-        max_retries: int = DEFAULT_MAX_RETRIES,
-        default_headers: Optional[Mapping[str, Optional[str]]] = None,
-        deadline: Optional[float] = None,
-        api_key: Optional[str] = None,
-    ) -> None:
-        if token and api_key:
-            raise ValueError("pass token= or api_key=, not both")
-        env = os.environ
-        _configure_logging(env)
-        self._token = _resolve_token(token or api_key, config_path, env)
-        base_url = (
-            base_url or env.get("OCTOAI_BASE_URL") or (_SECURE_LINK_BASE_URL if secure_link else DEFAULT_BASE_URL)
-        )
-        if urlsplit(base_url).scheme not in ("http", "https"):
-            raise ValueError(f"base_url must start with http:// or https://, not {base_url!r}")
-        self.base_url = base_url.rstrip("/")
-        self.secure_link = secure_link
-        self.timeout = float(timeout)
-        self.max_retries = max_retries
-        self.deadline = deadline
-        self.default_headers: Dict[str, Optional[str]] = dict(default_headers or {})
-        self._transport = _Transport(verify_ssl, env)
-        self._owns_transport = True
-        self._bind()
+    chat: _Chat
+    models: _Models
+    _transport: _Transport
+
+    def _make_transport(self, verify: Union[bool, str, "os.PathLike[str]"], env: _Env) -> _Transport:
+        return _Transport(verify, env)
 
     def _bind(self) -> None:
         self.chat = _Chat(self)
         self.models = _Models(self)
-
-    def __repr__(self) -> str:
-        token = "set" if self._token else "none"
-        return f"Client(base_url={self.base_url!r}, token={token}, timeout={self.timeout:g})"
 
     def __enter__(self) -> "Client":
         return self
@@ -1862,130 +2774,25 @@ class Client:
         if self._owns_transport:
             self._transport.close()
 
-    def with_options(
-        self,
-        *,
-        timeout: Optional[float] = None,
-        max_retries: Optional[int] = None,
-        default_headers: Optional[Mapping[str, Optional[str]]] = None,
-        deadline: Optional[float] = None,
-    ) -> "Client":
-        """Return a copy with other settings that shares this client's connections."""
-        clone = object.__new__(Client)
-        clone.__dict__.update(self.__dict__)
-        clone._owns_transport = False
-        if timeout is not None:
-            clone.timeout = float(timeout)
-        if max_retries is not None:
-            clone.max_retries = max_retries
-        if default_headers is not None:
-            clone.default_headers = {**self.default_headers, **default_headers}
-        if deadline is not None:
-            clone.deadline = deadline
-        clone._bind()
-        return clone
-
-    # -- the request loop -----------------------------------------------------
-
-    def _send(
-        self,
-        method: str,
-        url: str,
-        body: Any,
-        *,
-        stream: bool = False,
-        extra_headers: Optional[Mapping[str, Optional[str]]] = None,
-        extra_query: Optional[Mapping[str, Any]] = None,
-        extra_body: Optional[Mapping[str, Any]] = None,
-        timeout: Optional[float] = None,
-        max_retries: Optional[int] = None,
-        deadline: Optional[float] = None,
-    ) -> _RawResponse:
-        """Send with retries; return a 2xx response or raise the typed error.
-
-        The keyword arguments are the per-call options every public method takes.
-        """
-        if extra_body and body is not None:
-            body = {**body, **extra_body}
-        if extra_query:
-            url = _join_url(url, "", extra_query)
-        data = None if body is None else _build_json(body)
-        headers = _build_headers(
-            self._token, self.default_headers, extra_headers, stream=stream, has_body=data is not None
-        )
-        timeout_s = self.timeout if timeout is None else float(timeout)
-        deadline = self.deadline if deadline is None else deadline
-        deadline_at = None if deadline is None else time.monotonic() + deadline
-        retries = self.max_retries if max_retries is None else max_retries
-        for attempt in range(retries + 1):
+    def _send(self, method: str, url: str, body: Any, **options: Any) -> _RawResponse:
+        """Send with retries; return a 2xx response or raise the typed error."""
+        request = self._prepare(method, url, body, **options)
+        for attempt in range(request.retries + 1):
             started = time.monotonic()
             try:
                 response = self._transport.send(
-                    method, url, headers, data, timeout_s=timeout_s, deadline_at=deadline_at
-                )
+                    method, request.url, request.headers, request.data,
+                    timeout_s=request.timeout_s, deadline_at=request.deadline_at,
+                )  # fmt: skip
             except OctoAIConnectionError as exc:
-                safe = not exc.request_sent or method in _IDEMPOTENT_METHODS
-                delay = None
-                if safe and attempt < retries and not _deadline_passed(deadline_at):
-                    delay = _retry_delay(attempt, now=time.time(), rand=_random(), initial_s=_BACKOFF_INITIAL_S)
-                self._pause_or_raise(exc, delay, deadline_at, method, url, attempt, retries)
+                time.sleep(self._after_connection_error(exc, request, attempt))
                 continue
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug(
-                    "%s %s -> %d in %.1f ms [request id: %s]",
-                    method,
-                    _redact(url, self._token),
-                    response.status,
-                    (time.monotonic() - started) * 1000,
-                    _request_id(response.headers),
-                )
+            self._log_answer(request, response.status, response.headers, started)
             if response.status < 300:
                 return response
             error_body = response.read(_MAX_ERROR_BODY_BYTES, truncate=True)
-            error = _error_from_response(
-                response.status,
-                response.headers,
-                error_body,
-                token=self._token,
-                base_url=self.base_url if url.startswith(self.base_url + "/") else None,
-            )
-            error.retry_after = _parse_retry_after(response.headers, time.time())
-            delay = None
-            if attempt < retries:
-                delay = _retry_delay(
-                    attempt,
-                    status=response.status,
-                    headers=response.headers,
-                    error_code=_error_code(error.body),
-                    now=time.time(),
-                    rand=_random(),
-                    initial_s=_BACKOFF_INITIAL_S,
-                )
-            self._pause_or_raise(error, delay, deadline_at, method, url, attempt, retries)
+            time.sleep(self._after_error_status(response.status, response.headers, error_body, request, attempt))
         raise AssertionError("unreachable")  # pragma: no cover
-
-    def _pause_or_raise(
-        self,
-        error: OctoAIError,
-        delay: Optional[float],
-        deadline_at: Optional[float],
-        method: str,
-        url: str,
-        attempt: int,
-        retries: int,
-    ) -> None:
-        if delay is None or (deadline_at is not None and time.monotonic() + delay >= deadline_at):
-            raise error
-        log.info(
-            "retrying %s %s in %.2f s (retry %d of %d): %s",
-            method,
-            _redact(url, self._token),
-            delay,
-            attempt + 1,
-            retries,
-            error,
-        )
-        time.sleep(delay)
 
     # -- the generic inference API of the original SDK ----------------------
 
@@ -2004,38 +2811,20 @@ class Client:
 
         The returned iterator owns the connection; it is also a context manager.
         """
-        response = self._send("POST", endpoint_url, inputs, stream=True, **options)
-        return _EventStream(response, self._token, map_fn)
+        return _EventStream(self._send("POST", endpoint_url, inputs, stream=True, **options), self._token, map_fn)
 
     def infer_async(self, endpoint_url: str, inputs: Mapping[str, Any], **options: Any) -> InferenceFuture:
         """Start an inference in the background (header ``X-OctoAI-Async: 1``)."""
-        extra = _merge_headers({"X-OctoAI-Async": "1"}, options.pop("extra_headers", None))
-        payload = _parse_json(self._send("POST", endpoint_url, inputs, extra_headers=extra, **options).read())
-        if not isinstance(payload, dict) or "response_id" not in payload or "poll_url" not in payload:
-            raise OctoAIValidationError("expected 'response_id' and 'poll_url' in the answer to an async inference")
-        return InferenceFuture(str(payload["response_id"]), str(payload["poll_url"]))
-
-    def _poll(self, future: InferenceFuture) -> Dict[str, Any]:
-        payload = _parse_json(self._send("GET", future.poll_url, None).read())
-        if not isinstance(payload, dict):
-            raise OctoAIValidationError("expected a JSON object from the poll URL")
-        if payload.get("status") == "failed":
-            raise OctoAIServerError("the background inference failed: " + _error_details(payload)[0], body=payload)
-        return payload
+        return _future_from_body(self._send("POST", endpoint_url, inputs, **_with_async_header(options)).read())
 
     def is_future_ready(self, future: InferenceFuture) -> bool:
-        """Whether the background inference has completed."""
-        return self._poll(future).get("status") == "completed"
+        """Whether the background inference has completed; raises if it failed."""
+        return _poll_status_from_body(self._send("GET", future.poll_url, None).read()).get("status") == "completed"
 
     def get_future_result(self, future: InferenceFuture) -> Optional[Any]:
         """The background inference's JSON result, or None while it is still running."""
-        status = self._poll(future)
-        if status.get("status") != "completed":
-            return None
-        response_url = status.get("response_url")
-        if not isinstance(response_url, str):
-            raise OctoAIValidationError("the completed inference names no 'response_url'")
-        return _parse_json(self._send("GET", response_url, None).read())
+        url = _response_url(_poll_status_from_body(self._send("GET", future.poll_url, None).read()))
+        return None if url is None else _parse_json(self._send("GET", url, None).read())
 
     def health_check(
         self, endpoint_url: str, timeout: float = DEFAULT_TIMEOUT, *, interval: float = _HEALTH_CHECK_INTERVAL_S
@@ -2047,30 +2836,158 @@ class Client:
         """
         give_up_at = time.monotonic() + timeout
         while True:
-            remaining = give_up_at - time.monotonic()
+            wait_s = max(0.01, min(self.timeout, give_up_at - time.monotonic()))
             try:
-                response = self._send(
-                    "GET", endpoint_url, None, max_retries=0, timeout=max(0.01, min(self.timeout, remaining))
-                )
+                response = self._send("GET", endpoint_url, None, max_retries=0, timeout=wait_s)
                 response.read(_MAX_ERROR_BODY_BYTES, truncate=True)
                 return response.status
-            except OctoAIServerError as exc:
-                if time.monotonic() + interval >= give_up_at:
-                    return exc.status_code or 500
-            except OctoAIConnectionError:
-                if time.monotonic() + interval >= give_up_at:
-                    raise
+            except (OctoAIServerError, OctoAIConnectionError) as exc:
+                status = _health_result(exc, give_up_at, interval)
+                if status is not None:
+                    return status
             time.sleep(interval)
 
 
-def _deadline_passed(deadline_at: Optional[float]) -> bool:
-    return deadline_at is not None and time.monotonic() >= deadline_at
+class _AsyncCompletions:
+    def __init__(self, client: "AsyncClient") -> None:
+        self._client = client
+
+    async def create(self, **arguments: Any) -> Union[ChatCompletion, AsyncStream]:
+        """Create a chat completion; with ``stream=True`` return an `AsyncStream` of chunks.
+
+        Takes the arguments of `Client.chat.completions.create`.
+        """
+        body, stream, options = _build_chat_request(arguments)
+        client = self._client
+        url = _join_url(client.base_url, "chat/completions")
+        response = await client._send("POST", url, body, stream=stream, **options)
+        if stream:
+            return AsyncStream(response, client._token)
+        return _completion_from_body(await response.read(), response.headers)
 
 
-def _random() -> float:
-    import random  # only retries need it
+class _AsyncChat:
+    def __init__(self, client: "AsyncClient") -> None:
+        self.completions = _AsyncCompletions(client)
 
-    return random.random()
+
+class _AsyncModels:
+    def __init__(self, client: "AsyncClient") -> None:
+        self._client = client
+
+    async def list(self, **options: Any) -> List[str]:
+        """Return the ids of the models the server offers (GET {base_url}/models)."""
+        client = self._client
+        response = await client._send("GET", _join_url(client.base_url, "models"), None, **options)
+        return _models_from_body(await response.read())
+
+
+class AsyncClient(_BaseClient):
+    """`Client` for asyncio: the same arguments and methods, awaited.
+
+    ``await client.chat.completions.create(...)``; with ``stream=True`` it
+    returns an `AsyncStream` for ``async for``. Use ``async with
+    AsyncClient() as client:`` or ``await client.close()``. Connections are
+    asyncio streams in a bounded pool: no thread per request. Cancelling a
+    task mid-stream closes its connection.
+    """
+
+    chat: _AsyncChat
+    models: _AsyncModels
+    _transport: _AsyncTransport
+
+    def _make_transport(self, verify: Union[bool, str, "os.PathLike[str]"], env: _Env) -> _AsyncTransport:
+        return _AsyncTransport(verify, env)
+
+    def _bind(self) -> None:
+        self.chat = _AsyncChat(self)
+        self.models = _AsyncModels(self)
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the pooled connections (a `with_options` copy leaves them to its original)."""
+        if self._owns_transport:
+            self._transport.close()
+
+    async def _send(self, method: str, url: str, body: Any, **options: Any) -> _AsyncRawResponse:
+        """Send with retries; return a 2xx response or raise the typed error."""
+        import asyncio
+
+        request = self._prepare(method, url, body, **options)
+        for attempt in range(request.retries + 1):
+            started = time.monotonic()
+            try:
+                response = await self._transport.send(
+                    method, request.url, request.headers, request.data,
+                    timeout_s=request.timeout_s, deadline_at=request.deadline_at,
+                )  # fmt: skip
+            except OctoAIConnectionError as exc:
+                await asyncio.sleep(self._after_connection_error(exc, request, attempt))
+                continue
+            self._log_answer(request, response.status, response.headers, started)
+            if response.status < 300:
+                return response
+            error_body = await response.read(_MAX_ERROR_BODY_BYTES, truncate=True)
+            await asyncio.sleep(
+                self._after_error_status(response.status, response.headers, error_body, request, attempt)
+            )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def infer(self, endpoint_url: str, inputs: Mapping[str, Any], **options: Any) -> Any:
+        """POST `inputs` as JSON to `endpoint_url`; return the JSON answer."""
+        return _parse_json(await (await self._send("POST", endpoint_url, inputs, **options)).read())
+
+    async def infer_stream(
+        self,
+        endpoint_url: str,
+        inputs: Mapping[str, Any],
+        map_fn: Optional[Callable[[Any], Any]] = None,
+        **options: Any,
+    ) -> _AsyncEventStream:
+        """POST `inputs`; ``async for`` each event's JSON (through `map_fn` if given) until `[DONE]`."""
+        response = await self._send("POST", endpoint_url, inputs, stream=True, **options)
+        return _AsyncEventStream(response, self._token, map_fn)
+
+    async def infer_async(self, endpoint_url: str, inputs: Mapping[str, Any], **options: Any) -> InferenceFuture:
+        """Start an inference in the background (header ``X-OctoAI-Async: 1``)."""
+        response = await self._send("POST", endpoint_url, inputs, **_with_async_header(options))
+        return _future_from_body(await response.read())
+
+    async def _poll(self, future: InferenceFuture) -> Dict[str, Any]:
+        return _poll_status_from_body(await (await self._send("GET", future.poll_url, None)).read())
+
+    async def is_future_ready(self, future: InferenceFuture) -> bool:
+        """Whether the background inference has completed; raises if it failed."""
+        return (await self._poll(future)).get("status") == "completed"
+
+    async def get_future_result(self, future: InferenceFuture) -> Optional[Any]:
+        """The background inference's JSON result, or None while it is still running."""
+        url = _response_url(await self._poll(future))
+        return None if url is None else _parse_json(await (await self._send("GET", url, None)).read())
+
+    async def health_check(
+        self, endpoint_url: str, timeout: float = DEFAULT_TIMEOUT, *, interval: float = _HEALTH_CHECK_INTERVAL_S
+    ) -> int:
+        """See `Client.health_check`."""
+        import asyncio
+
+        give_up_at = time.monotonic() + timeout
+        while True:
+            wait_s = max(0.01, min(self.timeout, give_up_at - time.monotonic()))
+            try:
+                response = await self._send("GET", endpoint_url, None, max_retries=0, timeout=wait_s)
+                await response.read(_MAX_ERROR_BODY_BYTES, truncate=True)
+                return response.status
+            except (OctoAIServerError, OctoAIConnectionError) as exc:
+                status = _health_result(exc, give_up_at, interval)
+                if status is not None:
+                    return status
+            await asyncio.sleep(interval)
 
 
 # The original SDK's module layout, for `import octoai_lite as octoai`:
@@ -2084,7 +3001,7 @@ chat = types.SimpleNamespace(
     ChoiceDelta=ChoiceDelta,
     CompletionUsage=CompletionUsage,
 )
-client = types.SimpleNamespace(Client=Client, InferenceFuture=InferenceFuture)
+client = types.SimpleNamespace(Client=Client, AsyncClient=AsyncClient, InferenceFuture=InferenceFuture)
 
 
 # =============================================================================
