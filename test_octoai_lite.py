@@ -422,6 +422,105 @@ def test_fold_reasoning_content():
 
 
 # =============================================================================
+# 4g. HTTP/1.1 response framing (pure)
+# =============================================================================
+
+
+def parse_all_ways(data, method="POST", eof=False):
+    """Events of `data` fed whole; asserts byte-by-byte and every split give the same (h11's tr())."""
+
+    def run(pieces):
+        parser = octoai_lite._ResponseParser(method)
+        events = []
+        for piece in pieces:
+            events += parser.feed(piece)
+        if eof:
+            events += parser.feed_eof()
+        body = b"".join(d for kind, d in events if kind == "data")
+        return [kind for kind, _ in events if kind != "data"], body, parser.status, parser.headers, parser.will_close
+
+    expected = run([data])
+    assert run([data[i : i + 1] for i in range(len(data))]) == expected
+    for at in range(len(data) + 1):
+        assert run([data[:at], data[at:]]) == expected, at
+    return expected
+
+
+def test_parser_content_length():
+    kinds, body, status, headers, will_close = parse_all_ways(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Request-ID: r1\r\n\r\nhello"
+    )
+    assert (kinds, body, status, will_close) == (["head", "end"], b"hello", 200, False)
+    assert headers["x-request-id"] == "r1"
+
+
+def test_parser_chunked_with_extensions_and_trailers():
+    data = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n1\r\n!\r\n0\r\nTrailer: x\r\n\r\n"
+    assert parse_all_ways(data)[:2] == (["head", "end"], b"hello!")
+
+
+def test_parser_read_to_close_and_interim_answers():
+    data = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.0 200 OK\r\nContent-Type: text/event-stream\r\n\r\ndata: x\n\n"
+    kinds, body, status, _, will_close = parse_all_ways(data, eof=True)
+    assert (kinds, body, status, will_close) == (["head", "end"], b"data: x\n\n", 200, True)
+
+
+@pytest.mark.parametrize(
+    "data, method, status",
+    [
+        (b"HTTP/1.1 204 No Content\r\n\r\n", "POST", 204),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", "HEAD", 200),
+        (b"HTTP/1.1 200 Connection established\r\n\r\n", "CONNECT", 200),
+    ],
+)
+def test_parser_answers_without_a_body(data, method, status):
+    kinds, body, got_status, _, _ = parse_all_ways(data, method=method)
+    assert (kinds, body, got_status) == (["head", "end"], b"", status)
+
+
+def test_parser_connection_close_header():
+    assert parse_all_ways(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")[4] is True
+
+
+@pytest.mark.parametrize(
+    "data, error",
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", "IncompleteRead"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel", "IncompleteRead"),
+        (b"", "RemoteDisconnected"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "HTTPException"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n", "HTTPException"),
+        (b"SSH-2.0-OpenSSH\r\n\r\n", "BadStatusLine"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", "HTTPException"),
+    ],
+)
+def test_parser_rejects_bad_or_short_input(data, error):
+    import http.client
+
+    parser = octoai_lite._ResponseParser("GET")
+    with pytest.raises(http.client.HTTPException) as info:
+        parser.feed(data)
+        parser.feed_eof()
+    assert type(info.value).__name__ == error or error == "HTTPException"
+
+
+def test_parser_bounds_the_head():
+    import http.client
+
+    parser = octoai_lite._ResponseParser("GET")
+    with pytest.raises(http.client.LineTooLong):
+        for _ in range(100):
+            parser.feed(b"X-Filler: " + b"a" * 1000 + b"\r\n")
+
+
+def test_request_head_rejects_header_injection():
+    head = octoai_lite._build_request_head("POST", "/v1/x", "h:1", {"A": "b"}, 3)
+    assert head == b"POST /v1/x HTTP/1.1\r\nHost: h:1\r\nAccept-Encoding: identity\r\nA: b\r\nContent-Length: 3\r\n\r\n"
+    with pytest.raises(ValueError):
+        octoai_lite._build_request_head("GET", "/", "h", {"A": "b\r\nEvil: 1"}, None)
+
+
+# =============================================================================
 # 3. Data types
 # =============================================================================
 
@@ -636,41 +735,41 @@ def test_response_objects_round_trip_and_messages_can_be_sent_back(server, make_
     assert server.requests[-1].json()["messages"][0]["content"] == SEED_TEXT
 
 
-def test_not_a_chat_completion_raises_validation_error(server, make_client):
+def test_not_a_chat_completion_raises_validation_error(server, flavor):
     server.script.append(reply(200, {"result": "hello"}))
     with pytest.raises(OctoAIValidationError, match="keys: result"):
-        make_client().chat.completions.create(model="m", messages=[])
+        flavor.chat(flavor.make())
     server.script.append(reply(200, b"<html>hi</html>", content_type="text/html"))
     with pytest.raises(OctoAIValidationError, match="not JSON"):
-        make_client().chat.completions.create(model="m", messages=[])
+        flavor.chat(flavor.make())
 
 
-def test_error_object_with_status_200_raises_typed_error(server, make_client):
+def test_error_object_with_status_200_raises_typed_error(server, flavor):
     server.script.append(reply(200, {"error": {"message": "context too long", "code": 400}}))
     with pytest.raises(BadRequestError, match="context too long"):
-        make_client().chat.completions.create(model="m", messages=[])
+        flavor.chat(flavor.make())
 
 
-def test_models_list(server, make_client):
-    assert make_client().models.list() == ["llama-2-70b-chat", "tiny"]
+def test_models_list(server, flavor):
+    assert flavor.models(flavor.make()) == ["llama-2-70b-chat", "tiny"]
     assert server.requests[-1].method == "GET" and server.requests[-1].path == "/v1/models"
 
 
-def test_404_without_version_segment_hints_at_v1(server, make_client):
+def test_404_without_version_segment_hints_at_v1(server, flavor):
     server.script.append(reply(404, "Not Found", content_type="text/plain"))
     with pytest.raises(NotFoundError, match="lack '/v1'"):
-        make_client(base_url=server.url + "/api").models.list()
+        flavor.models(flavor.make(base_url=server.url + "/api"))
     server.script.append(reply(404, {"error": {"message": "model not found"}}))
     with pytest.raises(NotFoundError) as info:
-        make_client().models.list()
+        flavor.models(flavor.make())
     assert "/v1" not in str(info.value).split("not found")[-1]
 
 
-def test_html_502_error_is_readable(server, make_client):
+def test_html_502_error_is_readable(server, flavor):
     page = b"<html><head><title>502 Bad Gateway</title></head><body><center>nginx</center></body></html>"
     server.script.append(reply(502, page, content_type="text/html", headers={"X-User-Request-ID": "u-1"}))
     with pytest.raises(OctoAIServerError, match=r"502 Bad Gateway: 502 Bad Gateway nginx \[request id: u-1\]") as info:
-        make_client().models.list()
+        flavor.models(flavor.make())
     assert info.value.request_id == "u-1" and info.value.status_code == 502
 
 
@@ -688,10 +787,9 @@ def test_connection_refused_is_a_connection_error():
 # -- streaming over the socket ---------------------------------------------------------
 
 
-def test_stream_yields_chunks_and_folds(server, make_client):
-    with make_client().chat.completions.create(model="m", messages=[], stream=True) as chat_stream:
-        pieces = [c.choices[0].delta.content for c in chat_stream]
-        final = chat_stream.get_final_completion()
+def test_stream_yields_chunks_and_folds(server, flavor):
+    pieces = []
+    final = flavor.collect(flavor.make(), pieces)
     assert "".join(p for p in pieces if p) == "".join(WORDS)
     assert final.choices[0].message.content == "".join(WORDS)
     assert final.choices[0].finish_reason == "stop"
@@ -741,61 +839,59 @@ def test_each_chunk_arrives_before_the_next_is_sent(server, make_client):
     ],
     ids=["vllm", "llama.cpp", "ollama-crlf-no-done", "event-lines"],
 )
-def test_real_server_framings(server, make_client, events):
+def test_real_server_framings(server, flavor, events):
     server.script.append(stream(events))
-    final = make_client().chat.completions.create(model="m", messages=[], stream=True).get_final_completion()
+    final = flavor.collect(flavor.make(), [])
     assert final.choices[0].message.content == "hi"
 
 
-def test_error_event_mid_stream_raises_typed_error(server, make_client):
+def test_error_event_mid_stream_raises_typed_error(server, flavor):
     events = [sse_event(chunk("a")), sse_event({"error": {"message": "overloaded", "code": 503}}, event="error")]
     server.script.append(stream(events))
     got = []
     with pytest.raises(OctoAIServerError, match="overloaded"):
-        for c in make_client().chat.completions.create(model="m", messages=[], stream=True):
-            got.append(c.choices[0].delta.content)
+        flavor.collect(flavor.make(), got)
     assert got == ["a"]
     server.script.append(stream([sse_event({"error": {"message": "bad prompt", "code": 400}})]))
     with pytest.raises(BadRequestError, match="bad prompt"):
-        list(make_client().chat.completions.create(model="m", messages=[], stream=True))
+        flavor.collect(flavor.make(), [])
 
 
-def test_http_error_before_stream_raises_on_create(server, make_client):
+def test_http_error_before_stream_raises_on_create(server, flavor):
     server.script.append(reply(400, {"error": {"message": "max_tokens too large"}}))
     with pytest.raises(BadRequestError, match="max_tokens too large"):
-        make_client().chat.completions.create(model="m", messages=[], stream=True)
+        flavor.chat(flavor.make(), stream=True)
 
 
-def test_plain_json_answer_to_a_stream_request_is_a_clear_error(server, make_client):
+def test_plain_json_answer_to_a_stream_request_is_a_clear_error(server, flavor):
     server.script.append(reply(200, completion_body()))
     with pytest.raises(OctoAIValidationError, match="one JSON body instead of an event stream"):
-        list(make_client().chat.completions.create(model="m", messages=[], stream=True))
+        flavor.collect(flavor.make(), [])
     server.script.append(reply(200, {"error": {"message": "no streaming here"}}))
     with pytest.raises(OctoAIServerError, match="no streaming here"):
-        list(make_client().chat.completions.create(model="m", messages=[], stream=True))
+        flavor.collect(flavor.make(), [])
 
 
-def test_stream_that_ends_before_any_chunk_is_an_error(server, make_client):
+def test_stream_that_ends_before_any_chunk_is_an_error(server, flavor):
     server.script.append(stream([]))
     with pytest.raises(OctoAIValidationError, match="before any event"):
-        list(make_client().chat.completions.create(model="m", messages=[], stream=True))
+        flavor.collect(flavor.make(), [])
 
 
-def test_stream_truncated_chunked_body_is_a_connection_error(server, make_client):
+def test_stream_truncated_chunked_body_is_a_connection_error(server, flavor):
     server.script.append(stream([sse_event(chunk("a")), sse_event(chunk("b"))], cut=True))
     got = []
     with pytest.raises(OctoAIConnectionError):
-        for c in make_client().chat.completions.create(model="m", messages=[], stream=True):
-            got.append(c.choices[0].delta.content)
+        flavor.collect(flavor.make(), got)
     assert got == ["a", "b"]
 
 
-def test_cut_after_done_raises_nothing(server, make_client):
+def test_cut_after_done_raises_nothing(server, flavor):
     server.script.append(stream([sse_event(chunk("a")), b"data: [DONE]\n\n"], cut=True))
-    client = make_client()
-    final = client.chat.completions.create(model="m", messages=[], stream=True).get_final_completion()
+    client = flavor.make()
+    final = flavor.collect(client, [])
     assert final.choices[0].message.content == "a"
-    client.models.list()  # the cut connection was not reused
+    flavor.models(client)  # the cut connection was not reused
     assert server.requests[-1].port != server.requests[-2].port
 
 
@@ -818,17 +914,17 @@ def test_get_final_completion_reads_the_rest_after_partial_iteration(server, mak
     assert chat_stream.request_id is None and chat_stream.response_headers["content-type"] == "text/event-stream"
 
 
-def test_infer_stream_uses_the_same_reader(server, make_client):
+def test_infer_stream_uses_the_same_reader(server, flavor):
     server.script.append(stream([b": ping\n\n", sse_event({"n": 1}), sse_event({"n": 2}), b"data: [DONE]\n\n"]))
-    client = make_client()
-    assert list(client.infer_stream(server.url + "/gen", {"p": 1}, map_fn=lambda d: d["n"] * 10)) == [10, 20]
+    client = flavor.make()
+    assert flavor.infer_stream(client, server.url + "/gen", {"p": 1}, map_fn=lambda d: d["n"] * 10) == [10, 20]
     assert server.requests[-1].headers["accept"] == "text/event-stream"
     server.script.append(stream([sse_event({"n": 1})], cut=True))
     with pytest.raises(OctoAIConnectionError):
-        list(client.infer_stream(server.url + "/gen", {}))
+        flavor.infer_stream(client, server.url + "/gen", {})
 
 
-def test_oversized_line_over_the_socket_raises_with_bounded_memory(server, make_client):
+def test_oversized_line_over_the_socket_raises_with_bounded_memory(server, flavor):
     import tracemalloc
 
     big = [b"data: " + b"x" * (1024 * 1024) for _ in range(20)]  # 20 MiB with no line end
@@ -836,7 +932,7 @@ def test_oversized_line_over_the_socket_raises_with_bounded_memory(server, make_
     tracemalloc.start()
     try:
         with pytest.raises(OctoAIValidationError, match="longer than"):
-            list(make_client().chat.completions.create(model="m", messages=[], stream=True))
+            flavor.collect(flavor.make(), [])
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -846,11 +942,11 @@ def test_oversized_line_over_the_socket_raises_with_bounded_memory(server, make_
 # -- generic inference API ---------------------------------------------------------
 
 
-def test_infer_posts_json_and_returns_json(server, make_client):
-    assert make_client().infer(server.url + "/echo", {"prompt": "hi"})["body"] == '{"prompt": "hi"}'
+def test_infer_posts_json_and_returns_json(server, flavor):
+    assert flavor.infer(flavor.make(), server.url + "/echo", {"prompt": "hi"})["body"] == '{"prompt": "hi"}'
 
 
-def test_async_inference_futures(server, make_client):
+def test_async_inference_futures(server, flavor):
     base = server.url
     server.script += [
         reply(202, {"response_id": "r1", "poll_url": base + "/poll/r1"}),
@@ -860,25 +956,25 @@ def test_async_inference_futures(server, make_client):
         reply(200, {"status": "completed", "response_url": base + "/result/r1"}),
         reply(200, {"answer": 42}),
     ]
-    client = make_client()
-    future = client.infer_async(base + "/infer", {"x": 1})
+    client = flavor.make()
+    future = flavor.call(client, "infer_async", base + "/infer", {"x": 1})
     assert future.response_id == "r1" and server.requests[0].headers["x-octoai-async"] == "1"
-    assert client.is_future_ready(future) is False
-    assert client.get_future_result(future) is None
-    assert client.is_future_ready(future) is True
-    assert client.get_future_result(future) == {"answer": 42}
+    assert flavor.call(client, "is_future_ready", future) is False
+    assert flavor.call(client, "get_future_result", future) is None
+    assert flavor.call(client, "is_future_ready", future) is True
+    assert flavor.call(client, "get_future_result", future) == {"answer": 42}
     assert [r.path for r in server.requests[1:]] == ["/poll/r1"] * 4 + ["/result/r1"]
 
 
-def test_health_check(server, make_client):
+def test_health_check(server, flavor):
     server.script += [reply(503, "starting"), reply(502, "starting"), reply(200, "ok")]
-    assert make_client().health_check(server.url + "/health", timeout=5, interval=0.01) == 200
+    assert flavor.call(flavor.make(), "health_check", server.url + "/health", timeout=5, interval=0.01) == 200
     assert len(server.requests) == 3
     server.script += [reply(403, {"detail": "forbidden"})]
     with pytest.raises(PermissionDeniedError):
-        make_client().health_check(server.url + "/health", timeout=5, interval=0.01)
+        flavor.call(flavor.make(), "health_check", server.url + "/health", timeout=5, interval=0.01)
     server.script += [reply(503, "starting")] * 50
-    assert make_client().health_check(server.url + "/health", timeout=0.2, interval=0.05) == 503
+    assert flavor.call(flavor.make(), "health_check", server.url + "/health", timeout=0.2, interval=0.05) == 503
 
 
 # =============================================================================
@@ -949,16 +1045,16 @@ def test_import_has_no_side_effects(tmp_path):
     assert result.stdout.strip() == "ok", result.stderr
 
 
-def test_token_never_in_repr_errors_or_logs(server, make_client, caplog):
+def test_token_never_in_repr_errors_or_logs(server, flavor, caplog):
     caplog.set_level(logging.DEBUG, logger="octoai_lite")
-    client = make_client(token=TOKEN, max_retries=1)
+    client = flavor.make(token=TOKEN, max_retries=1)
     assert TOKEN not in repr(client)
     server.script += [
         reply(503, {"error": {"message": f"upstream rejected {TOKEN}"}}, headers={"Retry-After": "0"}),
         reply(401, {"error": {"message": f"invalid key {TOKEN}"}}),
     ]
     with pytest.raises(AuthenticationError) as info:
-        client.chat.completions.create(model="m", messages=[], extra_query={"k": TOKEN})
+        flavor.chat(client, extra_query={"k": TOKEN})
     text = str(info.value) + repr(info.value) + repr(info.value.body) + caplog.text
     assert "retrying POST" in caplog.text and " -> 503 in " in caplog.text
     assert TOKEN not in text

@@ -16,7 +16,6 @@ import octoai_lite
 from conftest import chunk, completion_body, reply, reset, sse_event, stream
 from octoai_lite import (
     BadRequestError,
-    Client,
     NotFoundError,
     OctoAIClientError,
     OctoAIConnectionError,
@@ -37,15 +36,15 @@ def chat(client, **kwargs):
 # =============================================================================
 
 
-def test_sequential_requests_share_one_connection(server, make_client):
-    client = make_client()
+def test_sequential_requests_share_one_connection(server, flavor):
+    client = flavor.make()
     for _ in range(100):
-        chat(client)
+        flavor.chat(client)
     assert server.connections == 1
     assert len({r.port for r in server.requests}) == 1
 
 
-def test_keep_alive_holds_with_descriptors_above_1023(server, make_client):
+def test_keep_alive_holds_with_descriptors_above_1023(server, flavor):
     import os
     import resource
 
@@ -54,19 +53,19 @@ def test_keep_alive_holds_with_descriptors_above_1023(server, make_client):
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 2048), hard))
     spare = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]  # push new sockets past select()'s limit
     try:
-        client = make_client()
+        client = flavor.make()
         for _ in range(3):
-            chat(client)
+            flavor.chat(client)
         assert server.connections == 1
     finally:
         for fd in spare:
             os.close(fd)
 
 
-def test_streams_read_to_the_end_return_their_connection(server, make_client):
-    client = make_client()
+def test_streams_read_to_the_end_return_their_connection(server, flavor):
+    client = flavor.make()
     for _ in range(5):
-        assert chat(client, stream=True).get_final_completion().choices[0].message.content
+        assert flavor.collect(client, []).choices[0].message.content
     assert server.connections == 1
 
 
@@ -79,7 +78,7 @@ def test_unread_response_is_never_reused(server, make_client):
     assert server.connections == 2
 
 
-def test_idle_connection_closed_by_server_is_replaced_silently(raw_server):
+def test_idle_connection_closed_by_server_is_replaced_silently(raw_server, flavor):
     body = json.dumps(completion_body()).encode()
     answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
 
@@ -90,15 +89,14 @@ def test_idle_connection_closed_by_server_is_replaced_silently(raw_server):
         sock.close()  # the keep-alive connection dies while idle in the pool
 
     raw_server.handler = one_answer_then_close
-    client = Client(base_url=raw_server.url + "/v1", max_retries=0, timeout=5)
-    chat(client)
+    client = flavor.make(base_url=raw_server.url + "/v1", max_retries=0, timeout=5)
+    flavor.chat(client)
     time.sleep(0.2)
-    chat(client)  # max_retries=0: a retry would have been refused
+    flavor.chat(client)  # max_retries=0: a retry would have been refused
     assert raw_server.accepted == 2
-    client.close()
 
 
-def test_stale_connection_detected_only_on_send_is_resent_once(raw_server):
+def test_stale_connection_detected_only_on_send_is_resent_once(raw_server, flavor):
     """The server closes right after reading the next request, before any answer byte."""
     body = json.dumps(completion_body()).encode()
     answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
@@ -116,11 +114,10 @@ def test_stale_connection_detected_only_on_send_is_resent_once(raw_server):
             sock.sendall(answer)
 
     raw_server.handler = handler
-    client = Client(base_url=raw_server.url + "/v1", max_retries=0, timeout=5)
-    chat(client)
-    chat(client)
+    client = flavor.make(base_url=raw_server.url + "/v1", max_retries=0, timeout=5)
+    flavor.chat(client)
+    flavor.chat(client)
     assert raw_server.accepted == 2
-    client.close()
 
 
 # =============================================================================
@@ -174,9 +171,9 @@ def test_pool_wait_is_bounded(server, make_client):
 
 
 @pytest.mark.parametrize("status", [408, 409, 429, 500, 502, 503, 504])
-def test_retryable_statuses_are_retried(server, make_client, status):
+def test_retryable_statuses_are_retried(server, flavor, status):
     server.script += [reply(status, {"error": {"message": "later"}}), reply(200)]
-    assert chat(make_client(max_retries=2)).choices[0].message.content
+    assert flavor.chat(flavor.make(max_retries=2)).choices[0].message.content
     assert len(server.requests) == 2
 
 
@@ -190,18 +187,18 @@ def test_retryable_statuses_are_retried(server, make_client, status):
         (422, octoai_lite.UnprocessableEntityError),
     ],
 )
-def test_client_errors_are_never_retried(server, make_client, status, cls):
+def test_client_errors_are_never_retried(server, flavor, status, cls):
     server.script += [reply(status, {"error": {"message": "no"}}), reply(200)]
     with pytest.raises(cls):
-        chat(make_client(max_retries=3))
+        flavor.chat(flavor.make(max_retries=3))
     assert len(server.requests) == 1
 
 
-def test_retries_stop_at_max_retries_and_wait_backoff(server, make_client, monkeypatch):
+def test_retries_stop_at_max_retries_and_wait_backoff(server, flavor, monkeypatch):
     monkeypatch.setattr(octoai_lite, "_BACKOFF_INITIAL_S", 0.05)
     server.script += [reply(503, "busy")] * 4
     with pytest.raises(OctoAIServerError, match="503"):
-        chat(make_client(max_retries=2))
+        flavor.chat(flavor.make(max_retries=2))
     times = [r.time for r in server.requests]
     assert len(times) == 3
     waits = [b - a for a, b in zip(times, times[1:])]
@@ -209,19 +206,19 @@ def test_retries_stop_at_max_retries_and_wait_backoff(server, make_client, monke
     assert 0.075 * 0.9 <= waits[1] < 0.1 + 0.1  # then doubled
 
 
-def test_max_retries_per_call_and_zero_means_one_try(server, make_client):
-    client = make_client(max_retries=5)
+def test_max_retries_per_call_and_zero_means_one_try(server, flavor):
+    client = flavor.make(max_retries=5)
     server.script += [reply(503, "busy")] * 3
     with pytest.raises(OctoAIServerError):
-        chat(client, max_retries=0)
+        flavor.chat(client, max_retries=0)
     assert len(server.requests) == 1
     server.reset()
     server.script += [reply(503, "busy"), reply(200)]
-    chat(client.with_options(max_retries=1))
+    flavor.chat(client.with_options(max_retries=1))
     assert len(server.requests) == 2
 
 
-def test_retry_after_seconds_and_http_date_are_honoured(server, make_client):
+def test_retry_after_seconds_and_http_date_are_honoured(server, flavor):
     def date_reply(handler, request):
         date = email.utils.formatdate(time.time() + 1.5, usegmt=True)  # whole seconds: a 0.5-1.5 s wait
         reply(503, "busy", headers={"Retry-After": date})(handler, request)
@@ -232,34 +229,34 @@ def test_retry_after_seconds_and_http_date_are_honoured(server, make_client):
         reply(503, "busy", headers={"retry-after-ms": "100"}),
         reply(200),
     ]
-    chat(make_client(max_retries=3))
+    flavor.chat(flavor.make(max_retries=3))
     times = [r.time for r in server.requests]
     assert times[1] - times[0] >= 0.28
     assert times[2] - times[1] >= 0.4
     assert times[3] - times[2] >= 0.09
 
 
-def test_retry_after_beyond_the_cap_raises_at_once_with_the_wait(server, make_client):
+def test_retry_after_beyond_the_cap_raises_at_once_with_the_wait(server, flavor):
     server.script += [reply(429, {"error": {"message": "wait an hour"}}, headers={"Retry-After": "3600"}), reply(200)]
     started = time.monotonic()
     with pytest.raises(RateLimitError) as info:
-        chat(make_client(max_retries=3))
+        flavor.chat(flavor.make(max_retries=3))
     assert time.monotonic() - started < 1
     assert info.value.retry_after == 3600
     assert len(server.requests) == 1
 
 
-def test_should_retry_header_is_obeyed(server, make_client):
+def test_should_retry_header_is_obeyed(server, flavor):
     server.script += [reply(503, "no", headers={"x-should-retry": "false"}), reply(200)]
     with pytest.raises(OctoAIServerError):
-        chat(make_client(max_retries=2))
+        flavor.chat(flavor.make(max_retries=2))
     server.reset()
     server.script += [reply(400, "try again", headers={"x-should-retry": "true"}), reply(200)]
-    chat(make_client(max_retries=2))
+    flavor.chat(flavor.make(max_retries=2))
     assert len(server.requests) == 2
 
 
-def test_insufficient_quota_is_not_retried(server, make_client):
+def test_insufficient_quota_is_not_retried(server, flavor):
     body = {
         "error": {
             "message": "You exceeded your current quota",
@@ -269,61 +266,60 @@ def test_insufficient_quota_is_not_retried(server, make_client):
     }
     server.script += [reply(429, body), reply(200)]
     with pytest.raises(RateLimitError, match="quota"):
-        chat(make_client(max_retries=2))
+        flavor.chat(flavor.make(max_retries=2))
     assert len(server.requests) == 1
 
 
-def test_connection_refused_is_retried_then_raised():
+def test_connection_refused_is_retried_then_raised(flavor):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    client = Client(base_url=f"http://127.0.0.1:{port}/v1", max_retries=2, timeout=1)
+    client = flavor.make(base_url=f"http://127.0.0.1:{port}/v1", max_retries=2, timeout=1)
     with pytest.raises(OctoAIConnectionError, match="connecting to") as info:
-        chat(client)
+        flavor.chat(client)
     assert info.value.request_sent is False
 
 
-def test_post_reset_after_sending_is_not_resent(raw_server):
+def test_post_reset_after_sending_is_not_resent(raw_server, flavor):
     def read_then_reset(sock, server):
         server.read_request(sock)
         reset(sock)
 
     raw_server.handler = read_then_reset
-    client = Client(base_url=raw_server.url + "/v1", max_retries=3, timeout=2)
+    client = flavor.make(base_url=raw_server.url + "/v1", max_retries=3, timeout=2)
     with pytest.raises(OctoAIConnectionError, match="may have received it") as info:
-        chat(client)
+        flavor.chat(client)
     assert info.value.request_sent is True
     assert len(raw_server.requests) == 1
 
 
-def test_post_timeout_after_sending_is_not_resent_but_get_is(raw_server):
+def test_post_timeout_after_sending_is_not_resent_but_get_is(raw_server, flavor):
     def read_then_stall(sock, server):
         server.read_request(sock)
         time.sleep(1)
 
     raw_server.handler = read_then_stall
-    client = Client(base_url=raw_server.url + "/v1", max_retries=2, timeout=0.2)
+    client = flavor.make(base_url=raw_server.url + "/v1", max_retries=2, timeout=0.2)
     with pytest.raises(OctoAITimeoutError, match="may have received it"):
-        chat(client)
+        flavor.chat(client)
     assert len(raw_server.requests) == 1
     with pytest.raises(OctoAITimeoutError):
-        client.models.list()
+        flavor.models(client)
     assert len(raw_server.requests) == 1 + 3  # an idempotent GET is tried again
 
 
-def test_stream_is_not_retried_after_a_chunk(server, make_client):
+def test_stream_is_not_retried_after_a_chunk(server, flavor):
     server.script += [stream([sse_event(chunk("a"))], cut=True), stream()]
     got = []
     with pytest.raises(OctoAIConnectionError):
-        for c in chat(make_client(max_retries=3), stream=True):
-            got.append(c.choices[0].delta.content)
+        flavor.collect(flavor.make(max_retries=3), got)
     assert got == ["a"] and len(server.requests) == 1
 
 
-def test_retry_decisions_are_logged(server, make_client, caplog):
+def test_retry_decisions_are_logged(server, flavor, caplog):
     caplog.set_level(logging.INFO, logger="octoai_lite")
     server.script += [reply(502, "bad gateway"), reply(200)]
-    chat(make_client(max_retries=1))
+    flavor.chat(flavor.make(max_retries=1))
     assert "retrying POST" in caplog.text and "502" in caplog.text
 
 
@@ -332,38 +328,36 @@ def test_retry_decisions_are_logged(server, make_client, caplog):
 # =============================================================================
 
 
-def test_server_that_accepts_and_never_answers_times_out(raw_server):
+def test_server_that_accepts_and_never_answers_times_out(raw_server, flavor):
     raw_server.handler = lambda sock, server: time.sleep(2)
-    client = Client(base_url=raw_server.url + "/v1", max_retries=0, timeout=0.3)
+    client = flavor.make(base_url=raw_server.url + "/v1", max_retries=0, timeout=0.3)
     started = time.monotonic()
     with pytest.raises(OctoAITimeoutError, match="waiting for the answer"):
-        chat(client)
+        flavor.chat(client)
     assert time.monotonic() - started < 0.3 + 0.5
 
 
-def test_headers_then_silence_times_out(raw_server):
+def test_headers_then_silence_times_out(raw_server, flavor):
     def headers_then_stall(sock, server):
         server.read_request(sock)
         sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
         time.sleep(2)
 
     raw_server.handler = headers_then_stall
-    client = Client(base_url=raw_server.url + "/v1", max_retries=0, timeout=0.3)
+    client = flavor.make(base_url=raw_server.url + "/v1", max_retries=0, timeout=0.3)
     started = time.monotonic()
     with pytest.raises(OctoAITimeoutError, match="reading the answer"):
-        chat(client)
+        flavor.chat(client)
     assert time.monotonic() - started < 0.3 + 0.5
 
 
-def test_stream_that_stalls_mid_way_times_out(server, make_client):
+def test_stream_that_stalls_mid_way_times_out(server, flavor):
     server.script.append(stall_after_first_event())
-    client = make_client(timeout=0.3)
+    client = flavor.make(timeout=0.3)
     got = []
     started = time.monotonic()
     with pytest.raises(OctoAITimeoutError):
-        for c in chat(client, stream=True):
-            got.append(c.choices[0].delta.content)
-            started = time.monotonic()
+        flavor.collect(client, got)
     assert got == ["a"]
     assert time.monotonic() - started < 0.3 + 0.5
 
@@ -382,28 +376,27 @@ def stall_after_first_event():
     return action
 
 
-def test_deadline_stops_a_trickling_stream(server, make_client):
+def test_deadline_stops_a_trickling_stream(server, flavor):
     events = [b": ping\n\n"] + [sse_event(chunk("x"))] * 200
     server.script.append(stream(events, delay=0.05))  # never idle long enough for `timeout`
-    client = make_client(timeout=5)
+    client = flavor.make(timeout=5)
     started = time.monotonic()
     with pytest.raises(OctoAITimeoutError, match="deadline"):
-        for _ in chat(client, stream=True, deadline=0.5):
-            pass
+        flavor.collect(client, [], deadline=0.5)
     assert 0.45 < time.monotonic() - started < 1.5
 
 
-def test_client_deadline_bounds_retries(server, make_client):
+def test_client_deadline_bounds_retries(server, flavor):
     server.script += [reply(503, "busy", headers={"Retry-After": "0.4"})] * 5
-    client = make_client(max_retries=5, deadline=1.0)
+    client = flavor.make(max_retries=5, deadline=1.0)
     started = time.monotonic()
     with pytest.raises(OctoAIServerError):
-        chat(client)
+        flavor.chat(client)
     assert time.monotonic() - started < 1.2
     assert len(server.requests) <= 3
 
 
-def test_slow_byte_by_byte_answer_still_arrives(raw_server):
+def test_slow_byte_by_byte_answer_still_arrives(raw_server, flavor):
     body = json.dumps(completion_body()).encode()
     answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
 
@@ -415,9 +408,8 @@ def test_slow_byte_by_byte_answer_still_arrives(raw_server):
                 time.sleep(0.001)
 
     raw_server.handler = trickle
-    client = Client(base_url=raw_server.url + "/v1", max_retries=0, timeout=2)
-    assert chat(client).choices[0].message.content
-    client.close()
+    client = flavor.make(base_url=raw_server.url + "/v1", max_retries=0, timeout=2)
+    assert flavor.chat(client).choices[0].message.content
 
 
 # =============================================================================
@@ -430,7 +422,7 @@ def sse_head(chunked=True):
     return b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n" + framing + b"\r\n"
 
 
-def test_truncated_chunked_encoding_is_a_connection_error(raw_server):
+def test_truncated_chunked_encoding_is_a_connection_error(raw_server, flavor):
     event = sse_event(chunk("a"))
 
     def truncated(sock, server):
@@ -439,24 +431,24 @@ def test_truncated_chunked_encoding_is_a_connection_error(raw_server):
         sock.shutdown(socket.SHUT_WR)  # a clean FIN in the middle of a chunk
 
     raw_server.handler = truncated
-    client = Client(base_url=raw_server.url + "/v1", max_retries=0, timeout=2)
+    client = flavor.make(base_url=raw_server.url + "/v1", max_retries=0, timeout=2)
     with pytest.raises(OctoAIConnectionError, match="closed before the whole answer"):
-        list(chat(client, stream=True))
+        flavor.collect(client, [])
 
 
-def test_short_content_length_body_is_a_connection_error(raw_server):
+def test_short_content_length_body_is_a_connection_error(raw_server, flavor):
     def short(sock, server):
         server.read_request(sock)
         sock.sendall(b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n{"id": 1')
         sock.shutdown(socket.SHUT_WR)
 
     raw_server.handler = short
-    client = Client(base_url=raw_server.url + "/v1", max_retries=0, timeout=2)
+    client = flavor.make(base_url=raw_server.url + "/v1", max_retries=0, timeout=2)
     with pytest.raises(OctoAIConnectionError, match="closed before the whole answer"):
-        chat(client)
+        flavor.chat(client)
 
 
-def test_cr_only_sse_over_the_socket(raw_server):
+def test_cr_only_sse_over_the_socket(raw_server, flavor):
     events = (sse_event(chunk("a")) + sse_event(chunk("b")) + b"data: [DONE]\n\n").replace(b"\n", b"\r")
 
     def cr_only(sock, server):
@@ -467,21 +459,21 @@ def test_cr_only_sse_over_the_socket(raw_server):
             time.sleep(0.001)
 
     raw_server.handler = cr_only
-    client = Client(base_url=raw_server.url + "/v1", max_retries=0, timeout=2)
-    assert chat(client, stream=True).get_final_completion().choices[0].message.content == "ab"
+    client = flavor.make(base_url=raw_server.url + "/v1", max_retries=0, timeout=2)
+    assert flavor.collect(client, []).choices[0].message.content == "ab"
 
 
-def test_read_to_close_stream_ending_without_done_ends_normally(raw_server):
+def test_read_to_close_stream_ending_without_done_ends_normally(raw_server, flavor):
     def no_done(sock, server):
         server.read_request(sock)
         sock.sendall(sse_head(chunked=False) + sse_event(chunk("a")) + sse_event(chunk("b")))
 
     raw_server.handler = no_done
-    client = Client(base_url=raw_server.url + "/v1", max_retries=0, timeout=2)
-    assert chat(client, stream=True).get_final_completion().choices[0].message.content == "ab"
+    client = flavor.make(base_url=raw_server.url + "/v1", max_retries=0, timeout=2)
+    assert flavor.collect(client, []).choices[0].message.content == "ab"
 
 
-def test_reset_mid_stream_is_a_connection_error(raw_server):
+def test_reset_mid_stream_is_a_connection_error(raw_server, flavor):
     def reset_mid_stream(sock, server):
         server.read_request(sock)
         event = sse_event(chunk("a"))
@@ -490,18 +482,17 @@ def test_reset_mid_stream_is_a_connection_error(raw_server):
         reset(sock)
 
     raw_server.handler = reset_mid_stream
-    client = Client(base_url=raw_server.url + "/v1", max_retries=3, timeout=2)
+    client = flavor.make(base_url=raw_server.url + "/v1", max_retries=3, timeout=2)
     got = []
     with pytest.raises(OctoAIConnectionError):
-        for c in chat(client, stream=True):
-            got.append(c.choices[0].delta.content)
+        flavor.collect(client, got)
     assert got == ["a"] and raw_server.accepted == 1
 
 
-def test_huge_error_body_is_cut(server, make_client):
+def test_huge_error_body_is_cut(server, flavor):
     server.script.append(reply(500, b"E" * (5 * 1024 * 1024), content_type="text/plain"))
     with pytest.raises(OctoAIServerError) as info:
-        chat(make_client())
+        flavor.chat(flavor.make())
     assert len(str(info.value)) < 1000 and len(info.value.body) <= 2010
 
 
@@ -515,33 +506,33 @@ def redirect(status, location):
 
 
 @pytest.mark.parametrize("status", [307, 308])
-def test_same_origin_307_308_keep_method_and_body(server, make_client, status):
+def test_same_origin_307_308_keep_method_and_body(server, flavor, status):
     server.script.append(redirect(status, "/v2/chat/completions"))
-    chat(make_client(token=TOKEN))
+    flavor.chat(flavor.make(token=TOKEN))
     first, second = server.requests
     assert second.method == "POST" and second.path == "/v2/chat/completions"
     assert second.body == first.body and second.headers["authorization"] == f"Bearer {TOKEN}"
 
 
-def test_redirect_to_another_origin_is_refused(server, make_client, http_server):
+def test_redirect_to_another_origin_is_refused(server, flavor, http_server):
     other = server.url.replace("127.0.0.1", "localhost")
     server.script.append(redirect(307, other + "/v1/chat/completions"))
     with pytest.raises(OctoAIClientError, match="another origin"):
-        chat(make_client(token=TOKEN))
+        flavor.chat(flavor.make(token=TOKEN))
     assert len(server.requests) == 1
 
 
 @pytest.mark.parametrize("status", [301, 302, 303])
-def test_post_is_not_turned_into_a_get(server, make_client, status):
+def test_post_is_not_turned_into_a_get(server, flavor, status):
     server.script.append(redirect(status, "/elsewhere"))
     with pytest.raises(OctoAIClientError, match="cannot follow"):
-        chat(make_client())
+        flavor.chat(flavor.make())
     assert len(server.requests) == 1
 
 
-def test_get_follows_a_same_origin_301(server, make_client):
+def test_get_follows_a_same_origin_301(server, flavor):
     server.script.append(redirect(301, "/v1/models"))
-    assert make_client(base_url=server.url + "/old").models.list() == ["llama-2-70b-chat", "tiny"]
+    assert flavor.models(flavor.make(base_url=server.url + "/old")) == ["llama-2-70b-chat", "tiny"]
 
 
 # =============================================================================
@@ -549,41 +540,36 @@ def test_get_follows_a_same_origin_301(server, make_client):
 # =============================================================================
 
 
-def test_http_proxy_from_environment_with_credentials(server, proxy, monkeypatch):
+def test_http_proxy_from_environment_with_credentials(server, proxy, monkeypatch, flavor):
     monkeypatch.setenv("HTTP_PROXY", proxy.url.replace("http://", "http://user:p%40ss@"))
-    client = Client(base_url=server.url + "/v1", max_retries=0, timeout=5)
-    chat(client)
+    client = flavor.make(base_url=server.url + "/v1", max_retries=0, timeout=5)
+    flavor.chat(client)
     line, headers = proxy.seen[-1]
     assert line.startswith("POST http://127.0.0.1:") and line.endswith("/v1/chat/completions HTTP/1.1")
     import base64
 
     assert headers["proxy-authorization"] == "Basic " + base64.b64encode(b"user:p@ss").decode()
     assert len(server.requests) == 1
-    client.close()
 
 
-def test_no_proxy_bypasses(server, proxy, monkeypatch):
+def test_no_proxy_bypasses(server, proxy, monkeypatch, flavor):
     monkeypatch.setenv("http_proxy", proxy.url)
     monkeypatch.setenv("NO_PROXY", "example.com,127.0.0.0/8")
-    client = Client(base_url=server.url + "/v1", max_retries=0, timeout=5)
-    chat(client)
+    client = flavor.make(base_url=server.url + "/v1", max_retries=0, timeout=5)
+    flavor.chat(client)
     assert proxy.seen == [] and len(server.requests) == 1
-    client.close()
 
 
-def test_https_goes_through_a_connect_tunnel(tls_server, certificates, proxy, monkeypatch):
+def test_https_goes_through_a_connect_tunnel(tls_server, certificates, proxy, monkeypatch, flavor):
     monkeypatch.setenv("HTTPS_PROXY", proxy.url.replace("http://", "http://u:pw@"))
-    client = Client(
-        base_url=tls_server.url.replace("http:", "https:") + "/v1", verify_ssl=certificates["ca"], timeout=5
-    )
-    chat(client)
-    chat(client)
+    client = flavor.make(base_url=https_url(tls_server), verify_ssl=certificates["ca"])
+    flavor.chat(client)
+    flavor.chat(client)
     connects = [line for line, _ in proxy.seen if line.startswith("CONNECT")]
     assert len(connects) == 1  # one tunnel, kept alive
     assert connects[0].startswith(f"CONNECT 127.0.0.1:{tls_server.server_address[1]} HTTP/1.")
     assert proxy.seen[0][1]["proxy-authorization"].startswith("Basic ")
     assert len(tls_server.requests) == 2
-    client.close()
 
 
 def test_proxy_environment_rules():
@@ -606,41 +592,38 @@ def https_url(server):
     return server.url.replace("http:", "https:") + "/v1"
 
 
-def test_tls_verification_is_on_by_default(tls_server):
-    client = Client(base_url=https_url(tls_server), max_retries=2, timeout=5)
+def test_tls_verification_is_on_by_default(tls_server, flavor):
+    client = flavor.make(base_url=https_url(tls_server), max_retries=2, timeout=5)
     with pytest.raises(OctoAIConnectionError, match="certificate verification failed.*(self.signed|local issuer)"):
-        chat(client)
+        flavor.chat(client)
 
 
-def test_tls_with_a_ca_bundle_path(tls_server, certificates):
-    client = Client(base_url=https_url(tls_server), verify_ssl=certificates["ca"], timeout=5)
+def test_tls_with_a_ca_bundle_path(tls_server, certificates, flavor):
+    client = flavor.make(base_url=https_url(tls_server), verify_ssl=certificates["ca"], timeout=5)
     for _ in range(3):
-        chat(client)
+        flavor.chat(client)
     assert tls_server.connections == 1  # one handshake, kept alive
     context = client._transport.ssl_context()
     assert context is client._transport.ssl_context()  # one context per client
-    client.close()
 
 
-def test_tls_with_ssl_cert_file(tls_server, certificates, monkeypatch):
+def test_tls_with_ssl_cert_file(tls_server, certificates, monkeypatch, flavor):
     monkeypatch.setenv("SSL_CERT_FILE", certificates["ca"])
-    client = Client(base_url=https_url(tls_server), timeout=5)
-    assert chat(client, stream=True).get_final_completion().choices[0].message.content
-    client.close()
+    client = flavor.make(base_url=https_url(tls_server), timeout=5)
+    assert flavor.collect(client, []).choices[0].message.content
 
 
-def test_tls_verification_off_works_and_warns(tls_server, caplog):
+def test_tls_verification_off_works_and_warns(tls_server, caplog, flavor):
     caplog.set_level(logging.WARNING, logger="octoai_lite")
-    client = Client(base_url=https_url(tls_server), verify_ssl=False, timeout=5)
-    chat(client)
+    client = flavor.make(base_url=https_url(tls_server), verify_ssl=False, timeout=5)
+    flavor.chat(client)
     assert "verification is off" in caplog.text
-    client.close()
 
 
-def test_missing_ca_bundle_is_a_clear_error(tls_server, tmp_path):
-    client = Client(base_url=https_url(tls_server), verify_ssl=str(tmp_path / "nope.pem"), timeout=5)
+def test_missing_ca_bundle_is_a_clear_error(tls_server, tmp_path, flavor):
+    client = flavor.make(base_url=https_url(tls_server), verify_ssl=str(tmp_path / "nope.pem"), timeout=5)
     with pytest.raises(OctoAIClientError, match="cannot load the CA bundle"):
-        chat(client)
+        flavor.chat(client)
 
 
 # =============================================================================
@@ -648,9 +631,9 @@ def test_missing_ca_bundle_is_a_clear_error(tls_server, tmp_path):
 # =============================================================================
 
 
-def test_per_call_headers_query_body_and_timeout(server, make_client):
-    client = make_client(default_headers={"X-Team": "a", "X-Drop": "1"})
-    chat(
+def test_per_call_headers_query_body_and_timeout(server, flavor):
+    client = flavor.make(default_headers={"X-Team": "a", "X-Drop": "1"})
+    flavor.chat(
         client,
         extra_headers={"x-team": "b", "X-Drop": None, "X-Call": "c"},
         extra_query={"api-version": "2024"},
@@ -676,17 +659,17 @@ def test_with_options_shares_the_pool(server, make_client):
     assert server.connections == 1
 
 
-def test_models_list_per_call_options(server, make_client):
-    make_client().models.list(extra_headers={"X-A": "1"}, extra_query={"q": "1"}, timeout=2)
+def test_models_list_per_call_options(server, flavor):
+    flavor.models(flavor.make(), extra_headers={"X-A": "1"}, extra_query={"q": "1"}, timeout=2)
     assert server.requests[-1].headers["x-a"] == "1" and server.requests[-1].path == "/v1/models?q=1"
 
 
-def test_infer_family_per_call_options(server, make_client):
-    client = make_client(max_retries=0)
-    answer = client.infer(server.url + "/echo", {"a": 1}, extra_headers={"X-B": "2"}, extra_body=None, timeout=2)
+def test_infer_family_per_call_options(server, flavor):
+    client = flavor.make(max_retries=0)
+    answer = flavor.infer(client, server.url + "/echo", {"a": 1}, extra_headers={"X-B": "2"}, timeout=2)
     assert answer["headers"]["x-b"] == "2"
     server.script += [reply(503, "busy"), reply(200, {"ok": True})]
-    assert client.infer(server.url + "/x", {}, max_retries=1) == {"ok": True}
+    assert flavor.infer(client, server.url + "/x", {}, max_retries=1) == {"ok": True}
     server.script.append(stream([sse_event({"n": 1}), b"data: [DONE]\n\n"]))
-    assert list(client.infer_stream(server.url + "/s", {}, extra_headers={"X-C": "3"}, deadline=5)) == [{"n": 1}]
-    assert server.requests[-1].headers["x-c"] == "3"
+    got = flavor.infer_stream(client, server.url + "/s", {}, extra_headers={"X-C": "3"}, deadline=5)
+    assert got == [{"n": 1}] and server.requests[-1].headers["x-c"] == "3"
