@@ -530,6 +530,7 @@ class SyncFlavor:
     """Drives a Client; the async flavour offers the same calls."""
 
     name = "sync"
+    client_class = octoai_lite.Client
 
     def __init__(self, base_url):
         self.base_url = base_url
@@ -539,7 +540,7 @@ class SyncFlavor:
         kwargs.setdefault("base_url", self.base_url)
         kwargs.setdefault("timeout", 5)
         kwargs.setdefault("max_retries", 0)
-        made = octoai_lite.Client(**kwargs)
+        made = self.client_class(**kwargs)
         self.clients.append(made)
         return made
 
@@ -572,6 +573,7 @@ class SyncFlavor:
 
 class AsyncFlavor(SyncFlavor):
     name = "async"
+    client_class = octoai_lite.AsyncClient
 
     def __init__(self, base_url):
         super().__init__(base_url)
@@ -579,14 +581,6 @@ class AsyncFlavor(SyncFlavor):
 
     def run(self, coroutine):
         return self.loop.run_until_complete(coroutine)
-
-    def make(self, **kwargs):
-        kwargs.setdefault("base_url", self.base_url)
-        kwargs.setdefault("timeout", 5)
-        kwargs.setdefault("max_retries", 0)
-        made = octoai_lite.AsyncClient(**kwargs)
-        self.clients.append(made)
-        return made
 
     def chat(self, client, **kwargs):
         return self.run(client.chat.completions.create(model="m", messages=MESSAGES, **kwargs))

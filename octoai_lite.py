@@ -59,6 +59,8 @@ from typing import (
     Mapping,
     Optional,
     Tuple,
+    Type,
+    TypeVar,
     Union,
 )
 from urllib.parse import unquote, urlencode, urljoin, urlsplit
@@ -376,6 +378,9 @@ def _tool_calls_or_none(value: Any) -> Optional[List[ToolCall]]:
     return [ToolCall.from_dict(item) for item in value if isinstance(item, dict)]
 
 
+_MessageT = TypeVar("_MessageT", bound="ChatMessage")
+
+
 @dataclasses.dataclass
 class ChatMessage(_Model):
     """A message: what the model answered, or what you send."""
@@ -386,10 +391,10 @@ class ChatMessage(_Model):
     tool_calls: Optional[List[ToolCall]] = None
     _raw: Dict[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
-    _SEED_FIELDS = ("role", "content", "function_call")
+    _SEED_FIELDS: ClassVar[Tuple[str, ...]] = ("role", "content", "function_call")
 
     @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> "ChatMessage":
+    def from_dict(cls: Type[_MessageT], data: Dict[str, Any]) -> _MessageT:
         """Build from the server's JSON object."""
         return cls(
             data.get("role"),
@@ -401,27 +406,10 @@ class ChatMessage(_Model):
 
 
 @dataclasses.dataclass
-class ChoiceDelta(_Model):
+class ChoiceDelta(ChatMessage):
     """The part of a message one stream chunk adds; `content` is None when it adds no text."""
 
-    role: Optional[str] = None
-    content: Optional[str] = None
-    function_call: Optional[FunctionCall] = None
-    tool_calls: Optional[List[ToolCall]] = None
-    _raw: Dict[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
-
     _SEED_FIELDS = ("role", "content")
-
-    @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> "ChoiceDelta":
-        """Build from the server's JSON object."""
-        return cls(
-            data.get("role"),
-            data.get("content"),
-            _function_or_none(data.get("function_call")),
-            _tool_calls_or_none(data.get("tool_calls")),
-            data,
-        )
 
 
 @dataclasses.dataclass
@@ -709,6 +697,23 @@ def _build_headers(
     if token:
         base["Authorization"] = "Bearer " + token
     return _merge_headers(base, default_headers, extra_headers)
+
+
+class _Request:
+    """One call's request and settings, ready for the retry loop."""
+
+    def __init__(
+        self, method: str, url: str, headers: Dict[str, str], data: Optional[bytes], timeout_s: float,
+        deadline_at: Optional[float], retries: int, base_url: Optional[str],
+    ) -> None:  # fmt: skip
+        self.method = method
+        self.url = url
+        self.headers = headers
+        self.data = data
+        self.timeout_s = timeout_s
+        self.deadline_at = deadline_at
+        self.retries = retries
+        self.base_url = base_url  # for the 404 hint, when the URL was built from base_url
 
 
 def _join_url(base: str, path: str, query: Optional[Mapping[str, Any]] = None) -> str:
@@ -1843,34 +1848,19 @@ class _Transport(_TransportBase):
         super().__init__(verify, env)
         self.pool = _ConnectionPool()
 
-    def send(
-        self,
-        method: str,
-        url: str,
-        headers: Mapping[str, str],
-        body: Optional[bytes],
-        *,
-        timeout_s: float,
-        deadline_at: Optional[float],
-    ) -> _RawResponse:
+    def send(self, request: _Request) -> _RawResponse:
         """Send one request, following safe redirects; return the response, whatever its status."""
+        url = request.url
         for _ in range(_MAX_REDIRECTS + 1):
-            response = self._send_once(method, url, _Route(url, headers, self._env), body, timeout_s, deadline_at)
+            response = self._send_once(request, url, _Route(url, request.headers, self._env))
             if not _is_redirect(response.status, response.headers):
                 return response
             response.close()
-            url = _redirect_target(method, url, response.status, response.headers)
+            url = _redirect_target(request.method, url, response.status, response.headers)
         raise OctoAIClientError(f"more than {_MAX_REDIRECTS} redirects, the last to {url}")
 
-    def _send_once(
-        self,
-        method: str,
-        url: str,
-        route: _Route,
-        body: Optional[bytes],
-        timeout_s: float,
-        deadline_at: Optional[float],
-    ) -> _RawResponse:
+    def _send_once(self, request: _Request, url: str, route: _Route) -> _RawResponse:
+        timeout_s, deadline_at = request.timeout_s, request.deadline_at
         for fresh in (False, True):
             conn = self.pool.acquire(route.key, _call_timeout(timeout_s, deadline_at, route.where))
             reused = conn is not None
@@ -1885,7 +1875,7 @@ class _Transport(_TransportBase):
             try:
                 sock.settimeout(_call_timeout(timeout_s, deadline_at, route.where))
                 with _map_errors("send", route.where):
-                    conn.request(method, route.target, body, route.headers)
+                    conn.request(request.method, route.target, request.data, route.headers)
                 with _map_errors("wait", route.where):
                     response = conn.getresponse()
             except BaseException as exc:
@@ -2157,36 +2147,23 @@ class _AsyncTransport(_TransportBase):
         super().__init__(verify, env)
         self.pool = _AsyncPool()
 
-    async def send(
-        self,
-        method: str,
-        url: str,
-        headers: Mapping[str, str],
-        body: Optional[bytes],
-        *,
-        timeout_s: float,
-        deadline_at: Optional[float],
-    ) -> _AsyncRawResponse:
+    async def send(self, request: _Request) -> _AsyncRawResponse:
         """Send one request, following safe redirects; return the response, whatever its status."""
+        url = request.url
         for _ in range(_MAX_REDIRECTS + 1):
-            response = await self._send_once(method, url, _Route(url, headers, self._env), body, timeout_s, deadline_at)
+            response = await self._send_once(request, url, _Route(url, request.headers, self._env))
             if not _is_redirect(response.status, response.headers):
                 return response
             response.close()
-            url = _redirect_target(method, url, response.status, response.headers)
+            url = _redirect_target(request.method, url, response.status, response.headers)
         raise OctoAIClientError(f"more than {_MAX_REDIRECTS} redirects, the last to {url}")
 
-    async def _send_once(
-        self,
-        method: str,
-        url: str,
-        route: _Route,
-        body: Optional[bytes],
-        timeout_s: float,
-        deadline_at: Optional[float],
-    ) -> _AsyncRawResponse:
-        length = None if body is None else len(body)
-        head = _build_request_head(method, route.target, route.host_header, route.headers, length)
+    async def _send_once(self, request: _Request, url: str, route: _Route) -> _AsyncRawResponse:
+        timeout_s, deadline_at = request.timeout_s, request.deadline_at
+        body = request.data
+        head = _build_request_head(
+            request.method, route.target, route.host_header, route.headers, None if body is None else len(body)
+        )
         for fresh in (False, True):
             conn = await self.pool.acquire(route.key, _call_timeout(timeout_s, deadline_at, route.where))
             reused = conn is not None
@@ -2196,7 +2173,7 @@ class _AsyncTransport(_TransportBase):
                 except BaseException:
                     self.pool.release(route.key, None, False)
                     raise
-            parser = _ResponseParser(method)
+            parser = _ResponseParser(request.method)
             try:
                 conn.send(head + (body or b""))
                 events = await self._read_head(conn, parser, route, timeout_s, deadline_at)
@@ -2501,23 +2478,6 @@ def _health_result(error: OctoAIError, give_up_at: float, interval: float) -> Op
     raise error
 
 
-class _Request:
-    """One call's request and settings, ready for the retry loop."""
-
-    def __init__(
-        self, method: str, url: str, headers: Dict[str, str], data: Optional[bytes], timeout_s: float,
-        deadline_at: Optional[float], retries: int, base_url: Optional[str],
-    ) -> None:  # fmt: skip
-        self.method = method
-        self.url = url
-        self.headers = headers
-        self.data = data
-        self.timeout_s = timeout_s
-        self.deadline_at = deadline_at
-        self.retries = retries
-        self.base_url = base_url  # for the 404 hint, when the URL was built from base_url
-
-
 class _BaseClient:
     """Configuration and retry decisions that Client and AsyncClient share."""
 
@@ -2780,10 +2740,7 @@ class Client(_BaseClient):
         for attempt in range(request.retries + 1):
             started = time.monotonic()
             try:
-                response = self._transport.send(
-                    method, request.url, request.headers, request.data,
-                    timeout_s=request.timeout_s, deadline_at=request.deadline_at,
-                )  # fmt: skip
+                response = self._transport.send(request)
             except OctoAIConnectionError as exc:
                 time.sleep(self._after_connection_error(exc, request, attempt))
                 continue
@@ -2922,10 +2879,7 @@ class AsyncClient(_BaseClient):
         for attempt in range(request.retries + 1):
             started = time.monotonic()
             try:
-                response = await self._transport.send(
-                    method, request.url, request.headers, request.data,
-                    timeout_s=request.timeout_s, deadline_at=request.deadline_at,
-                )  # fmt: skip
+                response = await self._transport.send(request)
             except OctoAIConnectionError as exc:
                 await asyncio.sleep(self._after_connection_error(exc, request, attempt))
                 continue
