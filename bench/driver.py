@@ -156,6 +156,36 @@ elif TASK == "threads":
     for thread in threads:
         thread.join()
     result["requests_per_s"] = 32 * per_thread / (time.perf_counter() - before)
+elif TASK == "concurrent":
+    # N concurrent streams of 50 chunks from one async client, where the client has one.
+    import asyncio
+
+    if CLIENT == "octoai_lite":
+        make_async = lambda: octoai_lite.AsyncClient(base_url=BASE_URL, token="bench", max_retries=0)  # noqa: E731
+    elif CLIENT == "openai":
+        from openai import AsyncOpenAI
+
+        make_async = lambda: AsyncOpenAI(base_url=BASE_URL, api_key="bench", max_retries=0)  # noqa: E731
+    else:
+        make_async = None
+    if make_async is not None:
+
+        async def one(client):
+            chunks = await client.chat.completions.create(model="m", messages=MESSAGES, stream=True, max_tokens=50)
+            return sum([1 async for chunk in chunks if chunk.choices])
+
+        async def run_all():
+            client = make_async()
+            await one(client)
+            before = time.perf_counter()
+            counts = await asyncio.gather(*(one(client) for _ in range(N)))
+            elapsed = time.perf_counter() - before
+            await client.close()
+            return sum(counts), elapsed
+
+        total, elapsed = asyncio.run(run_all())
+        result["streams_per_s"] = N / elapsed
+        result["chunks"] = total
 elif TASK == "soak":
     client = make()
     before = time.process_time()
