@@ -15,7 +15,7 @@ Quick start::
 
 Map of the file (each section uses only the ones above it)::
 
-    1 Constants     2 Errors      3 Data types (TextModel, response dataclasses)
+    1 Constants     2 Errors      3 Data types (TextModel, response objects)
     4 Protocol, pure: 4a SSE  4b requests  4c responses and errors  4d retry policy
                       4e redirects  4f folding stream chunks
     5 Transport: the only code that touches sockets (pool, proxies, TLS, send)
@@ -31,11 +31,9 @@ network, no threads, no files.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import enum
 import http.client
 import json
-import logging
 import os
 import re
 import select
@@ -57,6 +55,7 @@ from typing import (
     Iterator,
     List,
     Mapping,
+    NamedTuple,
     Optional,
     Tuple,
     Type,
@@ -104,7 +103,34 @@ __all__ = [
 ]
 __version__ = "0.1.0"
 
-log = logging.getLogger("octoai_lite")
+
+# Logging goes through `_log`; the logger is `octoai_lite.log`. The logging
+# module is imported only once something else has imported it (only then
+# may a record have somewhere to go) or OCTOAI_LOG asks for it: importing
+# it here would cost a sixth of this module's import time.
+_DEBUG, _INFO, _WARNING = 10, 20, 30  # logging's level numbers
+
+
+def _logger() -> Any:
+    import logging
+
+    return logging.getLogger("octoai_lite")
+
+
+def _log_enabled(level: int) -> bool:
+    return "logging" in sys.modules and bool(_logger().isEnabledFor(level))
+
+
+def _log(level: int, message: str, *args: Any) -> None:
+    if _log_enabled(level):
+        _logger().log(level, message, *args)
+
+
+def __getattr__(name: str) -> Any:
+    # `octoai_lite.log`, made on first use (PEP 562).
+    if name == "log":
+        return _logger()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # =============================================================================
@@ -292,13 +318,21 @@ def _to_json(value: Any) -> Any:
 
 
 class _Model:
-    """Shared behaviour of the response dataclasses."""
+    """What the response objects share.
 
-    _SEED_FIELDS: ClassVar[Tuple[str, ...]] = ()  # always present in dict()
+    Each keeps the dict the server sent (`_raw`): fields this module does not
+    name are attributes too, and `to_dict()` gives every one of them back.
+    Plain classes with __slots__ rather than dataclasses: the dataclasses
+    module imports inspect, which would double this module's import time.
+    """
+
+    __slots__ = ("_raw",)
+    _FIELDS: ClassVar[Tuple[str, ...]] = ()  # the named fields, in the guide's order
+    _SEED_FIELDS: ClassVar[Tuple[str, ...]] = ()  # always present in dict(), null when absent
     _raw: Dict[str, Any]
 
     def __getattr__(self, name: str) -> Any:
-        # Only called for names the dataclass does not define: the server's
+        # Only called for names the class does not define: the server's
         # extra fields (reasoning_content, logprobs, ...).
         if not name.startswith("_"):
             try:
@@ -307,13 +341,21 @@ class _Model:
                 pass
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._FIELDS)
+        return f"{type(self).__name__}({fields})"
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return all(getattr(self, name) == getattr(other, name) for name in self._FIELDS)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
+
     def to_dict(self) -> Dict[str, Any]:
         """Return the server's JSON: every field it sent, the guide's fields always."""
         out: Dict[str, Any] = {}
-        for field in dataclasses.fields(self):  # type: ignore[arg-type]
-            name = field.name
-            if name == "_raw":
-                continue
+        for name in self._FIELDS:
             value = getattr(self, name)
             if value is None and name not in self._SEED_FIELDS and name not in self._raw:
                 continue
@@ -330,46 +372,54 @@ class _Model:
         return json.dumps(self.to_dict(), **dumps_kwargs)
 
 
-def _dict_or_none(value: Any) -> Optional[Dict[str, Any]]:
-    return value if isinstance(value, dict) else None
-
-
-@dataclasses.dataclass
 class FunctionCall(_Model):
     """A function name and its JSON arguments (as a string)."""
 
-    name: Optional[str] = None
-    arguments: Optional[str] = None
-    _raw: Dict[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    __slots__ = _FIELDS = _SEED_FIELDS = ("name", "arguments")
 
-    _SEED_FIELDS = ("name", "arguments")
+    def __init__(
+        self, name: Optional[str] = None, arguments: Optional[str] = None, *, _raw: Optional[Dict[str, Any]] = None
+    ) -> None:
+        self.name = name
+        self.arguments = arguments
+        self._raw = _raw or {}
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "FunctionCall":
         """Build from the server's JSON object."""
-        return cls(data.get("name"), data.get("arguments"), data)
+        return cls(data.get("name"), data.get("arguments"), _raw=data)
 
 
 def _function_or_none(value: Any) -> Optional[FunctionCall]:
     return FunctionCall.from_dict(value) if isinstance(value, dict) else None
 
 
-@dataclasses.dataclass
 class ToolCall(_Model):
     """One tool call; in a stream chunk, a fragment of one (see `index`)."""
 
-    id: Optional[str] = None
-    type: Optional[str] = None
-    function: Optional[FunctionCall] = None
-    index: Optional[int] = None
-    _raw: Dict[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
-
+    __slots__ = _FIELDS = ("id", "type", "function", "index")
     _SEED_FIELDS = ("id", "type", "function")
+
+    def __init__(
+        self,
+        id: Optional[str] = None,
+        type: Optional[str] = None,
+        function: Optional[FunctionCall] = None,
+        index: Optional[int] = None,
+        *,
+        _raw: Optional[Dict[str, Any]] = None,
+    ) -> None:
+        self.id = id
+        self.type = type
+        self.function = function
+        self.index = index
+        self._raw = _raw or {}
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "ToolCall":
         """Build from the server's JSON object."""
-        return cls(data.get("id"), data.get("type"), _function_or_none(data.get("function")), data.get("index"), data)
+        function = _function_or_none(data.get("function"))
+        return cls(data.get("id"), data.get("type"), function, data.get("index"), _raw=data)
 
 
 def _tool_calls_or_none(value: Any) -> Optional[List[ToolCall]]:
@@ -381,99 +431,136 @@ def _tool_calls_or_none(value: Any) -> Optional[List[ToolCall]]:
 _MessageT = TypeVar("_MessageT", bound="ChatMessage")
 
 
-@dataclasses.dataclass
 class ChatMessage(_Model):
     """A message: what the model answered, or what you send."""
 
-    role: Optional[str] = None
-    content: Optional[str] = None
-    function_call: Optional[FunctionCall] = None
-    tool_calls: Optional[List[ToolCall]] = None
-    _raw: Dict[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
-
+    __slots__ = _FIELDS = ("role", "content", "function_call", "tool_calls")
     _SEED_FIELDS: ClassVar[Tuple[str, ...]] = ("role", "content", "function_call")
+
+    def __init__(
+        self,
+        role: Optional[str] = None,
+        content: Optional[str] = None,
+        function_call: Optional[FunctionCall] = None,
+        tool_calls: Optional[List[ToolCall]] = None,
+        *,
+        _raw: Optional[Dict[str, Any]] = None,
+    ) -> None:
+        self.role = role
+        self.content = content
+        self.function_call = function_call
+        self.tool_calls = tool_calls
+        self._raw = _raw or {}
 
     @classmethod
     def from_dict(cls: Type[_MessageT], data: Dict[str, Any]) -> _MessageT:
         """Build from the server's JSON object."""
+        function_call = data.get("function_call")
+        tool_calls = data.get("tool_calls")
         return cls(
             data.get("role"),
             data.get("content"),
-            _function_or_none(data.get("function_call")),
-            _tool_calls_or_none(data.get("tool_calls")),
-            data,
+            None if function_call is None else _function_or_none(function_call),
+            None if tool_calls is None else _tool_calls_or_none(tool_calls),
+            _raw=data,
         )
 
 
-@dataclasses.dataclass
 class ChoiceDelta(ChatMessage):
     """The part of a message one stream chunk adds; `content` is None when it adds no text."""
 
+    __slots__ = ()
     _SEED_FIELDS = ("role", "content")
 
 
-@dataclasses.dataclass
 class Choice(_Model):
     """One answer: `message` in a completion, `delta` in a stream chunk."""
 
-    index: int = 0
-    message: Optional[ChatMessage] = None
-    delta: Optional[ChoiceDelta] = None
-    finish_reason: Optional[str] = None
-    _raw: Dict[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    __slots__ = _FIELDS = _SEED_FIELDS = ("index", "message", "delta", "finish_reason")
 
-    _SEED_FIELDS = ("index", "message", "delta", "finish_reason")
+    def __init__(
+        self,
+        index: int = 0,
+        message: Optional[ChatMessage] = None,
+        delta: Optional[ChoiceDelta] = None,
+        finish_reason: Optional[str] = None,
+        *,
+        _raw: Optional[Dict[str, Any]] = None,
+    ) -> None:
+        self.index = index
+        self.message = message
+        self.delta = delta
+        self.finish_reason = finish_reason
+        self._raw = _raw or {}
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "Choice":
         """Build from the server's JSON object."""
-        message = _dict_or_none(data.get("message"))
-        delta = _dict_or_none(data.get("delta"))
+        message = data.get("message")
+        delta = data.get("delta")
         return cls(
             data.get("index", 0),
-            None if message is None else ChatMessage.from_dict(message),
-            None if delta is None else ChoiceDelta.from_dict(delta),
+            ChatMessage.from_dict(message) if isinstance(message, dict) else None,
+            ChoiceDelta.from_dict(delta) if isinstance(delta, dict) else None,
             data.get("finish_reason"),
-            data,
+            _raw=data,
         )
 
 
-@dataclasses.dataclass
 class CompletionUsage(_Model):
     """Token counts, the basis of billing."""
 
-    completion_tokens: Optional[int] = None
-    prompt_tokens: Optional[int] = None
-    total_tokens: Optional[int] = None
-    _raw: Dict[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    __slots__ = _FIELDS = _SEED_FIELDS = ("completion_tokens", "prompt_tokens", "total_tokens")
 
-    _SEED_FIELDS = ("completion_tokens", "prompt_tokens", "total_tokens")
+    def __init__(
+        self,
+        completion_tokens: Optional[int] = None,
+        prompt_tokens: Optional[int] = None,
+        total_tokens: Optional[int] = None,
+        *,
+        _raw: Optional[Dict[str, Any]] = None,
+    ) -> None:
+        self.completion_tokens = completion_tokens
+        self.prompt_tokens = prompt_tokens
+        self.total_tokens = total_tokens
+        self._raw = _raw or {}
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "CompletionUsage":
         """Build from the server's JSON object."""
-        return cls(data.get("completion_tokens"), data.get("prompt_tokens"), data.get("total_tokens"), data)
+        return cls(data.get("completion_tokens"), data.get("prompt_tokens"), data.get("total_tokens"), _raw=data)
 
 
-@dataclasses.dataclass
 class ChatCompletion(_Model):
     """A chat completion, or one chunk of a streamed one."""
 
-    id: Optional[str] = None
-    choices: List[Choice] = dataclasses.field(default_factory=list)
-    created: Optional[int] = None
-    model: Optional[str] = None
-    object: Optional[str] = None
-    system_fingerprint: Optional[str] = None
-    usage: Optional[CompletionUsage] = None
-    _raw: Dict[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    __slots__ = _FIELDS = _SEED_FIELDS = ("id", "choices", "created", "model", "object", "system_fingerprint", "usage")
 
-    _SEED_FIELDS = ("id", "choices", "created", "model", "object", "system_fingerprint", "usage")
+    def __init__(
+        self,
+        id: Optional[str] = None,
+        choices: Optional[List[Choice]] = None,
+        created: Optional[int] = None,
+        model: Optional[str] = None,
+        object: Optional[str] = None,
+        system_fingerprint: Optional[str] = None,
+        usage: Optional[CompletionUsage] = None,
+        *,
+        _raw: Optional[Dict[str, Any]] = None,
+    ) -> None:
+        self.id = id
+        self.choices: List[Choice] = [] if choices is None else choices
+        self.created = created
+        self.model = model
+        self.object = object
+        self.system_fingerprint = system_fingerprint
+        self.usage = usage
+        self._raw = _raw or {}
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "ChatCompletion":
         """Build from the server's JSON object; the caller has checked its shape."""
-        usage = _dict_or_none(data.get("usage"))
+        usage = data.get("usage")
         return cls(
             data.get("id"),
             [Choice.from_dict(choice) for choice in data.get("choices") or ()],
@@ -481,8 +568,8 @@ class ChatCompletion(_Model):
             data.get("model"),
             data.get("object"),
             data.get("system_fingerprint"),
-            None if usage is None else CompletionUsage.from_dict(usage),
-            data,
+            CompletionUsage.from_dict(usage) if isinstance(usage, dict) else None,
+            _raw=data,
         )
 
     @classmethod
@@ -498,8 +585,7 @@ class ChatCompletion(_Model):
         return cls.from_dict(folder.result())
 
 
-@dataclasses.dataclass(frozen=True)
-class InferenceFuture:
+class InferenceFuture(NamedTuple):
     """A handle on an inference running in the background (`Client.infer_async`)."""
 
     response_id: str
@@ -520,8 +606,7 @@ _BOM = b"\xef\xbb\xbf"
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
-@dataclasses.dataclass(frozen=True)
-class ServerSentEvent:
+class ServerSentEvent(NamedTuple):
     """One dispatched event.
 
     ``id`` is the stream's last event ID (None until one is set) and
@@ -1125,7 +1210,7 @@ def _redirect_target(method: str, url: str, status: int, headers: Mapping[str, s
             headers=headers,
             request_id=_request_id(headers),
         )
-    log.debug("following %d redirect to %s", status, target)
+    _log(_DEBUG, "following %d redirect to %s", status, target)
     return target
 
 
@@ -1489,7 +1574,7 @@ def _ssl_context(verify: Union[bool, str, "os.PathLike[str]"], env: _Env) -> ssl
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
-        log.warning("TLS certificate verification is off (verify_ssl=False): traffic can be intercepted")
+        _logger().warning("TLS certificate verification is off (verify_ssl=False): traffic can be intercepted")
         return context
     cafile = os.fspath(verify) if not isinstance(verify, bool) else env.get("SSL_CERT_FILE")
     try:
@@ -2452,11 +2537,20 @@ def _resolve_token(token: Optional[str], config_path: Optional[str], env: _Env) 
 
 def _configure_logging(env: _Env) -> None:
     level = env.get("OCTOAI_LOG", "").upper()
-    if level in ("DEBUG", "INFO", "WARNING") and not log.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s octoai_lite %(levelname)s %(message)s"))
-        log.addHandler(handler)
-        log.setLevel(level)
+    if level in ("DEBUG", "INFO", "WARNING"):
+        _log_to_stderr(level, "%(asctime)s octoai_lite %(levelname)s %(message)s")
+
+
+def _log_to_stderr(level: str, format: str) -> None:
+    """Send this module's records at `level` and above to stderr, unless a handler is set already."""
+    import logging
+
+    logger = logging.getLogger("octoai_lite")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(format))
+        logger.addHandler(handler)
+        logger.setLevel(level)
 
 
 def _random() -> float:
@@ -2586,8 +2680,9 @@ class _BaseClient:
         )
 
     def _log_answer(self, request: _Request, status: int, headers: Mapping[str, str], started: float) -> None:
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug(
+        if _log_enabled(_DEBUG):
+            _log(
+                _DEBUG,
                 "%s %s -> %d in %.1f ms [request id: %s]",
                 request.method,
                 _redact(request.url, self._token),
@@ -2627,7 +2722,8 @@ class _BaseClient:
     def _retry_wait(self, error: OctoAIError, delay: Optional[float], request: _Request, attempt: int) -> float:
         if delay is None or (request.deadline_at is not None and time.monotonic() + delay >= request.deadline_at):
             raise error
-        log.info(
+        _log(
+            _INFO,
             "retrying %s %s in %.2f s (retry %d of %d): %s",
             request.method,
             _redact(request.url, self._token),
@@ -3061,11 +3157,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a usage error
         return exc.code if isinstance(exc.code, int) else _EXIT_USAGE
-    if args.verbose and not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("octoai-lite: %(levelname)s %(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.DEBUG)
+    if args.verbose:
+        _log_to_stderr("DEBUG", "octoai-lite: %(levelname)s %(message)s")
     try:
         with Client(base_url=args.base_url, timeout=args.timeout, max_retries=args.max_retries) as cli_client:
             if args.list_models:

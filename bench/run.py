@@ -142,12 +142,14 @@ def main():
     parser.add_argument("--soak", type=int, default=0, help="also stream this many chunks per client (memory, CPU)")
     args = parser.parse_args()
     clients = args.clients.split(",")
+    tasks = ("import", "cold", "plain", "stream", "ttfc", "threads", "concurrent")
     if args.smoke:
-        rounds, sizes = 1, {"import": 0, "cold": 0, "plain": 20, "stream": 200, "ttfc": 3, "threads": 64, "concurrent": 20}
+        rounds, counts = 1, (0, 0, 20, 200, 3, 64, 20)
     elif args.quick:
-        rounds, sizes = 3, {"import": 0, "cold": 0, "plain": 500, "stream": 10000, "ttfc": 20, "threads": 1600, "concurrent": 200}
+        rounds, counts = 3, (0, 0, 500, 10000, 20, 1600, 200)
     else:
-        rounds, sizes = 7, {"import": 0, "cold": 0, "plain": 3000, "stream": 50000, "ttfc": 50, "threads": 6400, "concurrent": 200}
+        rounds, counts = 7, (0, 0, 3000, 50000, 50, 6400, 200)
+    sizes = dict(zip(tasks, counts))
 
     with tempfile.TemporaryDirectory() as folder:
         ca, cert, key = make_certificates(folder)
