@@ -154,6 +154,9 @@ _BACKOFF_INITIAL_S = 0.5  # first wait; doubles per attempt (openai: 0.5 s)
 _BACKOFF_MAX_S = 8.0  # longest computed wait (openai: 8 s)
 _RETRY_AFTER_MAX_S = 60.0  # a server asking for longer gets its error at once
 _IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_TRANSPORT_VARIABLES = frozenset(
+    {"HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "REQUEST_METHOD", "SSL_CERT_FILE"}
+)  # the environment the transport reads, in either case
 
 # Memory bounds. An SSE line or event above a few MiB is not a chat token;
 # h11 and urllib3 bound headers the same way.
@@ -167,6 +170,7 @@ _READ_SIZE = 64 * 1024  # one read from the socket
 
 _POOL_MAX_PER_HOST = 16  # connections open at once to one host (idle + busy)
 _MAX_REDIRECTS = 5
+_MAX_CACHED_ROUTES = 256  # URLs whose parsed route a client remembers
 _DONE_GRACE_S = 1.0  # after [DONE], how long the rest of the body may take
 _HEALTH_CHECK_INTERVAL_S = 1.0
 
@@ -1643,9 +1647,9 @@ def _map_errors(phase: str, where: str) -> Iterator[None]:
 
 
 class _Route:
-    """Where a request goes: the pool key, the address to connect to, and what to send."""
+    """Where requests to one URL go: the pool key, the address to connect to, the target."""
 
-    def __init__(self, url: str, headers: Mapping[str, str], env: _Env) -> None:
+    def __init__(self, url: str, env: _Env) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise OctoAIClientError(f"not an http(s) URL: {url!r}")
@@ -1657,7 +1661,7 @@ class _Route:
         self.key: _PoolKey = (self.scheme, self.host, self.port, self.proxy)
         self.where = f"{self.host}:{self.port}"
         self.connect_host, self.connect_port = self.host, self.port
-        self.headers = dict(headers)
+        self.proxy_headers: Dict[str, str] = {}
         self.target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
         if self.proxy:
             proxy = urlsplit(self.proxy)
@@ -1667,7 +1671,10 @@ class _Route:
             self.where += f" through the proxy {self.connect_host}:{self.connect_port}"
             if self.scheme == "http":  # a plain-HTTP proxy takes the absolute URL; https tunnels
                 self.target = f"http://{self.host_header}{self.target}"
-                self.headers.update(_proxy_authorization(self.proxy))
+                self.proxy_headers = _proxy_authorization(self.proxy)
+
+    def headers(self, headers: Dict[str, str]) -> Dict[str, str]:
+        return {**headers, **self.proxy_headers} if self.proxy_headers else headers
 
 
 def _call_timeout(timeout_s: float, deadline_at: Optional[float], where: str) -> float:
@@ -1908,9 +1915,21 @@ class _TransportBase:
 
     def __init__(self, verify: Union[bool, str, "os.PathLike[str]"], env: _Env) -> None:
         self._verify = verify
-        self._env = env
+        # The environment as the client was made: proxies and CA files are
+        # read once, not on every request (as httpx does).
+        self._env = {name: value for name, value in env.items() if name.upper() in _TRANSPORT_VARIABLES}
         self._context: Optional[ssl.SSLContext] = None
         self._lock = threading.Lock()
+        self._routes: Dict[str, _Route] = {}
+
+    def route(self, url: str) -> _Route:
+        """The route of a URL, worked out once (parsing it and the proxy rules cost microseconds)."""
+        route = self._routes.get(url)
+        if route is None:
+            route = _Route(url, self._env)
+            if len(self._routes) < _MAX_CACHED_ROUTES:
+                self._routes[url] = route
+        return route
 
     def ssl_context(self) -> ssl.SSLContext:
         # Made on first HTTPS use (loading CAs costs milliseconds), once per client.
@@ -1937,7 +1956,7 @@ class _Transport(_TransportBase):
         """Send one request, following safe redirects; return the response, whatever its status."""
         url = request.url
         for _ in range(_MAX_REDIRECTS + 1):
-            response = self._send_once(request, url, _Route(url, request.headers, self._env))
+            response = self._send_once(request, url, self.route(url))
             if not _is_redirect(response.status, response.headers):
                 return response
             response.close()
@@ -1959,14 +1978,18 @@ class _Transport(_TransportBase):
             assert sock is not None
             try:
                 sock.settimeout(_call_timeout(timeout_s, deadline_at, route.where))
-                with _map_errors("send", route.where):
-                    conn.request(request.method, route.target, request.data, route.headers)
-                with _map_errors("wait", route.where):
-                    response = conn.getresponse()
-            except BaseException as exc:
+                phase = "send"
+                conn.request(request.method, route.target, request.data, route.headers(request.headers))
+                phase = "wait"  # the request went out whole
+                response = conn.getresponse()
+            except (OSError, http.client.HTTPException) as exc:
                 self.pool.release(route.key, conn, False)
-                if reused and not fresh and _is_stale_keepalive(exc):
+                error = _translate_error(exc, phase, route.where)
+                if reused and not fresh and _is_stale_keepalive(error):
                     continue
+                raise error from exc
+            except BaseException:
+                self.pool.release(route.key, conn, False)
                 raise
             return _RawResponse(self, route, conn, sock, response, url, timeout_s, deadline_at)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -2236,7 +2259,7 @@ class _AsyncTransport(_TransportBase):
         """Send one request, following safe redirects; return the response, whatever its status."""
         url = request.url
         for _ in range(_MAX_REDIRECTS + 1):
-            response = await self._send_once(request, url, _Route(url, request.headers, self._env))
+            response = await self._send_once(request, url, self.route(url))
             if not _is_redirect(response.status, response.headers):
                 return response
             response.close()
@@ -2247,7 +2270,11 @@ class _AsyncTransport(_TransportBase):
         timeout_s, deadline_at = request.timeout_s, request.deadline_at
         body = request.data
         head = _build_request_head(
-            request.method, route.target, route.host_header, route.headers, None if body is None else len(body)
+            request.method,
+            route.target,
+            route.host_header,
+            route.headers(request.headers),
+            None if body is None else len(body),
         )
         for fresh in (False, True):
             conn = await self.pool.acquire(route.key, _call_timeout(timeout_s, deadline_at, route.where))
@@ -2607,6 +2634,7 @@ class _BaseClient:
         self.max_retries = max_retries
         self.deadline = deadline
         self.default_headers: Dict[str, Optional[str]] = dict(default_headers or {})
+        self._headers: Dict[Tuple[bool, bool], Dict[str, str]] = {}  # built once per (stream, has body)
         self._transport = self._make_transport(verify_ssl, env)
         self._owns_transport = True
         self._bind()
@@ -2633,6 +2661,7 @@ class _BaseClient:
         clone = object.__new__(type(self))
         clone.__dict__.update(self.__dict__)
         clone._owns_transport = False
+        clone._headers = {}
         if timeout is not None:
             clone.timeout = float(timeout)
         if max_retries is not None:
@@ -2664,9 +2693,15 @@ class _BaseClient:
         if extra_query:
             url = _join_url(url, "", extra_query)
         data = None if body is None else _build_json(body)
-        headers = _build_headers(
-            self._token, self.default_headers, extra_headers, stream=stream, has_body=data is not None
-        )
+        if extra_headers:
+            headers = _build_headers(
+                self._token, self.default_headers, extra_headers, stream=stream, has_body=data is not None
+            )
+        else:  # the same few header sets every time: build each once
+            shape = (stream, data is not None)
+            headers = self._headers.get(shape) or self._headers.setdefault(
+                shape, _build_headers(self._token, self.default_headers, stream=stream, has_body=data is not None)
+            )
         deadline = self.deadline if deadline is None else deadline
         return _Request(
             method,
