@@ -659,20 +659,31 @@ class SSEDecoder:
                 del buffer[: len(_BOM)]
                 scanned = 0
             self._at_start = False
-        start = 0
         if self._skip_lf and buffer:
             self._skip_lf = False
             if buffer[0] == 0x0A:
-                start = scanned = 1
+                del buffer[:1]
+                scanned = 0
         events: List[ServerSentEvent] = []
-        for match in _LINE_END.finditer(buffer, scanned):
-            event = self._take_line(buffer[start : match.start()])
-            if event is not None:
-                events.append(event)
-            start = match.end()
-            if start == len(buffer) and buffer[-1] == 0x0D:
-                self._skip_lf = True  # CR at the end of this read: LF may follow
-        del buffer[:start]
+        if b"\r" not in data:
+            # The usual case, LF only: split in C. What the buffer held had no
+            # line end, so the last piece is the unfinished line.
+            lines = buffer.split(b"\n")
+            buffer = self._buffer = lines.pop()
+            for line in lines:
+                event = self._take_line(line)
+                if event is not None:
+                    events.append(event)
+        else:
+            start = 0
+            for match in _LINE_END.finditer(buffer, scanned):
+                event = self._take_line(buffer[start : match.start()])
+                if event is not None:
+                    events.append(event)
+                start = match.end()
+                if start == len(buffer) and buffer[-1] == 0x0D:
+                    self._skip_lf = True  # CR at the end of this read: LF may follow
+            del buffer[:start]
         if len(buffer) > self.max_line_bytes:
             raise OctoAIValidationError(f"an event-stream line is longer than {self.max_line_bytes} bytes")
         return events
@@ -693,7 +704,16 @@ class SSEDecoder:
         return unterminated
 
     def _take_line(self, line: Union[bytes, bytearray]) -> Optional[ServerSentEvent]:
+        if line.startswith(b"data: "):  # the line nearly every event is made of
+            self._add_data(line[6:].decode("utf-8", "replace"))
+            return None
         return self.decode_line(line.decode("utf-8", "replace"))
+
+    def _add_data(self, value: str) -> None:
+        self._data.append(value)
+        self._data_chars += len(value) + 1
+        if self._data_chars > self.max_event_bytes:
+            raise OctoAIValidationError(f"an event is longer than {self.max_event_bytes} bytes")
 
     def decode_line(self, line: str) -> Optional[ServerSentEvent]:
         """Process one line without its line end; return an event if it dispatched one."""
@@ -705,10 +725,7 @@ class SSEDecoder:
         if colon and value[:1] == " ":
             value = value[1:]  # exactly one space is part of the syntax
         if name == "data":
-            self._data.append(value)
-            self._data_chars += len(value) + 1
-            if self._data_chars > self.max_event_bytes:
-                raise OctoAIValidationError(f"an event is longer than {self.max_event_bytes} bytes")
+            self._add_data(value)
         elif name == "event":
             self._event_type = value
         elif name == "id":
@@ -720,7 +737,8 @@ class SSEDecoder:
         return None  # any other field is ignored
 
     def _make_event(self) -> ServerSentEvent:
-        return ServerSentEvent(self._event_type or "message", "\n".join(self._data), self._last_event_id, self._retry)
+        data = self._data[0] if len(self._data) == 1 else "\n".join(self._data)
+        return ServerSentEvent(self._event_type or "message", data, self._last_event_id, self._retry)
 
     def _dispatch(self) -> Optional[ServerSentEvent]:
         # Only an event with at least one data line is dispatched; the event
@@ -986,7 +1004,7 @@ def _check_completion(payload: Any, headers: Mapping[str, str], *, chunk: bool =
     if "error" in payload and payload["error"]:
         raise _error_from_payload(payload, headers)
     choices = payload.get("choices")
-    if not isinstance(choices, list) or not all(isinstance(choice, dict) for choice in choices):
+    if type(choices) is not list or any(type(choice) is not dict for choice in choices):
         keys = ", ".join(sorted(payload)[:10]) or "none"
         raise OctoAIValidationError(f"expected a {what} with a 'choices' list; the server sent keys: {keys}")
     if not chunk and not choices:
@@ -1858,7 +1876,8 @@ class _RawResponse(_ResponseBase):
             return b""
         response = self._response
         try:
-            self._sock.settimeout(self._read_timeout())
+            if self._deadline_at is not None:
+                self._sock.settimeout(self._read_timeout())
             data = response.read1(_READ_SIZE)
             if not data and response.length:  # http.client ends a short Content-Length body quietly
                 raise http.client.IncompleteRead(b"", response.length)
@@ -1890,6 +1909,8 @@ class _RawResponse(_ResponseBase):
         Any failure only retires the connection.
         """
         self._timeout_s = min(self._timeout_s, grace_s)
+        if self._conn is not None:
+            self._sock.settimeout(self._timeout_s)
         with contextlib.suppress(OctoAIError):
             while self.read_chunk():
                 pass
