@@ -1239,6 +1239,29 @@ def _redirect_target(method: str, url: str, status: int, headers: Mapping[str, s
 # -- 4f. Folding stream chunks ------------------------------------------------
 
 
+class _Text:
+    """Text arriving in many small pieces, kept in blocks: memory grows with the text, not the pieces."""
+
+    __slots__ = ("_blocks", "_pieces")
+
+    def __init__(self) -> None:
+        self._blocks: List[str] = []
+        self._pieces: List[str] = []
+
+    def add(self, piece: str) -> None:
+        pieces = self._pieces
+        pieces.append(piece)
+        if len(pieces) == 1024:  # a str per token costs ~50 bytes; a block costs one per character
+            self._blocks.append("".join(pieces))
+            pieces.clear()
+
+    def value(self) -> Optional[str]:
+        """The whole text, or None if no piece came."""
+        if not self._blocks and not self._pieces:
+            return None
+        return "".join(self._blocks) + "".join(self._pieces)
+
+
 class _ChunkFolder:
     """Accumulate chat chunks (dicts) into one completion dict."""
 
@@ -1257,7 +1280,7 @@ class _ChunkFolder:
             index = choice.get("index", 0)
             state = self._choices.get(index)
             if state is None:
-                state = self._choices[index] = {"content": [], "reasoning": [], "tools": {}, "message": {}}
+                state = self._choices[index] = {"content": _Text(), "reasoning": _Text(), "tools": {}, "message": {}}
                 state["choice"] = {"index": index}
             delta = choice.get("delta") or choice.get("message") or {}
             self._add_delta(state, delta)
@@ -1275,9 +1298,9 @@ class _ChunkFolder:
             if value is None:
                 continue
             if key == "content":
-                state["content"].append(value)
+                state["content"].add(value)
             elif key == "reasoning_content":
-                state["reasoning"].append(value)
+                state["reasoning"].add(value)
             elif key == "tool_calls":
                 _ChunkFolder._add_tool_calls(state["tools"], value)
             elif key == "function_call":
@@ -1331,10 +1354,11 @@ class _ChunkFolder:
             state = self._choices[index]
             message: Dict[str, Any] = {"role": "assistant", "content": None}
             message.update(state["message"])
-            if state["content"]:
-                message["content"] = "".join(state["content"])
-            if state["reasoning"]:
-                message["reasoning_content"] = "".join(state["reasoning"])
+            content, reasoning = state["content"].value(), state["reasoning"].value()
+            if content is not None:
+                message["content"] = content
+            if reasoning is not None:
+                message["reasoning_content"] = reasoning
             if state["tools"]:
                 message["tool_calls"] = [state["tools"][i] for i in sorted(state["tools"])]
             choice = dict(state["choice"])

@@ -413,6 +413,13 @@ def test_fold_tool_call_fragments_by_index_and_without_index():
     assert [(c.id, c.function.arguments) for c in calls] == [("a", '{"x": 2}'), ("b", "{}")]
 
 
+def test_fold_many_pieces_keeps_every_character():
+    words = [f"w{i} " for i in range(3000)]  # past the 1024 pieces that make a block
+    folded = ChatCompletion.from_chunks([chunk(word) for word in words] + [chunk("", finish_reason="stop")])
+    assert folded.choices[0].message.content == "".join(words)
+    assert ChatCompletion.from_chunks([chunk(""), chunk(finish_reason="stop")]).choices[0].message.content == ""
+
+
 def test_fold_reasoning_content():
     folded = ChatCompletion.from_chunks(
         [chunk(reasoning_content="think "), chunk(reasoning_content="more"), chunk("A")]
