@@ -994,7 +994,9 @@ def _error_code(payload: Any) -> Optional[str]:
     return _error_details(payload)[1]
 
 
-def _check_completion(payload: Any, headers: Mapping[str, str], *, chunk: bool = False) -> Dict[str, Any]:
+def _check_completion(
+    payload: Any, headers: Mapping[str, str], token: Optional[str], *, chunk: bool = False
+) -> Dict[str, Any]:
     """Return the payload if it is a chat completion (or chunk); raise the right error if not."""
     what = "stream chunk" if chunk else "chat completion"
     if not isinstance(payload, dict):
@@ -1002,7 +1004,7 @@ def _check_completion(payload: Any, headers: Mapping[str, str], *, chunk: bool =
             f"expected a {what} object, got {type(payload).__name__}: {_cut(repr(payload), 200)}"
         )
     if "error" in payload and payload["error"]:
-        raise _error_from_payload(payload, headers)
+        raise _error_from_payload(payload, headers, token=token)
     choices = payload.get("choices")
     if type(choices) is not list or any(type(choice) is not dict for choice in choices):
         keys = ", ".join(sorted(payload)[:10]) or "none"
@@ -1012,7 +1014,7 @@ def _check_completion(payload: Any, headers: Mapping[str, str], *, chunk: bool =
     return payload
 
 
-def _payload_from_event(event: ServerSentEvent, headers: Mapping[str, str]) -> Optional[Any]:
+def _payload_from_event(event: ServerSentEvent, headers: Mapping[str, str], token: Optional[str]) -> Optional[Any]:
     """The JSON of one event; None for `[DONE]`; raises for an error event or bad JSON."""
     data = event.data
     if data == "[DONE]":
@@ -1022,13 +1024,13 @@ def _payload_from_event(event: ServerSentEvent, headers: Mapping[str, str]) -> O
             payload: Any = json.loads(data)
         except ValueError:
             payload = data
-        raise _error_from_payload(payload, headers)
+        raise _error_from_payload(payload, headers, token=token)
     try:
         payload = json.loads(data)
     except ValueError as exc:
         raise OctoAIValidationError(f"an event's data is not JSON: {_cut(data, 200)!r}", exc) from exc
     if isinstance(payload, dict) and payload.get("error"):
-        raise _error_from_payload(payload, headers)
+        raise _error_from_payload(payload, headers, token=token)
     return payload
 
 
@@ -1039,16 +1041,17 @@ class _EventPayloads:
     when the body ends without one.
     """
 
-    def __init__(self, headers: Mapping[str, str]) -> None:
+    def __init__(self, headers: Mapping[str, str], token: Optional[str]) -> None:
         self._decoder = SSEDecoder()
         self._headers = headers
+        self._token = token
         self.count = 0
         self.done = False
 
     def payloads(self, data: bytes) -> Iterator[Any]:
         """Each payload the bytes completed; raises the server's error where it stands."""
         for event in self._decoder.feed(data):
-            payload = _payload_from_event(event, self._headers)
+            payload = _payload_from_event(event, self._headers, self._token)
             if payload is None:
                 self.done = True
                 return
@@ -1076,8 +1079,8 @@ def _stream_answered_with_json(body: bytes, headers: Mapping[str, str], token: O
     )
 
 
-def _completion_from_body(body: bytes, headers: Mapping[str, str]) -> ChatCompletion:
-    return ChatCompletion.from_dict(_check_completion(_parse_json(body), headers))
+def _completion_from_body(body: bytes, headers: Mapping[str, str], token: Optional[str]) -> ChatCompletion:
+    return ChatCompletion.from_dict(_check_completion(_parse_json(body), headers, token))
 
 
 def _models_from_body(body: bytes) -> List[str]:
@@ -2421,7 +2424,7 @@ def _iter_payloads(
     try:
         if response.content_type == "application/json":
             raise _stream_answered_with_json(response.read(), response.headers, token)
-        reader = _EventPayloads(response.headers)
+        reader = _EventPayloads(response.headers, token)
         while not reader.done:
             data = response.read_chunk()
             if not data:
@@ -2441,7 +2444,7 @@ async def _aiter_payloads(
     try:
         if response.content_type == "application/json":
             raise _stream_answered_with_json(await response.read(), response.headers, token)
-        reader = _EventPayloads(response.headers)
+        reader = _EventPayloads(response.headers, token)
         while not reader.done:
             data = await response.read_chunk()
             if not data:
@@ -2454,11 +2457,13 @@ async def _aiter_payloads(
         response.close()
 
 
-def _chat_chunks(folder: _ChunkFolder, headers: Mapping[str, str]) -> Callable[[Any], ChatCompletion]:
+def _chat_chunks(
+    folder: _ChunkFolder, headers: Mapping[str, str], token: Optional[str]
+) -> Callable[[Any], ChatCompletion]:
     """A payload converter that checks each chunk, folds it, and returns it as an object."""
 
     def convert(payload: Any) -> ChatCompletion:
-        chunk = _check_completion(payload, headers, chunk=True)
+        chunk = _check_completion(payload, headers, token, chunk=True)
         folder.add(chunk)
         return ChatCompletion.from_dict(chunk)
 
@@ -2522,7 +2527,7 @@ class Stream(_EventStream):
 
     def __init__(self, response: _RawResponse, token: Optional[str]) -> None:
         self._folder = _ChunkFolder()
-        super().__init__(response, token, _chat_chunks(self._folder, response.headers))
+        super().__init__(response, token, _chat_chunks(self._folder, response.headers, token))
 
     def __iter__(self) -> "Stream":
         return self
@@ -2574,7 +2579,7 @@ class AsyncStream(_AsyncEventStream):
 
     def __init__(self, response: _AsyncRawResponse, token: Optional[str]) -> None:
         self._folder = _ChunkFolder()
-        super().__init__(response, token, _chat_chunks(self._folder, response.headers))
+        super().__init__(response, token, _chat_chunks(self._folder, response.headers, token))
 
     def __aiter__(self) -> "AsyncStream":
         return self
@@ -2852,7 +2857,7 @@ class _Completions:
         response = client._send("POST", _join_url(client.base_url, "chat/completions"), body, stream=stream, **options)
         if stream:
             return Stream(response, client._token)
-        return _completion_from_body(response.read(), response.headers)
+        return _completion_from_body(response.read(), response.headers, client._token)
 
 
 class _Chat:
@@ -2994,7 +2999,7 @@ class _AsyncCompletions:
         response = await client._send("POST", url, body, stream=stream, **options)
         if stream:
             return AsyncStream(response, client._token)
-        return _completion_from_body(await response.read(), response.headers)
+        return _completion_from_body(await response.read(), response.headers, client._token)
 
 
 class _AsyncChat:

@@ -312,11 +312,12 @@ def test_error_text_is_cut_and_token_redacted():
 
 def test_check_completion_names_what_is_wrong():
     with pytest.raises(OctoAIValidationError, match="'choices' list.*keys: foo"):
-        octoai_lite._check_completion({"foo": 1}, {})
+        octoai_lite._check_completion({"foo": 1}, {}, None)
     with pytest.raises(OctoAIValidationError, match="got list"):
-        octoai_lite._check_completion([1], {})
-    with pytest.raises(BadRequestError, match="too long"):
-        octoai_lite._check_completion({"error": {"message": "too long", "code": 400}}, {})
+        octoai_lite._check_completion([1], {}, None)
+    with pytest.raises(BadRequestError, match="too long") as info:
+        octoai_lite._check_completion({"error": {"message": f"too long {TOKEN}", "code": 400}}, {}, TOKEN)
+    assert TOKEN not in str(info.value) and TOKEN not in repr(info.value.body)
 
 
 # =============================================================================
