@@ -82,7 +82,7 @@ def llama_server(tmp_path_factory):
                         break
             except OSError:
                 if server.poll() is not None or time.monotonic() > give_up_at:
-                    raise RuntimeError("llama-cpp-python's server did not start:\n" + log_path.read_text()[-3000:])
+                    raise RuntimeError("llama-cpp-python's server did not start:\n" + log_path.read_text()[-3000:]) from None
                 time.sleep(0.3)
         yield base_url
     finally:
