@@ -763,7 +763,9 @@ def _build_chat_body(
     params: Mapping[str, Any],
 ) -> Dict[str, Any]:
     """The JSON body of a chat request: parameters left None are not sent."""
-    body: Dict[str, Any] = {"model": _model_name(model), "messages": list(messages)}
+    if not isinstance(messages, (list, str, bytes, dict)):
+        messages = list(messages)  # a generator or tuple; anything else goes as given, for the server to judge
+    body: Dict[str, Any] = {"model": _model_name(model), "messages": messages}
     body.update((key, value) for key, value in params.items() if value is not None)
     return body
 
