@@ -228,10 +228,10 @@ def report(table, clients, rounds, soak):
             lite, other = values.get("octoai_lite"), values.get(peer)
             if not lite or not other or name.startswith(("installed", "distributions")) and peer == "floor":
                 ratios.append("")
-            elif name.startswith(HIGHER_IS_BETTER):
-                ratios.append(f"{lite / other:.2f}×")
             elif peer == "floor":
                 ratios.append(f"{lite / other:.2f}×")
+            elif name.startswith(HIGHER_IS_BETTER):
+                ratios.append(f"{lite / other:.1f}× more")
             else:
                 ratios.append(f"{other / lite:.1f}× less")
         print(f"| {name} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
