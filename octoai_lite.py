@@ -2066,7 +2066,8 @@ class _Transport(_TransportBase):
 # asyncio is imported inside functions, so that sync users never pay for it.
 
 
-def _expire(waiter: "asyncio.Future[None]", error: Optional[BaseException]) -> None:
+def _settle(waiter: "asyncio.Future[None]", error: Optional[BaseException]) -> None:
+    """Resolve the future (with `error`, if any) unless it is done already."""
     if not waiter.done():
         if error is None:
             waiter.set_result(None)
@@ -2117,7 +2118,7 @@ class _AsyncConnection:
 
     def _wake(self) -> None:
         if self._waiter is not None:
-            _expire(self._waiter, None)
+            _settle(self._waiter, None)
 
     # -- used by the transport
     @property
@@ -2132,7 +2133,7 @@ class _AsyncConnection:
                     raise self._error
                 return b""
             waiter = self._waiter = self.loop.create_future()
-            timer = self.loop.call_later(timeout_s, _expire, waiter, socket.timeout("timed out"))
+            timer = self.loop.call_later(timeout_s, _settle, waiter, socket.timeout("timed out"))
             try:
                 await waiter
             finally:
@@ -2183,7 +2184,7 @@ class _AsyncPool(_PoolBook):
                 raise self._busy(key, wait_s)
             waiter: "asyncio.Future[None]" = loop.create_future()
             self._waiters.append(waiter)
-            timer = loop.call_later(remaining, _expire, waiter, None)
+            timer = loop.call_later(remaining, _settle, waiter, None)
             try:
                 await waiter
             finally:
@@ -2203,7 +2204,7 @@ class _AsyncPool(_PoolBook):
     def close(self) -> None:
         self._close_idle()
         for waiter in self._waiters:
-            _expire(waiter, None)
+            _settle(waiter, None)
 
 
 class _AsyncRawResponse(_ResponseBase):
