@@ -1537,10 +1537,14 @@ class _Body:
         self._chunks: List[bytes] = []
         self._size = 0
 
-    def add(self, data: bytes) -> None:
+    def add(self, data: bytes) -> bool:
+        """Take a piece; False once the body ended (b"") or passed the limit."""
+        if not data:
+            return False
         self._chunks.append(data)
         self._size += len(data)
         self.over = self._size > self.limit
+        return not self.over
 
     def value(self, truncate: bool, where: str) -> bytes:
         if self.over and not truncate:
@@ -1853,10 +1857,22 @@ class _ResponseBase:
             raise self._deadline_error()
         return min(self._timeout_s, remaining)
 
-    def _read_error(self, exc: BaseException) -> OctoAIError:
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def _failed(self, exc: BaseException) -> BaseException:
+        """Close after a failed read; return the error to raise."""
+        self.close()
+        if isinstance(exc, OctoAIError):
+            return exc
         if self._deadline_at is not None and time.monotonic() >= self._deadline_at:
             return self._deadline_error()
         return _translate_error(exc, "body", self._where)
+
+    def _body(self, body: _Body, truncate: bool) -> bytes:
+        if body.over:
+            self.close()
+        return body.value(truncate, self._where)
 
 
 class _RawResponse(_ResponseBase):
@@ -1900,12 +1916,11 @@ class _RawResponse(_ResponseBase):
             data = response.read1(_READ_SIZE)
             if not data and response.length:  # http.client ends a short Content-Length body quietly
                 raise http.client.IncompleteRead(b"", response.length)
-        except OctoAIError:
-            self.close()
-            raise
-        except (OSError, http.client.HTTPException) as exc:
-            self.close()
-            raise self._read_error(exc) from exc
+        except (OctoAIError, OSError, http.client.HTTPException) as exc:
+            error = self._failed(exc)
+            if error is exc:
+                raise
+            raise error from exc
         if not data:
             self.release()
         return data
@@ -1913,14 +1928,9 @@ class _RawResponse(_ResponseBase):
     def read(self, limit: int = _MAX_BODY_BYTES, *, truncate: bool = False) -> bytes:
         """The whole body; past `limit` bytes raise, or with `truncate` keep the start."""
         body = _Body(limit)
-        while not body.over:
-            data = self.read_chunk()
-            if not data:
-                break
-            body.add(data)
-        if body.over:
-            self.close()
-        return body.value(truncate, self._where)
+        while body.add(self.read_chunk()):
+            pass
+        return self._body(body, truncate)
 
     def finish(self, grace_s: float) -> None:
         """Read the rest of an answer already complete for its caller, within `grace_s`, then release.
@@ -2253,25 +2263,19 @@ class _AsyncRawResponse(_ResponseBase):
             try:
                 data = await self._conn.receive(self._read_timeout())
                 self._take(self._parser.feed(data) if data else self._parser.feed_eof())
-            except OctoAIError:
-                self.close()
-                raise
-            except (OSError, http.client.HTTPException) as exc:
-                self.close()
-                raise self._read_error(exc) from exc
+            except (OctoAIError, OSError, http.client.HTTPException) as exc:
+                error = self._failed(exc)
+                if error is exc:
+                    raise
+                raise error from exc
         return self._pending.pop(0)
 
     async def read(self, limit: int = _MAX_BODY_BYTES, *, truncate: bool = False) -> bytes:
         """The whole body; past `limit` bytes raise, or with `truncate` keep the start."""
         body = _Body(limit)
-        while not body.over:
-            data = await self.read_chunk()
-            if not data:
-                break
-            body.add(data)
-        if body.over:
-            self.close()
-        return body.value(truncate, self._where)
+        while body.add(await self.read_chunk()):
+            pass
+        return self._body(body, truncate)
 
     async def finish(self, grace_s: float) -> None:
         """Read the rest of an answer already complete for its caller, within `grace_s`, then release."""
