@@ -8,6 +8,7 @@ talks to these servers over real loopback sockets.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -239,21 +240,21 @@ class LoopbackServer(ThreadingHTTPServer):
         return f"http://127.0.0.1:{self.server_address[1]}"
 
 
-def serve(server):
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    return thread
-
-
-@pytest.fixture(scope="session")
-def http_server():
-    server = LoopbackServer()
-    serve(server)
+@contextlib.contextmanager
+def running(server):
+    """Serve in a thread for the block; then shut down and close."""
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
         yield server
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture(scope="session")
+def http_server():
+    with running(LoopbackServer()) as server:
+        yield server
 
 
 @pytest.fixture
@@ -404,11 +405,8 @@ def _pipe(source, sink):
 
 @pytest.fixture
 def proxy():
-    server = Proxy()
-    serve(server)
-    yield server
-    server.shutdown()
-    server.server_close()
+    with running(Proxy()) as server:
+        yield server
 
 
 # -- TLS: a CA and a server certificate for 127.0.0.1, made with openssl ---------------
@@ -449,12 +447,8 @@ def https_server(certificates):
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(certificates["cert"], certificates["key"])
     server.socket = context.wrap_socket(server.socket, server_side=True)
-    serve(server)
-    try:
+    with running(server):
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture
