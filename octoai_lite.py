@@ -36,6 +36,7 @@ import collections
 import enum
 import http.client
 import json
+import math
 import os
 import re
 import select
@@ -665,7 +666,7 @@ class SSEDecoder:
                 del buffer[:1]
                 scanned = 0
         events: List[ServerSentEvent] = []
-        if b"\r" not in data:
+        if b"\n" in data and b"\r" not in data:
             # The usual case, LF only: split in C. What the buffer held had no
             # line end, so the last piece is the unfinished line.
             lines = buffer.split(b"\n")
@@ -674,7 +675,7 @@ class SSEDecoder:
                 event = self._take_line(line)
                 if event is not None:
                     events.append(event)
-        else:
+        elif b"\r" in data:
             start = 0
             for match in _LINE_END.finditer(buffer, scanned):
                 event = self._take_line(buffer[start : match.start()])
@@ -1021,17 +1022,13 @@ def _payload_from_event(event: ServerSentEvent, headers: Mapping[str, str], toke
     data = event.data
     if data == "[DONE]":
         return None
-    if event.event == "error":
-        try:
-            payload: Any = json.loads(data)
-        except ValueError:
-            payload = data
-        raise _error_from_payload(payload, headers, token=token)
     try:
         payload = json.loads(data)
     except ValueError as exc:
+        if event.event == "error":  # an error event's text is the message
+            raise _error_from_payload(data, headers, token=token) from None
         raise OctoAIValidationError(f"an event's data is not JSON: {_cut(data, 200)!r}", exc) from exc
-    if isinstance(payload, dict) and payload.get("error"):
+    if event.event == "error" or (isinstance(payload, dict) and payload.get("error")):
         raise _error_from_payload(payload, headers, token=token)
     return payload
 
@@ -1145,24 +1142,27 @@ def _build_chat_request(arguments: Mapping[str, Any]) -> Tuple[Dict[str, Any], b
 # idempotent method.
 
 
+def _seconds(text: str, scale: float = 1.0) -> Optional[float]:
+    """A finite number of seconds (negative ones as 0) from a header value, or None."""
+    try:
+        value = float(text) * scale
+    except ValueError:
+        return None
+    return max(0.0, value) if math.isfinite(value) else None
+
+
 def _parse_retry_after(headers: Mapping[str, str], now: float) -> Optional[float]:
     """Seconds the server asked to wait (retry-after-ms, Retry-After seconds or HTTP date), or None."""
     millis = headers.get("retry-after-ms")
-    if millis:
-        try:
-            value = float(millis) / 1000
-            if value == value and value != float("inf"):
-                return max(0.0, value)
-        except ValueError:
-            pass
+    seconds = _seconds(millis, 0.001) if millis else None
+    if seconds is not None:
+        return seconds
     text = headers.get("retry-after")
     if not text:
         return None
-    try:
-        value = float(text)
-        return max(0.0, value) if value == value and value != float("inf") else None
-    except ValueError:
-        pass
+    seconds = _seconds(text)
+    if seconds is not None:
+        return seconds
     import email.utils  # only this path needs it
 
     try:
