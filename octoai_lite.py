@@ -1285,8 +1285,9 @@ class _ChunkFolder:
             index = choice.get("index", 0)
             state = self._choices.get(index)
             if state is None:
-                state = self._choices[index] = {"content": _Text(), "reasoning": _Text(), "tools": {}, "message": {}}
-                state["choice"] = {"index": index}
+                state = self._choices[index] = {
+                    "choice": {"index": index}, "message": {}, "content": _Text(), "reasoning": _Text(), "tools": {},
+                }  # fmt: skip
             delta = choice.get("delta") or choice.get("message") or {}
             self._add_delta(state, delta)
             for key, value in choice.items():
@@ -1965,6 +1966,8 @@ class _RawResponse(_ResponseBase):
 class _TransportBase:
     """The settings both transports share, and the one TLS context of a client."""
 
+    pool: Any  # a _ConnectionPool or an _AsyncPool
+
     def __init__(self, verify: Union[bool, str, "os.PathLike[str]"], env: _Env) -> None:
         self._verify = verify
         # The environment as the client was made: proxies and CA files are
@@ -1990,11 +1993,14 @@ class _TransportBase:
                 self._context = _ssl_context(self._verify, self._env)
             return self._context
 
+    def close(self) -> None:
+        """Close the idle pooled connections; busy ones close when released."""
+        self.pool.close()
+
     def __del__(self) -> None:
         # Idle keep-alive connections go with the last client that used them.
-        pool = getattr(self, "pool", None)
-        if pool is not None:
-            pool.close()
+        if hasattr(self, "pool"):
+            self.close()
 
 
 class _Transport(_TransportBase):
@@ -2058,16 +2064,12 @@ class _Transport(_TransportBase):
             conn = http.client.HTTPConnection(route.connect_host, route.connect_port, timeout=timeout_s)
         try:
             conn.connect()
-        except (OSError, http.client.HTTPException) as exc:
+        except BaseException as exc:
             conn.close()
-            raise _translate_error(exc, "connect", route.where) from exc
-        except BaseException:
-            conn.close()
+            if isinstance(exc, (OSError, http.client.HTTPException)):
+                raise _translate_error(exc, "connect", route.where) from exc
             raise
         return conn
-
-    def close(self) -> None:
-        self.pool.close()
 
 
 # -- 5b. The asyncio transport ------------------------------------------------
@@ -2410,9 +2412,6 @@ class _AsyncTransport(_TransportBase):
                 break
         if parser.status != 200:
             raise OSError(f"Tunnel connection failed: {parser.status}")
-
-    def close(self) -> None:
-        self.pool.close()
 
 
 # =============================================================================
