@@ -860,6 +860,9 @@ def test_error_event_mid_stream_raises_typed_error(server, flavor):
     with pytest.raises(OctoAIServerError, match="overloaded"):
         flavor.collect(flavor.make(), got)
     assert got == ["a"]
+    server.script.append(stream([b"event: error\ndata: model overloaded, try later\n\n"]))
+    with pytest.raises(OctoAIServerError, match="model overloaded, try later"):
+        flavor.collect(flavor.make(), [])
     server.script.append(stream([sse_event({"error": {"message": "bad prompt", "code": 400}})]))
     with pytest.raises(BadRequestError, match="bad prompt"):
         flavor.collect(flavor.make(), [])
