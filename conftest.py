@@ -219,6 +219,7 @@ def default_route(handler, request):
 
 class LoopbackServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # clients open up to 100 connections at once
 
     def __init__(self):
         super().__init__(("127.0.0.1", 0), Handler)

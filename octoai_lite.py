@@ -19,7 +19,7 @@ Map of the file (each section uses only the ones above it)::
     4 Protocol, pure: 4a SSE  4b requests  4c responses and errors  4d retry policy
                       4e redirects  4f folding stream chunks  4g HTTP/1.1 framing
     5 Transport, the only code that touches sockets: proxies, TLS, pools, and
-                      one `send` per flavour: 5a threads (http.client), 5b asyncio
+                      one `send` per flavour: 5a threads, 5b asyncio
     6 Client API: Stream, Client, AsyncStream, AsyncClient (chat.completions,
                       models, infer*, health_check), sharing one _BaseClient
     7 Command line
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import collections
 import enum
-import http.client
 import json
 import math
 import os
@@ -72,6 +71,7 @@ if TYPE_CHECKING:  # typing costs 3.5 ms to import; annotations are strings here
     _Env = Mapping[str, str]
     _PoolKey = Tuple[str, str, int, Optional[str]]
     _MessageT = TypeVar("_MessageT", bound="ChatMessage")
+    _ClientT = TypeVar("_ClientT", bound="_BaseClient")
 
 __all__ = [
     "AsyncClient",
@@ -174,7 +174,8 @@ _MAX_HEAD_BYTES = 64 * 1024  # a response's status line and headers (http.client
 _MAX_MESSAGE_CHARS = 500  # server text quoted in an exception message
 _READ_SIZE = 64 * 1024  # one read from the socket
 
-_POOL_MAX_PER_HOST = 16  # connections open at once to one host (idle + busy)
+_MAX_CONNECTIONS = 100  # open at once to one host, idle and busy (httpx: 100; openai-python: 1,000)
+_MAX_IDLE_CONNECTIONS = 32  # of those, kept open for reuse after a burst (httpx: 20)
 _MAX_REDIRECTS = 5
 _MAX_CACHED_ROUTES = 256  # URLs whose parsed route a client remembers
 _DONE_GRACE_S = 1.0  # after [DONE], how long the rest of the body may take
@@ -778,7 +779,10 @@ def _json_default(value: Any) -> Any:
 
 
 def _build_json(body: Any) -> bytes:
-    return json.dumps(body, default=_json_default, ensure_ascii=False).encode("utf-8")
+    try:
+        return json.dumps(body, default=_json_default, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except ValueError as exc:  # NaN or Infinity, which JSON has no way to say
+        raise ValueError(f"the request body cannot be sent as JSON: {exc}") from None
 
 
 def _merge_headers(*layers: Optional[Mapping[str, Optional[str]]]) -> Dict[str, str]:
@@ -824,13 +828,73 @@ class _Request:
         self.deadline_at = deadline_at
         self.retries = retries
         self.base_url = base_url  # for the 404 hint, when the URL was built from base_url
+        self.hops = 0  # redirects followed
 
 
 def _join_url(base: str, path: str, query: Optional[Mapping[str, Any]] = None) -> str:
+    """`base` + "/" + `path`, with the query strings of both (an Azure-style `?api-version=` stays last)."""
+    base, _, base_query = base.partition("?")
     url = base.rstrip("/") + "/" + path.lstrip("/") if path else base
-    if query:
-        url += ("&" if "?" in url else "?") + urlencode(query, doseq=True)
-    return url
+    queries = [part for part in (base_query, urlencode(query, doseq=True) if query else "") if part]
+    return url + "?" + "&".join(queries) if queries else url
+
+
+_USERINFO = re.compile(r"(?<=//)[^/?#@]*@")
+
+
+def _redact_userinfo(url: str) -> str:
+    return _USERINFO.sub("***@", url)
+
+
+def _check_base_url(url: str) -> str:
+    """The base URL, checked: ValueError if it cannot be used as given (it never echoes a password)."""
+    shown = _redact_userinfo(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise ValueError(f"base_url {shown!r} is not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"base_url must start with http:// or https:// and name a host, not {shown!r}")
+    if "#" in url:
+        raise ValueError(f"base_url must not have a #fragment: {shown!r}")
+    if "@" in parts.netloc:
+        raise ValueError(
+            f"base_url must not carry user:password@ ({shown!r}): pass the token as token= or OCTOAI_TOKEN"
+        )
+    path, mark, query = url.partition("?")
+    return path.rstrip("/") + mark + query
+
+
+# RFC 9110 section 5.6.2: a header name is a token.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "host"})  # the exchange writes these
+
+
+def _check_headers(headers: Optional[Mapping[str, Optional[str]]]) -> Dict[str, Optional[str]]:
+    """Caller headers, checked before anything is sent; None values remove a default."""
+    checked: Dict[str, Optional[str]] = {}
+    for name, value in (headers or {}).items():
+        if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+            raise ValueError(f"invalid header name {name!r}: a name is letters, digits and !#$%&'*+-.^_`|~")
+        if name.lower() in _FRAMING_HEADERS:
+            raise ValueError(f"the {name} header is the client's to set; it cannot be given")
+        if value is not None:
+            if not isinstance(value, str):
+                raise TypeError(f"the value of header {name!r} must be a str, not {type(value).__name__}")
+            _check_header_value(f"the value of header {name!r}", value)
+        checked[name] = value
+    return checked
+
+
+def _check_header_value(what: str, value: str) -> None:
+    # The value is not quoted: it may be a credential.
+    if "\r" in value or "\n" in value or "\0" in value:
+        raise ValueError(f"{what} has a line break or NUL in it")
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} has characters outside Latin-1") from None
 
 
 def _redact(text: str, token: Optional[str]) -> str:
@@ -952,7 +1016,7 @@ def _error_from_response(
         cls = OctoAIServerError
     else:
         cls = OctoAIError
-    reason = http.client.responses.get(status, "")
+    reason = _REASONS.get(status, "")
     message = f"{status} {reason}".rstrip()
     if text:
         message += ": " + text
@@ -1376,157 +1440,263 @@ class _ChunkFolder:
         return out
 
 
-# -- 4g. HTTP/1.1 framing for the asyncio transport ---------------------------
-# http.client frames responses for the threaded transport; asyncio has no
-# HTTP client, so its transport feeds received bytes to this parser (RFC 9112
-# sections 6 and 7). Failures are raised as http.client's own exceptions, so
-# one mapping (section 5) serves both transports.
+# -- 4g. One HTTP/1.1 exchange ------------------------------------------------
+# A request and its answer on one connection, as bytes out and events in
+# (h11's shape). Both transports send `request`, feed what they receive (b""
+# once the peer closed) and ask `head()` and `body_piece()` what it means.
+# Every rule of RFC 9112 this client relies on is decided here, once:
+# framing (sections 6-7), interim 1xx answers, limits, and whether the
+# connection may carry another request. Failures are OctoAIErrors: a
+# malformed answer an OctoAIValidationError, one cut short an
+# OctoAIConnectionError.
 
-_HEAD_END = b"\r\n\r\n"
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+_LINE_END_CRLF = re.compile(rb"\r?\n")
+_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: .*)?", re.DOTALL)
+_DIGITS = re.compile(r"[0-9]{1,18}")  # not str.isdigit, which takes "²"
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+_MAX_INTERIM_ANSWERS = 8  # 100 Continue, 103 Early Hints... before the real one
+_MAX_CHUNK_LINE_BYTES = 4096  # a chunk-size or trailer line (h11: the same)
+_SENT_NOTE = " (the request was sent: the server may have received it)"
+_REASONS = types.MappingProxyType(
+    {
+        400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+        408: "Request Timeout", 409: "Conflict", 413: "Content Too Large", 415: "Unsupported Media Type",
+        422: "Unprocessable Entity", 429: "Too Many Requests", 500: "Internal Server Error", 501: "Not Implemented",
+        502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
+    }
+)  # fmt: skip
 
 
-def _build_request_head(
-    method: str, target: str, host: str, headers: Mapping[str, str], body_length: Optional[int]
-) -> bytes:
-    """The request line and headers, as http.client would send them."""
+def _build_request(method: str, target: str, host: str, headers: Mapping[str, str], body: Optional[bytes]) -> bytes:
+    """The request's bytes; the headers were checked when they were built (4b)."""
     lines = [f"{method} {target} HTTP/1.1", f"Host: {host}", "Accept-Encoding: identity"]
-    for name, value in headers.items():
-        if "\r" in name or "\n" in name or "\r" in value or "\n" in value:
-            raise ValueError(f"invalid header {name!r}: line breaks are not allowed")
-        lines.append(f"{name}: {value}")
-    if body_length is not None or method in ("POST", "PUT", "PATCH"):
-        lines.append(f"Content-Length: {body_length or 0}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    if body is not None or method in ("POST", "PUT", "PATCH"):
+        lines.append(f"Content-Length: {len(body or b'')}")
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return head + body if body else head
 
 
-class _ResponseParser:
-    """Frame one HTTP/1.1 response from bytes: its head, its body pieces, its end.
+class _Exchange:
+    """One request and its answer on one connection, with no I/O.
 
-    `feed` and `feed_eof` return events: ("head", b""), ("data", bytes) and
-    ("end", b""). After "head", `status`, `headers` (lower-case names) and
-    `will_close` describe it. Interim 1xx answers are skipped. Raises
-    http.client.HTTPException on malformed framing and IncompleteRead (or
-    RemoteDisconnected) when the input ends early.
+    Send `request`, then set `sent`. `feed` what arrives (b"" when the peer
+    closed). `head()` turns True once the final answer's status line and
+    headers are in (`status`, `headers` with lower-case names); then
+    `body_piece()` gives the body: non-empty bytes, and b"" at its end. Both
+    return None while they need more input. `reusable` turns True when the
+    answer ended cleanly and the connection may carry another request.
     """
 
-    def __init__(self, method: str) -> None:
-        self._method = method
-        self._buffer = bytearray()
-        self._state = "head"  # head, length, chunk_size, chunk_data, chunk_end, trailer, close, done
-        self._remaining = 0
+    def __init__(self, method: str, request: bytes, where: str) -> None:
+        self.method = method
+        self.request = request
+        self.where = where
+        self.sent = False  # the request went out whole
+        self.received = False  # some byte of an answer arrived
         self.status = 0
         self.headers: Dict[str, str] = {}
-        self.will_close = False
+        self.reusable = False
+        self._buffer = bytearray()
+        self._scanned = 0  # bytes of the buffer known to hold no head end
+        self._eof = False
+        self._keep_alive = True
+        self._interim = 0
+        self._remaining = 0
+        self._reader: Optional[Callable[[], Optional[bytes]]] = None  # the body's framing, once the head is in
 
-    def feed(self, data: bytes) -> List[Tuple[str, bytes]]:
-        self._buffer += data
-        events: List[Tuple[str, bytes]] = []
-        while self._step(events):
-            pass
-        return events
+    @property
+    def phase(self) -> str:
+        """Where the exchange stands: "send", "wait" (for the head) or "body"."""
+        return "body" if self._reader is not None else "wait" if self.sent else "send"
 
-    def feed_eof(self) -> List[Tuple[str, bytes]]:
-        if self._state == "close":
-            self._state = "done"
-            return [("end", b"")]
-        if self._state == "done":
-            return []
-        if self._state == "head":
-            raise http.client.RemoteDisconnected("the server closed the connection without an answer")
-        raise http.client.IncompleteRead(b"")
+    def feed(self, data: bytes) -> None:
+        if data:
+            self.received = True
+            self._buffer += data
+        else:
+            self._eof = True
 
-    def _step(self, events: List[Tuple[str, bytes]]) -> bool:
-        """Advance one step; False when more input is needed."""
-        state, buffer = self._state, self._buffer
-        if state == "head":
-            end = buffer.find(_HEAD_END)
-            if end < 0:
+    def head(self) -> Optional[bool]:
+        """True once the final answer's head is in; None while more input is needed."""
+        while self._reader is None:
+            buffer = self._buffer
+            while buffer[:1] in (b"\r", b"\n") and buffer:
+                del buffer[:1]  # RFC 9112 section 2.2: ignore empty lines before the status line
+            match = _HEAD_END.search(buffer, max(0, self._scanned - 3))
+            if match is None:
+                self._scanned = len(buffer)
                 if len(buffer) > _MAX_HEAD_BYTES:
-                    raise http.client.LineTooLong(f"a response head over {_MAX_HEAD_BYTES} bytes")
-                return False
-            self._parse_head(bytes(buffer[:end]))
-            del buffer[: end + len(_HEAD_END)]
-            if 100 <= self.status < 200:
-                return True  # 100 Continue, 103 Early Hints: the real answer follows
-            events.append(("head", b""))
-            self._state = self._body_state()
-            if self._state == "done":
-                events.append(("end", b""))
-            return True
-        if state in ("length", "chunk_data", "close"):
-            if not buffer:
-                return False
-            size = len(buffer) if state == "close" else min(self._remaining, len(buffer))
-            events.append(("data", bytes(buffer[:size])))
-            del buffer[:size]
-            self._remaining -= size
-            if state == "length" and not self._remaining:
-                self._state = "done"
-                events.append(("end", b""))
-            elif state == "chunk_data" and not self._remaining:
-                self._state = "chunk_end"
-            return True
-        if state == "done":
-            if buffer:  # bytes after the answer: this connection cannot be trusted again
-                self.will_close = True
-                buffer.clear()
-            return False
-        # chunk_size, chunk_end and trailer read one CRLF-ended line.
-        end = buffer.find(b"\r\n")
-        if end < 0:
-            if len(buffer) > 4096:
-                raise http.client.LineTooLong("a chunk-size or trailer line over 4096 bytes")
-            return False
-        line = bytes(buffer[:end])
-        del buffer[: end + 2]
-        if state == "chunk_size":
-            size_text = line.split(b";", 1)[0].strip()  # chunk extensions are ignored
-            if not _CHUNK_SIZE.fullmatch(size_text):
-                raise http.client.HTTPException(f"a malformed chunk size line {line[:40]!r}")
-            self._remaining = int(size_text, 16)
-            self._state = "chunk_data" if self._remaining else "trailer"
-        elif state == "chunk_end":
-            if line:
-                raise http.client.HTTPException("a chunk longer than its size line said")
-            self._state = "chunk_size"
-        elif not line:  # the empty line that ends the trailer section
-            self._state = "done"
-            events.append(("end", b""))
+                    raise self._invalid(f"a response head longer than {_MAX_HEAD_BYTES} bytes")
+                if self._eof:
+                    raise self._cut_short()
+                return None
+            lines = _LINE_END_CRLF.split(bytes(buffer[: match.start()]))
+            del buffer[: match.end()]
+            self._scanned = 0
+            self._parse_head(lines)
         return True
 
-    def _parse_head(self, head: bytes) -> None:
-        lines = head.split(b"\r\n")
-        version, _, rest = lines[0].partition(b" ")
-        code = rest[:3]
-        if not version.startswith(b"HTTP/1.") or not code.isdigit():
-            raise http.client.BadStatusLine(repr(lines[0][:100]))
-        self.status = int(code)
-        headers: Dict[str, str] = {}
-        for line in lines[1:]:
-            name, colon, value = line.partition(b":")
-            if not colon:
-                raise http.client.HTTPException(f"a header line without a colon: {line[:100]!r}")
-            key = name.strip().decode("latin-1").lower()
-            text = value.strip().decode("latin-1")
-            headers[key] = f"{headers[key]}, {text}" if key in headers else text
-        self.headers = headers
-        connection = headers.get("connection", "").lower()
-        self.will_close = "close" in connection or (version == b"HTTP/1.0" and "keep-alive" not in connection)
+    def body_piece(self) -> Optional[bytes]:
+        """The next piece of the body, b"" at its end; None while more input is needed."""
+        assert self._reader is not None, "head() first"
+        return self._reader()
 
-    def _body_state(self) -> str:
-        if self._method == "HEAD" or self.status in (204, 304) or (self._method == "CONNECT" and self.status < 300):
-            return "done"
-        if "chunked" in self.headers.get("transfer-encoding", "").lower():
-            return "chunk_size"
-        length = self.headers.get("content-length")
-        if length is not None:
-            if not length.isdigit():
-                raise http.client.HTTPException(f"a bad Content-Length: {length[:40]!r}")
-            self._remaining = int(length)
-            return "length" if self._remaining else "done"
-        self.will_close = True  # the body ends when the connection does
-        return "close"
+    # -- the head
+
+    def _parse_head(self, lines: List[bytes]) -> None:
+        status_line = _STATUS_LINE.fullmatch(lines[0])
+        if status_line is None:
+            raise self._invalid(f"a malformed status line {lines[0][:80]!r}")
+        self.status = int(status_line.group(2))
+        headers: Dict[str, str] = {}
+        name = ""
+        for line in lines[1:]:
+            if line[:1] in (b" ", b"\t") and name:  # an obsolete folded line continues the last value
+                headers[name] += " " + line.strip().decode("latin-1")
+                continue
+            raw_name, colon, value = line.partition(b":")
+            name = raw_name.decode("latin-1").lower()
+            if not colon or not _TOKEN.fullmatch(name):
+                raise self._invalid(f"a malformed header line {line[:80]!r}")
+            text = value.strip().decode("latin-1")
+            headers[name] = f"{headers[name]}, {text}" if name in headers else text
+        self.headers = headers
+        if 100 <= self.status < 200 and self.status != 101:
+            self._interim += 1  # 100 Continue, 103 Early Hints: the real answer follows
+            if self._interim > _MAX_INTERIM_ANSWERS:
+                raise self._invalid(f"more than {_MAX_INTERIM_ANSWERS} interim answers")
+            return
+        connection = headers.get("connection", "").lower()
+        self._keep_alive = "close" not in connection and (status_line.group(1) == b"1" or "keep-alive" in connection)
+        self._reader = self._framing()
+
+    def _framing(self) -> Callable[[], Optional[bytes]]:
+        """The body's reader, by RFC 9112 section 6.3."""
+        method, status, headers = self.method, self.status, self.headers
+        if method == "HEAD" or status in (101, 204, 304) or (method == "CONNECT" and 200 <= status < 300):
+            return self._ended
+        coding = headers.get("transfer-encoding")
+        if coding is not None:
+            if coding.lower().rsplit(",", 1)[-1].strip() != "chunked":
+                self._keep_alive = False
+                return self._until_close
+            if "content-length" in headers:
+                self._keep_alive = False  # both framings: a request smuggling pattern, never reuse
+            return self._chunk_size
+        length = headers.get("content-length")
+        if length is None:
+            self._keep_alive = False
+            return self._until_close
+        values = {value.strip() for value in length.split(",")}  # "5, 5" is one length said twice
+        if len(values) != 1 or not _DIGITS.fullmatch(next(iter(values))):
+            raise self._invalid(f"a malformed Content-Length {length[:40]!r}")
+        self._remaining = int(values.pop())
+        return self._by_length if self._remaining else self._ended
+
+    # -- the body: each reader returns a piece, b"" at the end, or None for more input
+
+    def _take(self) -> Optional[bytes]:
+        """Up to `_remaining` buffered bytes, or None; raises if the input ended."""
+        buffer = self._buffer
+        if not buffer:
+            if self._eof:
+                raise self._cut_short()
+            return None
+        if len(buffer) <= self._remaining:
+            piece = bytes(buffer)
+            buffer.clear()
+        else:
+            piece = bytes(buffer[: self._remaining])
+            del buffer[: self._remaining]
+        self._remaining -= len(piece)
+        return piece
+
+    def _by_length(self) -> Optional[bytes]:
+        piece = self._take()
+        if not self._remaining:
+            self._reader = self._ended
+        return piece
+
+    def _line(self) -> Optional[bytes]:
+        """One line of the chunked framing, without its line end; None if incomplete."""
+        end = self._buffer.find(b"\n")
+        if end < 0:
+            if len(self._buffer) > _MAX_CHUNK_LINE_BYTES:
+                raise self._invalid(f"a chunk-size or trailer line longer than {_MAX_CHUNK_LINE_BYTES} bytes")
+            if self._eof:
+                raise self._cut_short()
+            return None
+        line = bytes(self._buffer[:end]).rstrip(b"\r")
+        del self._buffer[: end + 1]
+        return line
+
+    def _chunk_size(self) -> Optional[bytes]:
+        line = self._line()
+        if line is None:
+            return None
+        size = line.split(b";", 1)[0].strip()  # chunk extensions are ignored
+        if not _CHUNK_SIZE.fullmatch(size):
+            raise self._invalid(f"a malformed chunk-size line {line[:40]!r}")
+        self._remaining = int(size, 16)
+        self._reader = self._chunk_data if self._remaining else self._trailer
+        return self._reader()
+
+    def _chunk_data(self) -> Optional[bytes]:
+        piece = self._take()
+        if not self._remaining:
+            self._reader = self._chunk_end
+        return piece
+
+    def _chunk_end(self) -> Optional[bytes]:
+        line = self._line()
+        if line is None:
+            return None
+        if line:
+            raise self._invalid("a chunk longer than its size line said")
+        self._reader = self._chunk_size
+        return self._reader()
+
+    def _trailer(self) -> Optional[bytes]:
+        while True:
+            line = self._line()
+            if line is None:
+                return None
+            if not line:  # the empty line that ends the trailer section
+                self._reader = self._ended
+                return self._reader()
+
+    def _until_close(self) -> Optional[bytes]:
+        if self._buffer:
+            piece = bytes(self._buffer)
+            self._buffer.clear()
+            return piece
+        if self._eof:
+            self._reader = self._ended
+            return b""
+        return None
+
+    def _ended(self) -> bytes:
+        # Bytes after the answer, or a close, and the connection cannot be trusted again.
+        self.reusable = self._keep_alive and not self._buffer and not self._eof
+        return b""
+
+    # -- errors
+
+    def _invalid(self, what: str) -> OctoAIValidationError:
+        self._keep_alive = False
+        return OctoAIValidationError(f"{what} from {self.where}")
+
+    def _cut_short(self) -> OctoAIConnectionError:
+        if self._reader is None and not self._buffer:
+            error = OctoAIConnectionError(
+                f"the server {self.where} closed the connection without an answer" + (_SENT_NOTE if self.sent else "")
+            )
+        else:
+            error = OctoAIConnectionError(f"the connection closed before the whole answer arrived from {self.where}")
+        error.request_sent = self.sent
+        return error
 
 
 class _Body:
@@ -1556,18 +1726,16 @@ class _Body:
 # =============================================================================
 # 5. Transport: the only code that touches sockets
 # =============================================================================
-# Each flavour has one `send(request) -> response`. Every low-level failure
-# is translated in `_translate_error` to OctoAIConnectionError or
-# OctoAITimeoutError, raised from its cause. A connection goes back to the
-# pool only when its response was read to the end and the server did not
-# ask to close it.
+# Two flavours, threads (blocking sockets) and asyncio, that only move bytes:
+# every request is an `_Exchange` (4g), which decides everything, pumped by a
+# few lines per flavour. Low-level failures are translated in one place,
+# `_ResponseBase._failed`. A connection goes back to the pool only when its
+# exchange says it is reusable.
 
 
 def _env_get(env: _Env, name: str) -> Optional[str]:
     # curl and urllib prefer the lower-case form of proxy variables.
     return env.get(name.lower()) or env.get(name.upper()) or None
-
-
 def _bypasses_proxy(host: str, port: int, no_proxy: str) -> bool:
     """Whether NO_PROXY (comma-separated hosts, .domains, host:port, CIDR, '*') exempts host."""
     host = host.lower().strip("[]")
@@ -1638,9 +1806,9 @@ def _ssl_context(verify: Union[bool, str, "os.PathLike[str]"], env: _Env) -> ssl
         raise OctoAIClientError(f"cannot load the CA bundle {cafile!r}: {exc}", exc) from exc
 
 
-def _is_dropped(sock: Optional[socket.socket]) -> bool:
-    """Whether an idle pooled socket was closed by the server (or has stray bytes)."""
-    if sock is None:
+def _is_dropped(sock: Any) -> bool:
+    """Whether an idle pooled socket was closed by the server, or holds bytes nobody asked for."""
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
         return True
     try:
         if hasattr(select, "poll"):  # select() cannot watch descriptors above 1023
@@ -1663,10 +1831,9 @@ _PHASES = types.MappingProxyType(
 
 
 def _translate_error(exc: BaseException, phase: str, where: str) -> OctoAIConnectionError:
-    """The OctoAIConnectionError (or OctoAITimeoutError) for a socket, TLS or http.client failure."""
+    """The OctoAIConnectionError (or OctoAITimeoutError) for a socket or TLS failure in `phase`."""
     doing = _PHASES[phase]
-    # After the request went out whole, the server may have acted on it.
-    note = " (the request was sent: the server may have received it)" if phase == "wait" else ""
+    note = _SENT_NOTE if phase == "wait" else ""  # after the request went out whole
     error: OctoAIConnectionError
     if isinstance(exc, socket.timeout):
         error = OctoAITimeoutError(f"timed out {doing} {where}{note}", exc)
@@ -1676,16 +1843,16 @@ def _translate_error(exc: BaseException, phase: str, where: str) -> OctoAIConnec
             "pass verify_ssl='/path/to/ca.pem' or set SSL_CERT_FILE if a private CA signed it",
             exc,
         )
-    elif isinstance(exc, http.client.IncompleteRead):
-        error = OctoAIConnectionError(f"the connection closed before the whole answer arrived from {where}", exc)
+    elif isinstance(exc, socket.gaierror):
+        error = OctoAIConnectionError(
+            f"cannot resolve {where}: {exc}; is base_url (or OCTOAI_BASE_URL) right? "
+            "OctoAI's hosted service has shut down: point base_url at your server",
+            exc,
+        )
     else:
         error = OctoAIConnectionError(f"error {doing} {where}: {type(exc).__name__}: {exc}{note}", exc)
     error.request_sent = phase in ("wait", "body")
     return error
-
-
-# -- 5a. Routes, pools, and the threaded transport on http.client --------------
-# (urllib would open a connection per request.)
 
 
 class _Route:
@@ -1694,7 +1861,7 @@ class _Route:
     def __init__(self, url: str, env: _Env) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise OctoAIClientError(f"not an http(s) URL: {url!r}")
+            raise OctoAIClientError(f"not an http(s) URL: {_redact_userinfo(url)!r}")
         self.scheme = parts.scheme
         self.host = parts.hostname
         self.port = parts.port or (443 if self.scheme == "https" else 80)
@@ -1715,8 +1882,22 @@ class _Route:
                 self.target = f"http://{self.host_header}{self.target}"
                 self.proxy_headers = _proxy_authorization(self.proxy)
 
-    def headers(self, headers: Dict[str, str]) -> Dict[str, str]:
-        return {**headers, **self.proxy_headers} if self.proxy_headers else headers
+    def request(self, method: str, headers: Mapping[str, str], body: Optional[bytes]) -> bytes:
+        """The bytes of a request along this route."""
+        if self.proxy_headers:
+            headers = {**headers, **self.proxy_headers}
+        return _build_request(method, self.target, self.host_header, headers, body)
+
+    def tunnel_request(self) -> bytes:
+        """The CONNECT request that asks the proxy for a tunnel to the host."""
+        assert self.proxy is not None
+        authority = f"{self.host}:{self.port}"
+        return _build_request("CONNECT", authority, authority, _proxy_authorization(self.proxy), None)
+
+    def tunnel_refused(self, exchange: _Exchange) -> Optional[OctoAIConnectionError]:
+        if exchange.status == 200:
+            return None
+        return OctoAIConnectionError(f"the proxy refused a tunnel to {self.where}: {exchange.status}")
 
 
 def _call_timeout(timeout_s: float, deadline_at: Optional[float], where: str) -> float:
@@ -1729,13 +1910,8 @@ def _call_timeout(timeout_s: float, deadline_at: Optional[float], where: str) ->
     return min(timeout_s, remaining)
 
 
-def _is_stale_keepalive(exc: BaseException) -> bool:
-    # A pooled connection the server closed while idle fails before any
-    # answer byte; the server never read the request, so it is sent once
-    # more on a new connection, and this does not count as a retry.
-    return isinstance(exc, OctoAIConnectionError) and isinstance(
-        exc.__cause__, (ConnectionError, http.client.RemoteDisconnected)
-    )
+def _wait_s(request: _Request, route: _Route) -> float:
+    return _call_timeout(request.timeout_s, request.deadline_at, route.where)
 
 
 def _is_redirect(status: int, headers: Mapping[str, str]) -> bool:
@@ -1745,37 +1921,46 @@ def _is_redirect(status: int, headers: Mapping[str, str]) -> bool:
 class _PoolBook:
     """The bookkeeping both pools share: idle connections and open counts per key.
 
-    At most `max_per_host` connections to one key are open at once. Idle
-    connections are reused most recent first, after a check that the server
-    has not closed them.
+    At most `max_connections` connections to one key are open at once, and
+    at most `max_idle` of them wait idle for reuse. Idle ones are reused
+    most recent first, after a check that the server has not closed them or
+    sent bytes nobody asked for. After a fork the child starts afresh: the
+    parent keeps using the sockets it inherited.
     """
 
-    def __init__(self, max_per_host: int = _POOL_MAX_PER_HOST) -> None:
-        self.max_per_host = max_per_host
+    def __init__(self, max_connections: int, max_idle: int) -> None:
+        self.max_connections = max_connections
+        self.max_idle = max_idle
         self._idle: Dict[_PoolKey, List[Any]] = {}
         self._open: Dict[_PoolKey, int] = {}
         self._closed = False
-
-    def _is_gone(self, conn: Any) -> bool:
-        raise NotImplementedError
+        self._pid = os.getpid()
 
     def _take(self, key: _PoolKey) -> Tuple[Any, bool]:
         """(an idle connection or None, whether the caller may go on: None means open a new one)."""
+        if self._pid != os.getpid():
+            for idle in self._idle.values():
+                for conn in idle:
+                    conn.forget()
+            self._idle, self._open, self._pid = {}, {}, os.getpid()
         idle = self._idle.get(key)
         while idle:
             conn = idle.pop()
-            if not self._is_gone(conn):
+            if not conn.is_gone():
                 return conn, True
             conn.close()
             self._open[key] -= 1
-        if self._open.get(key, 0) < self.max_per_host:
+        if self._open.get(key, 0) < self.max_connections:
             self._open[key] = self._open.get(key, 0) + 1
             return None, True
         return None, False
 
     def _give(self, key: _PoolKey, conn: Any, reusable: bool) -> None:
-        if conn is not None and reusable and not self._closed:
-            self._idle.setdefault(key, []).append(conn)
+        if self._pid != os.getpid():
+            return  # a connection from before a fork: the counts started afresh
+        idle = self._idle.setdefault(key, [])
+        if conn is not None and reusable and not self._closed and len(idle) < self.max_idle:
+            idle.append(conn)
             return
         if conn is not None:
             conn.close()
@@ -1783,7 +1968,7 @@ class _PoolBook:
 
     def _busy(self, key: _PoolKey, wait_s: float) -> OctoAITimeoutError:
         return OctoAITimeoutError(
-            f"all {self.max_per_host} connections to {key[1]}:{key[2]} stayed busy for {wait_s:g} s"
+            f"all {self.max_connections} connections to {key[1]}:{key[2]} stayed busy for {wait_s:g} s"
         )
 
     def _close_idle(self) -> None:
@@ -1798,59 +1983,50 @@ class _PoolBook:
         """Connections open now, idle or busy."""
         return sum(self._open.values())
 
-
-class _ConnectionPool(_PoolBook):
-    """The threaded transport's pool: a caller wanting a connection past the bound waits."""
-
-    def __init__(self, max_per_host: int = _POOL_MAX_PER_HOST) -> None:
-        super().__init__(max_per_host)
-        self._cond = threading.Condition()
-
-    def _is_gone(self, conn: http.client.HTTPConnection) -> bool:
-        return _is_dropped(conn.sock)
-
-    def acquire(self, key: _PoolKey, wait_s: float) -> Optional[http.client.HTTPConnection]:
-        """An idle connection, or None with a slot reserved for a new one."""
-        give_up_at = time.monotonic() + wait_s
-        with self._cond:
-            while True:
-                conn, reserved = self._take(key)
-                if reserved:
-                    return conn  # type: ignore[no-any-return]
-                remaining = give_up_at - time.monotonic()
-                if remaining <= 0:
-                    raise self._busy(key, wait_s)
-                self._cond.wait(remaining)
-
-    def release(self, key: _PoolKey, conn: Optional[http.client.HTTPConnection], reusable: bool) -> None:
-        """Give a connection back: kept if reusable, else closed and its slot freed."""
-        with self._cond:
-            self._give(key, conn, reusable)
-            self._cond.notify()
-
-    def close(self) -> None:
-        with self._cond:
-            self._close_idle()
-            self._cond.notify_all()
+    def idle_count(self) -> int:
+        """Connections open and waiting for reuse."""
+        return sum(len(idle) for idle in self._idle.values())
 
 
 class _ResponseBase:
-    """What both transports' responses share: headers, and the timeout of the next read."""
+    """One exchange on one pooled connection, from the request's bytes to the answer's end.
 
-    status: int
-    headers: Dict[str, str]
-    _where: str
-    _timeout_s: float
-    _deadline_at: Optional[float]
+    Whoever holds it reads it to the end (the connection then goes back to
+    the pool) or calls `close()`, from any thread: a read blocked in another
+    thread then ends at once, as if the body had ended.
+    """
+
+    def __init__(
+        self, pool: Any, route: _Route, conn: Any, request: _Request, url: str, reused: bool
+    ) -> None:
+        self.url = url
+        self.error_body = b""  # an error answer's body, read by `start` (up to a limit)
+        self.closed_early = False  # closed by its holder before the answer ended
+        self._pool = pool
+        self._key = route.key
+        self._where = route.where
+        self._conn = conn
+        self._held = [conn]  # list.pop() is atomic: the connection is given back once, whoever is first
+        self._reused = reused
+        self._exchange = _Exchange(request.method, route.request(request.method, request.headers, request.data), route.where)
+        self._timeout_s = request.timeout_s
+        self._deadline_at = request.deadline_at
+        self._send_error: Optional[BaseException] = None
+
+    @property
+    def status(self) -> int:
+        return self._exchange.status
+
+    @property
+    def headers(self) -> Dict[str, str]:
+        return self._exchange.headers
 
     @property
     def content_type(self) -> str:
         return self.headers.get("content-type", "").split(";")[0].strip().lower()
 
-    def _deadline_error(self) -> OctoAITimeoutError:
-        return OctoAITimeoutError(f"the call's deadline passed while reading from {self._where}")
-
     def _read_timeout(self) -> float:
+        """How long the next read may wait: the timeout, or what is left of the deadline."""
         if self._deadline_at is None:
             return self._timeout_s
         remaining = self._deadline_at - time.monotonic()
@@ -1858,17 +2034,119 @@ class _ResponseBase:
             raise self._deadline_error()
         return min(self._timeout_s, remaining)
 
-    def close(self) -> None:
-        raise NotImplementedError
+    def _deadline_error(self) -> OctoAITimeoutError:
+        phase = self._exchange.phase
+        error = OctoAITimeoutError(
+            f"the call's deadline passed {_PHASES[phase]} {self._where}" + (_SENT_NOTE if phase == "wait" else "")
+        )
+        error.request_sent = phase != "send"
+        return error
 
-    def _failed(self, exc: BaseException) -> BaseException:
-        """Close after a failed read; return the error to raise."""
+    def _write(self) -> None:
+        try:
+            self._conn.send(self._exchange.request, self._read_timeout())
+        except (OSError, OctoAIError) as exc:
+            # The server may have answered early (401, 413) and closed
+            # without reading the body: what it said is read next.
+            self._send_error = exc
+            return
+        self._exchange.sent = True
+
+    def _answer(self) -> Optional[bool]:
+        """The pump's goal in `start`: the head, and an error answer's body (so that it can be judged)."""
+        exchange = self._exchange
+        if exchange.head() is None:
+            return None
+        if self.status < 300:
+            return True
+        while len(self.error_body) <= _MAX_ERROR_BODY_BYTES:
+            piece = exchange.body_piece()
+            if piece is None:
+                return None
+            if not piece:
+                self._release()
+                return True
+            self.error_body += piece
+        self.close()  # too long to be worth reading to its end
+        return True
+
+    def _piece(self) -> Optional[bytes]:
+        """The pump's goal in `read_chunk`: the next body piece, b"" at the end."""
+        if not self._held:
+            return b""
+        piece = self._exchange.body_piece()
+        if piece == b"":
+            self._release()
+        return piece
+
+    def _grace(self, grace_s: float) -> None:
+        """Let the rest of the answer take at most `grace_s` seconds more."""
+        give_up_at = time.monotonic() + grace_s
+        self._timeout_s = min(self._timeout_s, grace_s)
+        self._deadline_at = give_up_at if self._deadline_at is None else min(self._deadline_at, give_up_at)
+
+    def __enter__(self) -> "_ResponseBase":
+        return self
+
+    def __exit__(self, kind: Any, exc: Optional[BaseException], traceback: Any) -> bool:
+        """Around every pump: a failure closes the connection and becomes the right error."""
+        if exc is None:
+            return False
+        error = self._failed(exc)
+        if error is None:
+            return True  # closed by its holder meanwhile: the body just ends
+        if error is exc:
+            return False
+        raise error from exc
+
+    def _failed(self, exc: BaseException) -> Optional[BaseException]:
+        """Close after a failure; return the error to raise (None: closed by the holder, end quietly)."""
+        closed_early = self.closed_early
         self.close()
-        if isinstance(exc, OctoAIError):
-            return exc
-        if self._deadline_at is not None and time.monotonic() >= self._deadline_at:
+        self.closed_early = closed_early
+        if closed_early and isinstance(exc, Exception):
+            return None
+        exchange = self._exchange
+        if self._send_error is not None and exchange.phase != "body":
+            exc = self._send_error  # the write failed and no answer came: that is the story
+        if isinstance(exc, OctoAIError) or not isinstance(exc, OSError):
+            return exc  # the exchange's own errors; and interrupts, cancellations, bugs as they are
+        if isinstance(exc, socket.timeout) and self._deadline_at is not None and time.monotonic() >= self._deadline_at:
             return self._deadline_error()
-        return _translate_error(exc, "body", self._where)
+        return _translate_error(exc, exchange.phase, self._where)
+
+    def _should_resend(self, error: BaseException) -> bool:
+        """Whether a failure before any answer on a reused connection may go out again on another.
+
+        Only when nothing shows the server acted: the write failed, or
+        the method is idempotent. A POST that went out whole is not re-sent.
+        """
+        exchange = self._exchange
+        return (
+            self._reused
+            and isinstance(error, OctoAIConnectionError)
+            and not isinstance(error, OctoAITimeoutError)
+            and not exchange.received
+            and (not exchange.sent or exchange.method in _IDEMPOTENT_METHODS)
+        )
+
+    def _release(self) -> None:
+        """Hand the connection back after the answer's end."""
+        try:
+            conn = self._held.pop()
+        except IndexError:
+            return
+        self._pool.release(self._key, conn, self._exchange.reusable)
+
+    def close(self) -> None:
+        """End the response now; the connection is closed, not reused. Safe from any thread."""
+        try:
+            conn = self._held.pop()
+        except IndexError:
+            return
+        self.closed_early = True
+        conn.close()
+        self._pool.release(self._key, conn, False)
 
     def _body(self, body: _Body, truncate: bool) -> bytes:
         if body.over:
@@ -1876,103 +2154,17 @@ class _ResponseBase:
         return body.value(truncate, self._where)
 
 
-class _RawResponse(_ResponseBase):
-    """One HTTP response and the pooled connection it came on.
-
-    Whoever holds it must read it to the end (it then goes back to the pool)
-    or `close()` it.
-    """
-
-    def __init__(
-        self,
-        transport: "_Transport",
-        route: _Route,
-        conn: http.client.HTTPConnection,
-        sock: socket.socket,
-        response: http.client.HTTPResponse,
-        url: str,
-        timeout_s: float,
-        deadline_at: Optional[float],
-    ) -> None:
-        self.status = response.status
-        self.headers = {name.lower(): value for name, value in response.getheaders()}
-        self.url = url
-        self._pool = transport.pool
-        self._key = route.key
-        self._where = route.where
-        self._conn: Optional[http.client.HTTPConnection] = conn
-        self._sock = sock  # http.client drops conn.sock when the server says "close"
-        self._response = response
-        self._timeout_s = timeout_s
-        self._deadline_at = deadline_at
-
-    def read_chunk(self) -> bytes:
-        """Whatever part of the body one socket read brings (b"" at the end, then released)."""
-        if self._conn is None:
-            return b""
-        response = self._response
-        try:
-            if self._deadline_at is not None:
-                self._sock.settimeout(self._read_timeout())
-            data = response.read1(_READ_SIZE)
-            if not data and response.length:  # http.client ends a short Content-Length body quietly
-                raise http.client.IncompleteRead(b"", response.length)
-        except (OctoAIError, OSError, http.client.HTTPException) as exc:
-            error = self._failed(exc)
-            if error is exc:
-                raise
-            raise error from exc
-        if not data:
-            self.release()
-        return data
-
-    def read(self, limit: int = _MAX_BODY_BYTES, *, truncate: bool = False) -> bytes:
-        """The whole body; past `limit` bytes raise, or with `truncate` keep the start."""
-        body = _Body(limit)
-        while body.add(self.read_chunk()):
-            pass
-        return self._body(body, truncate)
-
-    def finish(self, grace_s: float) -> None:
-        """Read the rest of an answer already complete for its caller, within `grace_s`, then release.
-
-        Any failure only retires the connection.
-        """
-        self._timeout_s = min(self._timeout_s, grace_s)
-        if self._conn is not None:
-            self._sock.settimeout(self._timeout_s)
-        try:
-            while self.read_chunk():
-                pass
-        except OctoAIError:
-            pass
-
-    def release(self) -> None:
-        """Hand the connection back after the body was read to its end."""
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            self._response.close()  # http.client leaves a finished Content-Length body open
-            self._pool.release(self._key, conn, not self._response.will_close)
-
-    def close(self) -> None:
-        """End the response now; the connection is closed, not reused."""
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            self._response.close()
-            self._sock.close()
-            self._pool.release(self._key, conn, False)
-
-
 class _TransportBase:
     """The settings both transports share, and the one TLS context of a client."""
 
     pool: Any  # a _ConnectionPool or an _AsyncPool
 
-    def __init__(self, verify: Union[bool, str, "os.PathLike[str]"], env: _Env) -> None:
+    def __init__(self, verify: Union[bool, str, "os.PathLike[str]"], env: _Env, limits: Tuple[int, int]) -> None:
         self._verify = verify
         # The environment as the client was made: proxies and CA files are
         # read once, not on every request (as httpx does).
         self._env = {name: value for name, value in env.items() if name.upper() in _TRANSPORT_VARIABLES}
+        self._limits = limits
         self._context: Optional[ssl.SSLContext] = None
         self._lock = threading.Lock()
         self._routes: Dict[str, _Route] = {}
@@ -1993,89 +2185,207 @@ class _TransportBase:
                 self._context = _ssl_context(self._verify, self._env)
             return self._context
 
+    def _redirect(self, request: _Request, response: _ResponseBase) -> Optional[str]:
+        """Where a redirect answer leads, or None for any other answer; raises past the limit."""
+        if not _is_redirect(response.status, response.headers):
+            return None
+        response.close()
+        request.hops += 1
+        target = _redirect_target(request.method, response.url, response.status, response.headers)
+        if request.hops > _MAX_REDIRECTS:
+            raise OctoAIClientError(f"more than {_MAX_REDIRECTS} redirects, the last to {target}")
+        return target
+
+    def _connect_failed(self, exc: BaseException, route: _Route) -> BaseException:
+        if isinstance(exc, OSError):
+            return _translate_error(exc, "connect", route.where)
+        return exc
+
     def close(self) -> None:
         """Close the idle pooled connections; busy ones close when released."""
-        self.pool.close()
+        for pool in self.pools():
+            pool.close()
+
+    def pools(self) -> List[Any]:
+        raise NotImplementedError
 
     def __del__(self) -> None:
         # Idle keep-alive connections go with the last client that used them.
-        if hasattr(self, "pool"):
+        if "_limits" in self.__dict__:
             self.close()
 
 
-class _Transport(_TransportBase):
-    """Sends requests over pooled http.client connections; shared by a Client and its copies."""
+# -- 5a. Threads: blocking sockets ---------------------------------------------
 
-    def __init__(self, verify: Union[bool, str, "os.PathLike[str]"], env: _Env) -> None:
-        super().__init__(verify, env)
-        self.pool = _ConnectionPool()
 
-    def send(self, request: _Request) -> _RawResponse:
-        """Send one request, following safe redirects; return the response, whatever its status."""
-        url = request.url
-        for _ in range(_MAX_REDIRECTS + 1):
-            response = self._send_once(request, url, self.route(url))
-            if not _is_redirect(response.status, response.headers):
-                return response
-            response.close()
-            url = _redirect_target(request.method, url, response.status, response.headers)
-        raise OctoAIClientError(f"more than {_MAX_REDIRECTS} redirects, the last to {url}")
+class _Connection:
+    """A blocking socket, plain or TLS. `close` may come from another thread: it wakes a blocked read."""
 
-    def _send_once(self, request: _Request, url: str, route: _Route) -> _RawResponse:
-        timeout_s, deadline_at = request.timeout_s, request.deadline_at
-        for fresh in (False, True):
-            conn = self.pool.acquire(route.key, _call_timeout(timeout_s, deadline_at, route.where))
-            reused = conn is not None
-            if conn is None:
-                try:
-                    conn = self._connect(route, _call_timeout(timeout_s, deadline_at, route.where))
-                except BaseException:
-                    self.pool.release(route.key, None, False)
-                    raise
-            sock = conn.sock
-            assert sock is not None
-            try:
-                sock.settimeout(_call_timeout(timeout_s, deadline_at, route.where))
-                phase = "send"
-                conn.request(request.method, route.target, request.data, route.headers(request.headers))
-                phase = "wait"  # the request went out whole
-                response = conn.getresponse()
-            except (OSError, http.client.HTTPException) as exc:
-                self.pool.release(route.key, conn, False)
-                error = _translate_error(exc, phase, route.where)
-                if reused and not fresh and _is_stale_keepalive(error):
-                    continue
-                raise error from exc
-            except BaseException:
-                self.pool.release(route.key, conn, False)
-                raise
-            return _RawResponse(self, route, conn, sock, response, url, timeout_s, deadline_at)
-        raise AssertionError("unreachable")  # pragma: no cover
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._timeout_s: Optional[float] = None
 
-    def _connect(self, route: _Route, timeout_s: float) -> http.client.HTTPConnection:
-        conn: http.client.HTTPConnection
-        if route.scheme == "https":
-            conn = http.client.HTTPSConnection(
-                route.connect_host, route.connect_port, timeout=timeout_s, context=self.ssl_context()
-            )
-            if route.proxy:
-                conn.set_tunnel(route.host, route.port, headers=_proxy_authorization(route.proxy))
-        else:
-            conn = http.client.HTTPConnection(route.connect_host, route.connect_port, timeout=timeout_s)
+    def _settimeout(self, timeout_s: float) -> None:
+        if timeout_s != self._timeout_s:  # settimeout is a system call
+            self.sock.settimeout(timeout_s)
+            self._timeout_s = timeout_s
+
+    def send(self, data: bytes, timeout_s: float) -> None:
+        self._settimeout(timeout_s)
+        self.sock.sendall(data)
+
+    def receive(self, timeout_s: float) -> bytes:
+        """Some bytes, b"" once the peer closed; raises socket.timeout after `timeout_s`."""
+        self._settimeout(timeout_s)
+        return self.sock.recv(_READ_SIZE)
+
+    def is_gone(self) -> bool:
+        return _is_dropped(self.sock)
+
+    def close(self) -> None:
         try:
-            conn.connect()
-        except BaseException as exc:
-            conn.close()
-            if isinstance(exc, (OSError, http.client.HTTPException)):
-                raise _translate_error(exc, "connect", route.where) from exc
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes a recv() blocked in another thread
+        except OSError:
+            pass
+        self.sock.close()
+
+    def forget(self) -> None:
+        """Close this process's descriptor only (after a fork the parent still uses the socket)."""
+        self.sock.close()
+
+
+def _pump(conn: Any, exchange: _Exchange, goal: Callable[[], Any], timeout: Callable[[], float]) -> Any:
+    """Feed the exchange what the connection receives until `goal()` says something."""
+    while (result := goal()) is None:
+        exchange.feed(conn.receive(timeout()))
+    return result
+
+
+class _ConnectionPool(_PoolBook):
+    """The threaded transport's pool: a caller wanting a connection past the bound waits."""
+
+    def __init__(self, max_connections: int, max_idle: int) -> None:
+        super().__init__(max_connections, max_idle)
+        self._cond = threading.Condition()
+
+    def acquire(self, key: _PoolKey, wait_s: float) -> Optional[_Connection]:
+        """An idle connection, or None with a slot reserved for a new one."""
+        give_up_at = time.monotonic() + wait_s
+        with self._cond:
+            while True:
+                conn, reserved = self._take(key)
+                if reserved:
+                    return conn  # type: ignore[no-any-return]
+                remaining = give_up_at - time.monotonic()
+                if remaining <= 0:
+                    raise self._busy(key, wait_s)
+                self._cond.wait(remaining)
+
+    def release(self, key: _PoolKey, conn: Optional[_Connection], reusable: bool) -> None:
+        """Give a connection back: kept if reusable, else closed and its slot freed."""
+        with self._cond:
+            self._give(key, conn, reusable)
+            self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self._close_idle()
+            self._cond.notify_all()
+
+
+class _Response(_ResponseBase):
+    """A response on a blocking socket; see `_ResponseBase`."""
+
+    def start(self) -> bool:
+        """Send the request and read the answer's head; False if a reused connection proved dead."""
+        self._write()
+        try:
+            with self:
+                _pump(self._conn, self._exchange, self._answer, self._read_timeout)
+        except OctoAIConnectionError as exc:
+            if self._should_resend(exc):
+                return False
             raise
-        return conn
+        return True
+
+    def read_chunk(self) -> bytes:
+        """The next part of the body as it arrives; b"" at the end (the connection is then released)."""
+        with self:
+            return _pump(self._conn, self._exchange, self._piece, self._read_timeout)  # type: ignore[no-any-return]
+        return b""  # closed from another thread meanwhile
+
+    def read(self, limit: int = _MAX_BODY_BYTES, *, truncate: bool = False) -> bytes:
+        """The whole body; past `limit` bytes raise, or with `truncate` keep the start."""
+        body = _Body(limit)
+        while body.add(self.read_chunk()):
+            pass
+        return self._body(body, truncate)
+
+    def finish(self, grace_s: float) -> None:
+        """Read the rest of an answer already complete for its caller, within `grace_s` in all."""
+        self._grace(grace_s)
+        try:
+            self.read(truncate=True)
+        except OctoAIError:
+            pass  # only the connection is lost
 
 
-# -- 5b. The asyncio transport ------------------------------------------------
-# No thread per request: connections are asyncio protocols whose bytes feed
-# `_ResponseParser` (4g); every wait is a future with a timer beside it.
-# asyncio is imported inside functions, so that sync users never pay for it.
+class _Transport(_TransportBase):
+    """Sends requests over pooled blocking sockets; shared by a Client and its copies."""
+
+    def __init__(self, verify: Union[bool, str, "os.PathLike[str]"], env: _Env, limits: Tuple[int, int]) -> None:
+        super().__init__(verify, env, limits)
+        self.pool = _ConnectionPool(*limits)
+
+    def pools(self) -> List[_ConnectionPool]:
+        return [self.pool]
+
+    def send(self, request: _Request) -> _Response:
+        """Send one request, following safe redirects; return the response, whatever its status."""
+        response = self._send_once(request, request.url)
+        while (url := self._redirect(request, response)) is not None:
+            response = self._send_once(request, url)
+        return response
+
+    def _send_once(self, request: _Request, url: str) -> _Response:
+        route = self.route(url)
+        while True:  # until a connection carries it: a reused one may prove dead
+            idle = self.pool.acquire(route.key, _wait_s(request, route))
+            response = _Response(self.pool, route, idle or self._connect(route, request), request, url, idle is not None)
+            if response.start():
+                return response
+
+    def _connect(self, route: _Route, request: _Request) -> _Connection:
+        sock: Optional[socket.socket] = None
+        try:
+            timeout_s = _wait_s(request, route)
+            sock = socket.create_connection((route.connect_host, route.connect_port), timeout_s)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if route.scheme == "https":
+                if route.proxy:
+                    self._open_tunnel(_Connection(sock), route, timeout_s)
+                sock = self.ssl_context().wrap_socket(sock, server_hostname=route.host)
+            return _Connection(sock)
+        except BaseException as exc:
+            if sock is not None:
+                sock.close()
+            self.pool.release(route.key, None, False)
+            raise self._connect_failed(exc, route) from exc
+
+    @staticmethod
+    def _open_tunnel(conn: _Connection, route: _Route, timeout_s: float) -> None:
+        exchange = _Exchange("CONNECT", route.tunnel_request(), route.where)
+        conn.send(exchange.request, timeout_s)
+        _pump(conn, exchange, exchange.head, lambda: timeout_s)
+        refused = route.tunnel_refused(exchange)
+        if refused is not None:
+            raise refused
+
+
+# -- 5b. asyncio ---------------------------------------------------------------
+# No thread per request: connections are asyncio protocols whose bytes wait
+# in a list until the pump asks; every wait is a future with a timer beside
+# it. asyncio is imported inside functions, so that sync users never pay for it.
 
 
 def _settle(waiter: "asyncio.Future[None]", error: Optional[BaseException]) -> None:
@@ -2133,9 +2443,12 @@ class _AsyncConnection:
             _settle(self._waiter, None)
 
     # -- used by the transport
-    @property
-    def closed(self) -> bool:
-        return self._eof or self.transport is None or self.transport.is_closing()
+    def is_gone(self) -> bool:
+        """Closed, or holding bytes nobody asked for (the loop may not have seen them yet)."""
+        if self._eof or self.transport is None or self.transport.is_closing() or self._chunks:
+            return True
+        sock = self.transport.get_extra_info("socket")
+        return sock is None or _is_dropped(sock)
 
     async def receive(self, timeout_s: float) -> bytes:
         """The bytes received so far, waiting up to `timeout_s` for some; b"" at the end."""
@@ -2159,8 +2472,8 @@ class _AsyncConnection:
             self.transport.resume_reading()
         return data
 
-    def send(self, data: bytes) -> None:
-        self.transport.write(data)
+    def send(self, data: bytes, timeout_s: float) -> None:
+        self.transport.write(data)  # buffered by asyncio; a failure shows on the next read
 
     def close(self) -> None:
         """Close at once, without flushing: nobody wants the rest."""
@@ -2168,18 +2481,22 @@ class _AsyncConnection:
         if self.transport is not None and not self.loop.is_closed():
             self.transport.abort()
 
+    forget = close
+
+
+async def _apump(conn: Any, exchange: _Exchange, goal: Callable[[], Any], timeout: Callable[[], float]) -> Any:
+    """`_pump` for an asyncio connection."""
+    while (result := goal()) is None:
+        exchange.feed(await conn.receive(timeout()))
+    return result
+
 
 class _AsyncPool(_PoolBook):
     """The asyncio transport's pool: a task wanting a connection past the bound waits."""
 
-    def __init__(self, max_per_host: int = _POOL_MAX_PER_HOST) -> None:
-        super().__init__(max_per_host)
+    def __init__(self, max_connections: int, max_idle: int) -> None:
+        super().__init__(max_connections, max_idle)
         self._waiters: List["asyncio.Future[None]"] = []
-
-    def _is_gone(self, conn: _AsyncConnection) -> bool:
-        import asyncio
-
-        return conn.closed or conn.loop is not asyncio.get_running_loop()
 
     async def acquire(self, key: _PoolKey, wait_s: float) -> Optional[_AsyncConnection]:
         """An idle connection, or None with a slot reserved for a new one."""
@@ -2199,19 +2516,25 @@ class _AsyncPool(_PoolBook):
             timer = loop.call_later(remaining, _settle, waiter, None)
             try:
                 await waiter
+            except BaseException:
+                self._wake_one()  # a wakeup meant for this cancelled task goes to the next one
+                raise
             finally:
                 timer.cancel()
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
 
-    def release(self, key: _PoolKey, conn: Optional[_AsyncConnection], reusable: bool) -> None:
-        """Give a connection back: kept if reusable, else closed and its slot freed."""
-        self._give(key, conn, reusable)
+    def _wake_one(self) -> None:
         while self._waiters:
             waiter = self._waiters.pop(0)
             if not waiter.done():
                 waiter.set_result(None)
-                break
+                return
+
+    def release(self, key: _PoolKey, conn: Optional[_AsyncConnection], reusable: bool) -> None:
+        """Give a connection back: kept if reusable, else closed and its slot freed."""
+        self._give(key, conn, reusable)
+        self._wake_one()
 
     def close(self) -> None:
         self._close_idle()
@@ -2219,58 +2542,26 @@ class _AsyncPool(_PoolBook):
             _settle(waiter, None)
 
 
-class _AsyncRawResponse(_ResponseBase):
-    """One HTTP response read through `_ResponseParser`; the async twin of `_RawResponse`."""
+class _AsyncResponse(_ResponseBase):
+    """A response on an asyncio connection; see `_ResponseBase`."""
 
-    def __init__(
-        self,
-        transport: "_AsyncTransport",
-        route: _Route,
-        conn: _AsyncConnection,
-        parser: _ResponseParser,
-        events: List[Tuple[str, bytes]],
-        url: str,
-        timeout_s: float,
-        deadline_at: Optional[float],
-    ) -> None:
-        self.status = parser.status
-        self.headers = parser.headers
-        self.url = url
-        self._pool = transport.pool
-        self._key = route.key
-        self._where = route.where
-        self._conn: Optional[_AsyncConnection] = conn
-        self._parser = parser
-        self._timeout_s = timeout_s
-        self._deadline_at = deadline_at
-        self._pending: List[bytes] = []
-        self._ended = False
-        self._take(events)
-
-    def _take(self, events: List[Tuple[str, bytes]]) -> None:
-        for kind, data in events:
-            if kind == "data" and data:
-                self._pending.append(data)
-            elif kind == "end":
-                self._ended = True
+    async def start(self) -> bool:
+        """Send the request and read the answer's head; False if a reused connection proved dead."""
+        self._write()
+        try:
+            with self:
+                await _apump(self._conn, self._exchange, self._answer, self._read_timeout)
+        except OctoAIConnectionError as exc:
+            if self._should_resend(exc):
+                return False
+            raise
+        return True
 
     async def read_chunk(self) -> bytes:
-        """The next part of the body (b"" at the end, then released)."""
-        while not self._pending:
-            if self._conn is None:
-                return b""
-            if self._ended:
-                self.release()
-                return b""
-            try:
-                data = await self._conn.receive(self._read_timeout())
-                self._take(self._parser.feed(data) if data else self._parser.feed_eof())
-            except (OctoAIError, OSError, http.client.HTTPException) as exc:
-                error = self._failed(exc)
-                if error is exc:
-                    raise
-                raise error from exc
-        return self._pending.pop(0)
+        """The next part of the body as it arrives; b"" at the end (the connection is then released)."""
+        with self:
+            return await _apump(self._conn, self._exchange, self._piece, self._read_timeout)  # type: ignore[no-any-return]
+        return b""  # closed by another task meanwhile
 
     async def read(self, limit: int = _MAX_BODY_BYTES, *, truncate: bool = False) -> bytes:
         """The whole body; past `limit` bytes raise, or with `truncate` keep the start."""
@@ -2280,101 +2571,66 @@ class _AsyncRawResponse(_ResponseBase):
         return self._body(body, truncate)
 
     async def finish(self, grace_s: float) -> None:
-        """Read the rest of an answer already complete for its caller, within `grace_s`, then release."""
-        self._timeout_s = min(self._timeout_s, grace_s)
+        """Read the rest of an answer already complete for its caller, within `grace_s` in all."""
+        self._grace(grace_s)
         try:
-            while await self.read_chunk():
-                pass
+            await self.read(truncate=True)
         except OctoAIError:
-            pass
-
-    def release(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            self._pool.release(self._key, conn, not self._parser.will_close)
-
-    def close(self) -> None:
-        """End the response now; the connection is closed, not reused."""
-        conn, self._conn = self._conn, None
-        self._pending.clear()
-        if conn is not None:
-            self._pool.release(self._key, conn, False)
+            pass  # only the connection is lost
 
 
 class _AsyncTransport(_TransportBase):
-    """Sends requests over pooled asyncio connections; the async twin of `_Transport`."""
+    """Sends requests over pooled asyncio connections, one pool per event loop."""
 
-    def __init__(self, verify: Union[bool, str, "os.PathLike[str]"], env: _Env) -> None:
-        super().__init__(verify, env)
-        self.pool = _AsyncPool()
+    def __init__(self, verify: Union[bool, str, "os.PathLike[str]"], env: _Env, limits: Tuple[int, int]) -> None:
+        super().__init__(verify, env, limits)
+        import weakref
 
-    async def send(self, request: _Request) -> _AsyncRawResponse:
+        self._pools: "weakref.WeakKeyDictionary[Any, _AsyncPool]" = weakref.WeakKeyDictionary()
+
+    @property
+    def pool(self) -> _AsyncPool:  # type: ignore[override]
+        """The pool of the running event loop: futures and sockets belong to one loop."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            pool = self._pools.get(loop)
+            if pool is None:
+                pool = self._pools[loop] = _AsyncPool(*self._limits)
+            return pool
+
+    def pools(self) -> List[_AsyncPool]:
+        with self._lock:
+            return list(self._pools.values())
+
+    async def send(self, request: _Request) -> _AsyncResponse:
         """Send one request, following safe redirects; return the response, whatever its status."""
-        url = request.url
-        for _ in range(_MAX_REDIRECTS + 1):
-            response = await self._send_once(request, url, self.route(url))
-            if not _is_redirect(response.status, response.headers):
+        response = await self._send_once(request, request.url)
+        while (url := self._redirect(request, response)) is not None:
+            response = await self._send_once(request, url)
+        return response
+
+    async def _send_once(self, request: _Request, url: str) -> _AsyncResponse:
+        route, pool = self.route(url), self.pool
+        while True:  # until a connection carries it: a reused one may prove dead
+            idle = await pool.acquire(route.key, _wait_s(request, route))
+            conn = idle or await self._connect(route, request, pool)
+            if await (response := _AsyncResponse(pool, route, conn, request, url, idle is not None)).start():
                 return response
-            response.close()
-            url = _redirect_target(request.method, url, response.status, response.headers)
-        raise OctoAIClientError(f"more than {_MAX_REDIRECTS} redirects, the last to {url}")
 
-    async def _send_once(self, request: _Request, url: str, route: _Route) -> _AsyncRawResponse:
-        timeout_s, deadline_at = request.timeout_s, request.deadline_at
-        body = request.data
-        head = _build_request_head(
-            request.method,
-            route.target,
-            route.host_header,
-            route.headers(request.headers),
-            None if body is None else len(body),
-        )
-        for fresh in (False, True):
-            conn = await self.pool.acquire(route.key, _call_timeout(timeout_s, deadline_at, route.where))
-            reused = conn is not None
-            if conn is None:
-                try:
-                    conn = await self._connect(route, _call_timeout(timeout_s, deadline_at, route.where))
-                except BaseException:
-                    self.pool.release(route.key, None, False)
-                    raise
-            parser = _ResponseParser(request.method)
-            try:
-                conn.send(head + (body or b""))
-                events = await self._read_head(conn, parser, route, timeout_s, deadline_at)
-            except BaseException as exc:
-                self.pool.release(route.key, conn, False)
-                if reused and not fresh and _is_stale_keepalive(exc):
-                    continue
-                raise
-            return _AsyncRawResponse(self, route, conn, parser, events, url, timeout_s, deadline_at)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    @staticmethod
-    async def _read_head(
-        conn: _AsyncConnection, parser: _ResponseParser, route: _Route, timeout_s: float, deadline_at: Optional[float]
-    ) -> List[Tuple[str, bytes]]:
-        try:
-            while True:
-                data = await conn.receive(_call_timeout(timeout_s, deadline_at, route.where))
-                events = parser.feed(data) if data else parser.feed_eof()
-                if events:  # the head is always the first event
-                    return events
-        except (OSError, http.client.HTTPException) as exc:
-            raise _translate_error(exc, "wait", route.where) from exc
-
-    async def _connect(self, route: _Route, timeout_s: float) -> _AsyncConnection:
+    async def _connect(self, route: _Route, request: _Request, pool: _AsyncPool) -> _AsyncConnection:
         import asyncio
 
         loop = asyncio.get_running_loop()
         context = self.ssl_context() if route.scheme == "https" else None
         tunnel = context is not None and route.proxy is not None
-        factory: Callable[[], Any] = lambda: _AsyncConnection(loop)  # noqa: E731
         made: Optional[_AsyncConnection] = None
         try:
+            timeout_s = _wait_s(request, route)
             _, made = await asyncio.wait_for(
                 loop.create_connection(
-                    factory,
+                    lambda: _AsyncConnection(loop),
                     route.connect_host,
                     route.connect_port,
                     ssl=None if tunnel else context,
@@ -2384,7 +2640,12 @@ class _AsyncTransport(_TransportBase):
             )
             conn: _AsyncConnection = made  # type: ignore[assignment]
             if tunnel:
-                await self._open_tunnel(conn, route, timeout_s)
+                exchange = _Exchange("CONNECT", route.tunnel_request(), route.where)
+                conn.send(exchange.request, timeout_s)
+                await _apump(conn, exchange, exchange.head, lambda: timeout_s)
+                refused = route.tunnel_refused(exchange)
+                if refused is not None:
+                    raise refused
                 conn.transport = await asyncio.wait_for(
                     loop.start_tls(conn.transport, conn, context, server_hostname=route.host),  # type: ignore[arg-type]
                     timeout_s,
@@ -2393,25 +2654,10 @@ class _AsyncTransport(_TransportBase):
         except BaseException as exc:
             if made is not None:
                 made.close()
+            pool.release(route.key, None, False)
             if isinstance(exc, asyncio.TimeoutError):
-                raise _translate_error(socket.timeout("timed out"), "connect", route.where) from exc
-            if isinstance(exc, (OSError, http.client.HTTPException)):
-                raise _translate_error(exc, "connect", route.where) from exc
-            raise
-
-    @staticmethod
-    async def _open_tunnel(conn: _AsyncConnection, route: _Route, timeout_s: float) -> None:
-        """Ask an HTTP proxy for a CONNECT tunnel to the route's host."""
-        assert route.proxy is not None
-        authority = f"{route.host}:{route.port}"
-        conn.send(_build_request_head("CONNECT", authority, authority, _proxy_authorization(route.proxy), None))
-        parser = _ResponseParser("CONNECT")
-        while True:
-            data = await conn.receive(timeout_s)
-            if parser.feed(data) if data else parser.feed_eof():
-                break
-        if parser.status != 200:
-            raise OSError(f"Tunnel connection failed: {parser.status}")
+                exc = socket.timeout("timed out")
+            raise self._connect_failed(exc, route) from exc
 
 
 # =============================================================================
@@ -2423,44 +2669,60 @@ class _AsyncTransport(_TransportBase):
 # stream is never retried once an event has been handed out.
 
 
-def _iter_payloads(
-    response: _RawResponse, token: Optional[str], convert: Callable[[Any], Any]
-) -> Generator[Any, None, None]:
-    """Yield each event's JSON through `convert` until [DONE]; close the response on any exit."""
-    try:
-        if response.content_type == "application/json":
-            raise _stream_answered_with_json(response.read(), response.headers, token)
-        reader = _EventPayloads(response.headers, token)
-        while not reader.done:
-            data = response.read_chunk()
-            if not data:
-                reader.end()
-                return
-            for payload in reader.payloads(data):
-                yield convert(payload)
-        response.finish(_DONE_GRACE_S)  # the answer is complete: a cut from here on loses nothing
-    finally:
-        response.close()  # a no-op once the body was read to the end and released
+class _PayloadReader:
+    """The JSON payloads of a streamed answer, for the sync and async iterators alike.
+
+    `take(data)` gives the payloads a read completed (through `convert`), and
+    None once the body is over. After `[DONE]` the answer is complete: the
+    rest of the body may take `_DONE_GRACE_S` in all, and a failure then
+    loses nothing. As a context manager around the iteration, it closes the
+    response on any exit.
+    """
+
+    def __init__(self, response: _ResponseBase, token: Optional[str], convert: Callable[[Any], Any]) -> None:
+        self.response = response
+        self._token = token
+        self._convert = convert
+        self._events = _EventPayloads(response.headers, token)
+        self._json = _Body(_MAX_BODY_BYTES) if response.content_type == "application/json" else None
+
+    def take(self, data: bytes) -> Optional[Iterable[Any]]:
+        if self._json is not None:  # a plain JSON answer to a streaming request
+            if self._json.add(data):
+                return ()
+            body = self.response._body(self._json, False)
+            raise _stream_answered_with_json(body, self.response.headers, self._token)
+        if not data:
+            if not self._events.done and not self.response.closed_early:
+                self._events.end()
+            return None
+        return () if self._events.done else self._converted(data)
+
+    def _converted(self, data: bytes) -> Iterator[Any]:
+        for payload in self._events.payloads(data):
+            yield self._convert(payload)
+        if self._events.done:
+            self.response._grace(_DONE_GRACE_S)
+
+    def __enter__(self) -> "_PayloadReader":
+        return self
+
+    def __exit__(self, kind: Any, exc: Optional[BaseException], traceback: Any) -> bool:
+        self.response.close()  # a no-op once the body was read to the end and released
+        return self._events.done and isinstance(exc, OctoAIError)
 
 
-async def _aiter_payloads(
-    response: _AsyncRawResponse, token: Optional[str], convert: Callable[[Any], Any]
-) -> AsyncGenerator[Any, None]:
-    """The async twin of `_iter_payloads`."""
-    try:
-        if response.content_type == "application/json":
-            raise _stream_answered_with_json(await response.read(), response.headers, token)
-        reader = _EventPayloads(response.headers, token)
-        while not reader.done:
-            data = await response.read_chunk()
-            if not data:
-                reader.end()
-                return
-            for payload in reader.payloads(data):
-                yield convert(payload)
-        await response.finish(_DONE_GRACE_S)
-    finally:
-        response.close()
+def _iter_payloads(reader: _PayloadReader) -> Generator[Any, None, None]:
+    with reader:
+        while (items := reader.take(reader.response.read_chunk())) is not None:  # type: ignore[attr-defined]
+            yield from items
+
+
+async def _aiter_payloads(reader: _PayloadReader) -> AsyncGenerator[Any, None]:
+    with reader:
+        while (items := reader.take(await reader.response.read_chunk())) is not None:  # type: ignore[attr-defined]
+            for item in items:
+                yield item
 
 
 def _chat_chunks(
@@ -2476,13 +2738,24 @@ def _chat_chunks(
     return convert
 
 
-class _StreamBase:
-    """What the four stream classes share: the answer's headers, and closing on collection."""
+def _identity(payload: Any) -> Any:
+    return payload
 
-    def __init__(self, response: Union[_RawResponse, _AsyncRawResponse]) -> None:
+
+class _StreamBase:
+    """What the stream classes share: the answer's headers, the iterator, and closing on collection."""
+
+    def __init__(
+        self,
+        response: _ResponseBase,
+        token: Optional[str],
+        convert: Optional[Callable[[Any], Any]],
+        iterate: Callable[[_PayloadReader], Any],
+    ) -> None:
         self.response_headers: Dict[str, str] = response.headers
         self.request_id = _request_id(response.headers)
         self._response = response
+        self._items = iterate(_PayloadReader(response, token, convert or _identity))
 
     def __del__(self) -> None:
         # A stream dropped unfinished must not leak its socket. The iterator
@@ -2496,10 +2769,9 @@ class _EventStream(_StreamBase):
     """Iterate the JSON payloads of an event-stream answer; owns the response until closed."""
 
     def __init__(
-        self, response: _RawResponse, token: Optional[str], convert: Optional[Callable[[Any], Any]] = None
+        self, response: _Response, token: Optional[str], convert: Optional[Callable[[Any], Any]] = None
     ) -> None:
-        super().__init__(response)
-        self._items = _iter_payloads(response, token, convert or (lambda payload: payload))
+        super().__init__(response, token, convert, _iter_payloads)
 
     def __iter__(self) -> "_EventStream":
         return self
@@ -2514,26 +2786,39 @@ class _EventStream(_StreamBase):
         self.close()
 
     def close(self) -> None:
-        """End the HTTP response now; the connection is closed, not reused."""
+        """End the HTTP response now; the connection is closed, not reused. Safe from another thread."""
         self._response.close()
         try:
             self._items.close()
-        except ValueError:  # closed from another thread mid-read
+        except ValueError:  # closed from another thread mid-read: that read ends by itself
             pass
 
 
-class Stream(_EventStream):
+class _Folding:
+    """Chat streams fold their chunks as they pass, for `get_final_completion`."""
+
+    _folder: _ChunkFolder
+
+    def _fold(self, response: _ResponseBase, token: Optional[str]) -> Callable[[Any], ChatCompletion]:
+        self._folder = _ChunkFolder()
+        return _chat_chunks(self._folder, response.headers, token)
+
+    def _final(self) -> ChatCompletion:
+        return ChatCompletion.from_dict(self._folder.result())
+
+
+class Stream(_EventStream, _Folding):
     """Chat completion chunks as the server sends them.
 
     Iterate it for `ChatCompletion` chunks (``chunk.choices[0].delta.content``).
-    The Stream owns the HTTP connection: leaving a ``with`` block, `close()`,
-    or reading to the end releases it. Raises `OctoAIConnectionError` if the
-    body is cut short, and the server's typed error if it sends one.
+    The Stream owns the HTTP connection: leaving a ``with`` block, `close()`
+    (from any thread), or reading to the end releases it. Raises
+    `OctoAIConnectionError` if the body is cut short, and the server's
+    typed error if it sends one.
     """
 
-    def __init__(self, response: _RawResponse, token: Optional[str]) -> None:
-        self._folder = _ChunkFolder()
-        super().__init__(response, token, _chat_chunks(self._folder, response.headers, token))
+    def __init__(self, response: _Response, token: Optional[str]) -> None:
+        super().__init__(response, token, self._fold(response, token))
 
     def __iter__(self) -> "Stream":
         return self
@@ -2548,17 +2833,16 @@ class Stream(_EventStream):
         """Read the rest of the stream and return the whole answer as one completion."""
         for _ in self:
             pass
-        return ChatCompletion.from_dict(self._folder.result())
+        return self._final()
 
 
 class _AsyncEventStream(_StreamBase):
-    """The async twin of `_EventStream`: ``async for``, ``async with``, `aclose()`."""
+    """The async form of `_EventStream`: ``async for``, ``async with``, `aclose()`."""
 
     def __init__(
-        self, response: _AsyncRawResponse, token: Optional[str], convert: Optional[Callable[[Any], Any]] = None
+        self, response: _AsyncResponse, token: Optional[str], convert: Optional[Callable[[Any], Any]] = None
     ) -> None:
-        super().__init__(response)
-        self._items = _aiter_payloads(response, token, convert or (lambda payload: payload))
+        super().__init__(response, token, convert, _aiter_payloads)
 
     def __aiter__(self) -> "_AsyncEventStream":
         return self
@@ -2580,12 +2864,11 @@ class _AsyncEventStream(_StreamBase):
     close = aclose
 
 
-class AsyncStream(_AsyncEventStream):
+class AsyncStream(_AsyncEventStream, _Folding):
     """Chat completion chunks for ``async for``; see `Stream`."""
 
-    def __init__(self, response: _AsyncRawResponse, token: Optional[str]) -> None:
-        self._folder = _ChunkFolder()
-        super().__init__(response, token, _chat_chunks(self._folder, response.headers, token))
+    def __init__(self, response: _AsyncResponse, token: Optional[str]) -> None:
+        super().__init__(response, token, self._fold(response, token))
 
     def __aiter__(self) -> "AsyncStream":
         return self
@@ -2600,20 +2883,26 @@ class AsyncStream(_AsyncEventStream):
         """Read the rest of the stream and return the whole answer as one completion."""
         async for _ in self:
             pass
-        return ChatCompletion.from_dict(self._folder.result())
+        return self._final()
 
 
 def _resolve_token(token: Optional[str], config_path: Optional[str], env: _Env) -> Optional[str]:
+    """The token from the argument, OCTOAI_TOKEN or the config file, stripped; ValueError if unusable."""
+    if not token:
+        token = env.get("OCTOAI_TOKEN", "").strip()
+    if not token:
+        path = os.path.expanduser(config_path or _CONFIG_PATH)
+        try:
+            with open(path, encoding="utf-8") as file:
+                token = _parse_config_token(file.read()) or ""
+        except (OSError, UnicodeDecodeError):
+            token = ""
+    if not isinstance(token, str):
+        raise TypeError(f"token must be a str, not {type(token).__name__}")
+    token = token.strip()  # a secret file or a pasted token often ends in a newline
     if token:
-        return token
-    if env.get("OCTOAI_TOKEN"):
-        return env["OCTOAI_TOKEN"]
-    path = os.path.expanduser(config_path or _CONFIG_PATH)
-    try:
-        with open(path, encoding="utf-8") as file:
-            return _parse_config_token(file.read())
-    except (OSError, UnicodeDecodeError):
-        return None
+        _check_header_value("the token", token)
+    return token or None
 
 
 def _configure_logging(env: _Env) -> None:
@@ -2653,6 +2942,62 @@ def _health_result(error: OctoAIError, give_up_at: float, interval: float) -> Op
     raise error
 
 
+class _Retry:
+    """One call's attempts. Around each: a failure worth another try is kept, with its delay; any other is raised."""
+
+    def __init__(self, client: "_BaseClient", request: _Request) -> None:
+        self.request = request
+        self.delay = 0.0
+        self._client = client
+        self._attempt = 0
+        self._started = 0.0
+
+    def check(self, response: _ResponseBase) -> Any:
+        """The response if it is a success; else raise the typed error for it."""
+        client, request = self._client, self.request
+        client._log_answer(request, response.status, response.headers, self._started)
+        if response.status < 300:
+            return response
+        error = _error_from_response(
+            response.status, response.headers, response.error_body, token=client._token, base_url=request.base_url
+        )
+        error.retry_after = _parse_retry_after(response.headers, time.time())
+        raise error
+
+    def __enter__(self) -> "_Retry":
+        self._started = time.monotonic()
+        return self
+
+    def __exit__(self, kind: Any, exc: Optional[BaseException], traceback: Any) -> bool:
+        if isinstance(exc, OctoAIConnectionError):
+            self.delay = self._client._after_connection_error(exc, self.request, self._attempt)
+        elif isinstance(exc, OctoAIError) and exc.status_code is not None:
+            self.delay = self._client._after_error_status(exc, self.request, self._attempt)
+        else:
+            return False
+        self._attempt += 1
+        return True
+
+
+def _check_seconds(name: str, value: Any) -> Optional[float]:
+    """A timeout or deadline argument: None, or a finite number of seconds above 0."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    if not (0 < value < math.inf):  # also refuses NaN
+        raise ValueError(f"{name} must be a finite number of seconds above 0, not {value!r}")
+    return float(value)
+
+
+def _check_count(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, not {value}")
+    return value
+
+
 class _BaseClient:
     """Configuration and retry decisions that Client and AsyncClient share."""
 
@@ -2670,6 +3015,8 @@ class _BaseClient:
         max_retries: int = DEFAULT_MAX_RETRIES,
         default_headers: Optional[Mapping[str, Optional[str]]] = None,
         deadline: Optional[float] = None,
+        max_connections: int = _MAX_CONNECTIONS,
+        max_idle_connections: int = _MAX_IDLE_CONNECTIONS,
         api_key: Optional[str] = None,
     ) -> None:
         if token and api_key:
@@ -2677,23 +3024,26 @@ class _BaseClient:
         env = os.environ
         _configure_logging(env)
         self._token = _resolve_token(token or api_key, config_path, env)
-        base_url = (
+        self.base_url = _check_base_url(
             base_url or env.get("OCTOAI_BASE_URL") or (_SECURE_LINK_BASE_URL if secure_link else DEFAULT_BASE_URL)
         )
-        if urlsplit(base_url).scheme not in ("http", "https"):
-            raise ValueError(f"base_url must start with http:// or https://, not {base_url!r}")
-        self.base_url = base_url.rstrip("/")
         self.secure_link = secure_link
-        self.timeout = float(timeout)
-        self.max_retries = max_retries
-        self.deadline = deadline
-        self.default_headers: Dict[str, Optional[str]] = dict(default_headers or {})
+        self.timeout = _check_seconds("timeout", timeout)
+        self.max_retries = _check_count("max_retries", max_retries, 0)
+        self.deadline = _check_seconds("deadline", deadline)
+        self.default_headers: Dict[str, Optional[str]] = _check_headers(default_headers)
         self._headers: Dict[Tuple[bool, bool], Dict[str, str]] = {}  # built once per (stream, has body)
-        self._transport = self._make_transport(verify_ssl, env)
+        limits = (
+            _check_count("max_connections", max_connections, 1),
+            _check_count("max_idle_connections", max_idle_connections, 0),
+        )
+        self._transport = self._make_transport(verify_ssl, env, limits)
         self._owns_transport = True
         self._bind()
 
-    def _make_transport(self, verify: Union[bool, str, "os.PathLike[str]"], env: _Env) -> Any:
+    def _make_transport(
+        self, verify: Union[bool, str, "os.PathLike[str]"], env: _Env, limits: Tuple[int, int]
+    ) -> Any:
         raise NotImplementedError
 
     def _bind(self) -> None:
@@ -2704,28 +3054,35 @@ class _BaseClient:
         return f"{type(self).__name__}(base_url={self.base_url!r}, token={token}, timeout={self.timeout:g})"
 
     def with_options(
-        self,
+        self: _ClientT,
         *,
         timeout: Optional[float] = None,
         max_retries: Optional[int] = None,
         default_headers: Optional[Mapping[str, Optional[str]]] = None,
         deadline: Optional[float] = None,
-    ) -> Any:
+    ) -> _ClientT:
         """Return a copy with other settings that shares this client's connections."""
         clone = object.__new__(type(self))
         clone.__dict__.update(self.__dict__)
         clone._owns_transport = False
         clone._headers = {}
         if timeout is not None:
-            clone.timeout = float(timeout)
+            clone.timeout = _check_seconds("timeout", timeout)
         if max_retries is not None:
-            clone.max_retries = max_retries
+            clone.max_retries = _check_count("max_retries", max_retries, 0)
         if default_headers is not None:
-            clone.default_headers = {**self.default_headers, **default_headers}
+            clone.default_headers = {**self.default_headers, **_check_headers(default_headers)}
         if deadline is not None:
-            clone.deadline = deadline
+            clone.deadline = _check_seconds("deadline", deadline)
         clone._bind()
         return clone
+
+    def _send(self, method: str, url: str, body: Any, **options: Any) -> Any:
+        """Send with retries; return a 2xx response or raise the typed error (awaitable for AsyncClient)."""
+        return self._run(_Retry(self, self._prepare(method, url, body, **options)))
+
+    def _run(self, retry: _Retry) -> Any:
+        raise NotImplementedError
 
     def _prepare(
         self,
@@ -2741,7 +3098,7 @@ class _BaseClient:
         max_retries: Optional[int] = None,
         deadline: Optional[float] = None,
     ) -> _Request:
-        """Apply the per-call options every public method takes."""
+        """Apply the per-call options every public method takes; check them before anything is sent."""
         if extra_body and body is not None:
             body = {**body, **extra_body}
         if extra_query:
@@ -2749,35 +3106,37 @@ class _BaseClient:
         data = None if body is None else _build_json(body)
         if extra_headers:
             headers = _build_headers(
-                self._token, self.default_headers, extra_headers, stream=stream, has_body=data is not None
+                self._token, self.default_headers, _check_headers(extra_headers), stream=stream, has_body=data is not None
             )
         else:  # the same few header sets every time: build each once
             shape = (stream, data is not None)
             headers = self._headers.get(shape) or self._headers.setdefault(
                 shape, _build_headers(self._token, self.default_headers, stream=stream, has_body=data is not None)
             )
-        deadline = self.deadline if deadline is None else deadline
+        timeout_s = self.timeout if timeout is None else _check_seconds("timeout", timeout)
+        deadline = self.deadline if deadline is None else _check_seconds("deadline", deadline)
         return _Request(
             method,
             url,
             headers,
             data,
-            self.timeout if timeout is None else float(timeout),
+            timeout_s,  # type: ignore[arg-type]
             None if deadline is None else time.monotonic() + deadline,
-            self.max_retries if max_retries is None else max_retries,
-            self.base_url if url.startswith(self.base_url + "/") else None,
+            self.max_retries if max_retries is None else _check_count("max_retries", max_retries, 0),
+            self.base_url if url.startswith(self.base_url.split("?")[0] + "/") else None,
         )
 
     def _log_answer(self, request: _Request, status: int, headers: Mapping[str, str], started: float) -> None:
         if _log_enabled(_DEBUG):
+            request_id = _request_id(headers)
             _log(
                 _DEBUG,
-                "%s %s -> %d in %.1f ms [request id: %s]",
+                "%s %s -> %d in %.1f ms%s",
                 request.method,
-                _redact(request.url, self._token),
+                _redact(_redact_userinfo(request.url), self._token),
                 status,
                 (time.monotonic() - started) * 1000,
-                _request_id(headers),
+                f" [request id: {request_id}]" if request_id else "",
             )
 
     def _after_connection_error(self, error: OctoAIConnectionError, request: _Request, attempt: int) -> float:
@@ -2789,18 +3148,14 @@ class _BaseClient:
             delay = _retry_delay(attempt, now=time.time(), rand=_random(), initial_s=_BACKOFF_INITIAL_S)
         return self._retry_wait(error, delay, request, attempt)
 
-    def _after_error_status(
-        self, status: int, headers: Mapping[str, str], body: bytes, request: _Request, attempt: int
-    ) -> float:
+    def _after_error_status(self, error: OctoAIError, request: _Request, attempt: int) -> float:
         """Seconds to wait before trying again, or raise the typed error for this answer."""
-        error = _error_from_response(status, headers, body, token=self._token, base_url=request.base_url)
-        error.retry_after = _parse_retry_after(headers, time.time())
         delay = None
         if attempt < request.retries:
             delay = _retry_delay(
                 attempt,
-                status=status,
-                headers=headers,
+                status=error.status_code,
+                headers=error.headers,
                 error_code=_error_code(error.body),
                 now=time.time(),
                 rand=_random(),
@@ -2815,7 +3170,7 @@ class _BaseClient:
             _INFO,
             "retrying %s %s in %.2f s (retry %d of %d): %s",
             request.method,
-            _redact(request.url, self._token),
+            _redact(_redact_userinfo(request.url), self._token),
             delay,
             attempt + 1,
             request.retries,
@@ -2901,8 +3256,10 @@ class Client(_BaseClient):
     models: _Models
     _transport: _Transport
 
-    def _make_transport(self, verify: Union[bool, str, "os.PathLike[str]"], env: _Env) -> _Transport:
-        return _Transport(verify, env)
+    def _make_transport(
+        self, verify: Union[bool, str, "os.PathLike[str]"], env: _Env, limits: Tuple[int, int]
+    ) -> _Transport:
+        return _Transport(verify, env, limits)
 
     def _bind(self) -> None:
         self.chat = _Chat(self)
@@ -2919,22 +3276,11 @@ class Client(_BaseClient):
         if self._owns_transport:
             self._transport.close()
 
-    def _send(self, method: str, url: str, body: Any, **options: Any) -> _RawResponse:
-        """Send with retries; return a 2xx response or raise the typed error."""
-        request = self._prepare(method, url, body, **options)
-        for attempt in range(request.retries + 1):
-            started = time.monotonic()
-            try:
-                response = self._transport.send(request)
-            except OctoAIConnectionError as exc:
-                time.sleep(self._after_connection_error(exc, request, attempt))
-                continue
-            self._log_answer(request, response.status, response.headers, started)
-            if response.status < 300:
-                return response
-            error_body = response.read(_MAX_ERROR_BODY_BYTES, truncate=True)
-            time.sleep(self._after_error_status(response.status, response.headers, error_body, request, attempt))
-        raise AssertionError("unreachable")  # pragma: no cover
+    def _run(self, retry: _Retry) -> _Response:
+        while True:
+            with retry:
+                return retry.check(self._transport.send(retry.request))  # type: ignore[no-any-return]
+            time.sleep(retry.delay)
 
     # -- the generic inference API of the original SDK ----------------------
 
@@ -3038,8 +3384,10 @@ class AsyncClient(_BaseClient):
     models: _AsyncModels
     _transport: _AsyncTransport
 
-    def _make_transport(self, verify: Union[bool, str, "os.PathLike[str]"], env: _Env) -> _AsyncTransport:
-        return _AsyncTransport(verify, env)
+    def _make_transport(
+        self, verify: Union[bool, str, "os.PathLike[str]"], env: _Env, limits: Tuple[int, int]
+    ) -> _AsyncTransport:
+        return _AsyncTransport(verify, env, limits)
 
     def _bind(self) -> None:
         self.chat = _AsyncChat(self)
@@ -3056,26 +3404,13 @@ class AsyncClient(_BaseClient):
         if self._owns_transport:
             self._transport.close()
 
-    async def _send(self, method: str, url: str, body: Any, **options: Any) -> _AsyncRawResponse:
-        """Send with retries; return a 2xx response or raise the typed error."""
+    async def _run(self, retry: _Retry) -> _AsyncResponse:
         import asyncio
 
-        request = self._prepare(method, url, body, **options)
-        for attempt in range(request.retries + 1):
-            started = time.monotonic()
-            try:
-                response = await self._transport.send(request)
-            except OctoAIConnectionError as exc:
-                await asyncio.sleep(self._after_connection_error(exc, request, attempt))
-                continue
-            self._log_answer(request, response.status, response.headers, started)
-            if response.status < 300:
-                return response
-            error_body = await response.read(_MAX_ERROR_BODY_BYTES, truncate=True)
-            await asyncio.sleep(
-                self._after_error_status(response.status, response.headers, error_body, request, attempt)
-            )
-        raise AssertionError("unreachable")  # pragma: no cover
+        while True:
+            with retry:
+                return retry.check(await self._transport.send(retry.request))  # type: ignore[no-any-return]
+            await asyncio.sleep(retry.delay)
 
     async def infer(self, endpoint_url: str, inputs: Mapping[str, Any], **options: Any) -> Any:
         """POST `inputs` as JSON to `endpoint_url`; return the JSON answer."""

@@ -430,47 +430,63 @@ def test_fold_reasoning_content():
 
 
 # =============================================================================
-# 4g. HTTP/1.1 response framing (pure)
+# 4g. One HTTP/1.1 exchange (pure)
 # =============================================================================
 
 
-def parse_all_ways(data, method="POST", eof=False):
+def run_exchange(pieces, method="POST", eof=False):
+    """Feed pieces to an _Exchange; return (events, body, status, headers, reusable)."""
+    exchange = octoai_lite._Exchange(method, b"", "h:1")
+    exchange.sent = True
+    events, body = [], b""
+    for piece in [piece for piece in pieces if piece] + ([b""] if eof else []):
+        exchange.feed(piece)
+        if "head" not in events:
+            if exchange.head() is None:
+                continue
+            events.append("head")
+        while "end" not in events:
+            data = exchange.body_piece()
+            if data is None:
+                break
+            if data == b"":
+                events.append("end")
+            body += data
+    return events, body, exchange.status, exchange.headers, exchange.reusable
+
+
+def exchange_all_ways(data, method="POST", eof=False):
     """Events of `data` fed whole; asserts byte-by-byte and every split give the same (h11's tr())."""
-
-    def run(pieces):
-        parser = octoai_lite._ResponseParser(method)
-        events = []
-        for piece in pieces:
-            events += parser.feed(piece)
-        if eof:
-            events += parser.feed_eof()
-        body = b"".join(d for kind, d in events if kind == "data")
-        return [kind for kind, _ in events if kind != "data"], body, parser.status, parser.headers, parser.will_close
-
-    expected = run([data])
-    assert run([data[i : i + 1] for i in range(len(data))]) == expected
+    expected = run_exchange([data], method, eof)
+    assert run_exchange([data[i : i + 1] for i in range(len(data))], method, eof) == expected
     for at in range(len(data) + 1):
-        assert run([data[:at], data[at:]]) == expected, at
+        assert run_exchange([data[:at], data[at:]], method, eof) == expected, at
     return expected
 
 
-def test_parser_content_length():
-    kinds, body, status, headers, will_close = parse_all_ways(
+def test_exchange_content_length():
+    events, body, status, headers, reusable = exchange_all_ways(
         b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Request-ID: r1\r\n\r\nhello"
     )
-    assert (kinds, body, status, will_close) == (["head", "end"], b"hello", 200, False)
+    assert (events, body, status, reusable) == (["head", "end"], b"hello", 200, True)
     assert headers["x-request-id"] == "r1"
 
 
-def test_parser_chunked_with_extensions_and_trailers():
+def test_exchange_chunked_with_extensions_and_trailers():
     data = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n1\r\n!\r\n0\r\nTrailer: x\r\n\r\n"
-    assert parse_all_ways(data)[:2] == (["head", "end"], b"hello!")
+    assert exchange_all_ways(data)[:2] == (["head", "end"], b"hello!")
 
 
-def test_parser_read_to_close_and_interim_answers():
-    data = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.0 200 OK\r\nContent-Type: text/event-stream\r\n\r\ndata: x\n\n"
-    kinds, body, status, _, will_close = parse_all_ways(data, eof=True)
-    assert (kinds, body, status, will_close) == (["head", "end"], b"data: x\n\n", 200, True)
+def test_exchange_read_to_close_and_interim_answers():
+    data = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.0 200 OK\r\nContent-Type: text/event-stream\r\n\r\ndata: x\n\n"
+    events, body, status, headers, reusable = exchange_all_ways(data, eof=True)
+    assert (events, body, status, reusable) == (["head", "end"], b"data: x\n\n", 200, False)
+    assert "link" not in headers  # the interim answer's headers are not the answer's
+
+
+def test_exchange_bare_lf_lines():
+    data = b"HTTP/1.1 200 OK\nContent-Type: application/json\nContent-Length: 2\n\n{}"
+    assert exchange_all_ways(data)[:3] == (["head", "end"], b"{}", 200)
 
 
 @pytest.mark.parametrize(
@@ -481,51 +497,53 @@ def test_parser_read_to_close_and_interim_answers():
         (b"HTTP/1.1 200 Connection established\r\n\r\n", "CONNECT", 200),
     ],
 )
-def test_parser_answers_without_a_body(data, method, status):
-    kinds, body, got_status, _, _ = parse_all_ways(data, method=method)
-    assert (kinds, body, got_status) == (["head", "end"], b"", status)
+def test_exchange_answers_without_a_body(data, method, status):
+    events, body, got_status, _, _ = exchange_all_ways(data, method=method)
+    assert (events, body, got_status) == (["head", "end"], b"", status)
 
 
-def test_parser_connection_close_header():
-    assert parse_all_ways(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")[4] is True
+def test_exchange_connection_close_header_and_stray_bytes_forbid_reuse():
+    assert exchange_all_ways(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")[4] is False
+    assert run_exchange([b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nxHTTP/1.1"])[4] is False
 
 
 @pytest.mark.parametrize(
     "data, error",
     [
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", "IncompleteRead"),
-        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel", "IncompleteRead"),
-        (b"", "RemoteDisconnected"),
-        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "HTTPException"),
-        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n", "HTTPException"),
-        (b"SSH-2.0-OpenSSH\r\n\r\n", "BadStatusLine"),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", "HTTPException"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", OctoAIConnectionError),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel", OctoAIConnectionError),
+        (b"", OctoAIConnectionError),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", OctoAIValidationError),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n", OctoAIValidationError),
+        (b"SSH-2.0-OpenSSH\r\n\r\n", OctoAIValidationError),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", OctoAIValidationError),
+        ("HTTP/1.1 200 OK\r\nContent-Length: \u00b2\r\n\r\n".encode("latin-1"), OctoAIValidationError),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", OctoAIValidationError),
+        (b"HTTP/1.1 200 OK\r\nBad Name: 1\r\n\r\n", OctoAIValidationError),
     ],
 )
-def test_parser_rejects_bad_or_short_input(data, error):
-    import http.client
-
-    parser = octoai_lite._ResponseParser("GET")
-    with pytest.raises(http.client.HTTPException) as info:
-        parser.feed(data)
-        parser.feed_eof()
-    assert type(info.value).__name__ == error or error == "HTTPException"
+def test_exchange_rejects_bad_or_short_input(data, error):
+    with pytest.raises(error):
+        run_exchange([data], "GET", eof=True)
 
 
-def test_parser_bounds_the_head():
-    import http.client
-
-    parser = octoai_lite._ResponseParser("GET")
-    with pytest.raises(http.client.LineTooLong):
-        for _ in range(100):
-            parser.feed(b"X-Filler: " + b"a" * 1000 + b"\r\n")
+def test_exchange_bounds_the_head_and_the_interim_answers():
+    with pytest.raises(OctoAIValidationError, match="longer than"):
+        run_exchange([b"HTTP/1.1 200 OK\r\n"] + [b"X-Filler: " + b"a" * 1000 + b"\r\n"] * 100)
+    with pytest.raises(OctoAIValidationError, match="interim"):
+        run_exchange([b"HTTP/1.1 100 Continue\r\n\r\n" * 20])
 
 
-def test_request_head_rejects_header_injection():
-    head = octoai_lite._build_request_head("POST", "/v1/x", "h:1", {"A": "b"}, 3)
-    assert head == b"POST /v1/x HTTP/1.1\r\nHost: h:1\r\nAccept-Encoding: identity\r\nA: b\r\nContent-Length: 3\r\n\r\n"
+def test_request_bytes():
+    data = octoai_lite._build_request("POST", "/v1/x", "h:1", {"A": "b"}, b"abc")
+    assert data == b"POST /v1/x HTTP/1.1\r\nHost: h:1\r\nAccept-Encoding: identity\r\nA: b\r\nContent-Length: 3\r\n\r\nabc"
+
+
+def test_header_injection_is_refused():
     with pytest.raises(ValueError):
-        octoai_lite._build_request_head("GET", "/", "h", {"A": "b\r\nEvil: 1"}, None)
+        octoai_lite._check_headers({"A": "b\r\nEvil: 1"})
+    with pytest.raises(ValueError):
+        octoai_lite._check_headers({"X-A: forged": "v"})
 
 
 # =============================================================================
