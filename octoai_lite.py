@@ -2859,7 +2859,10 @@ class _AsyncEventStream(_StreamBase):
     async def aclose(self) -> None:
         """End the HTTP response now; the connection is closed, not reused."""
         self._response.close()
-        await self._items.aclose()
+        try:
+            await self._items.aclose()
+        except RuntimeError:  # another task awaits the next chunk: its read ends by itself
+            pass
 
     close = aclose
 
