@@ -1966,10 +1966,16 @@ class _PoolBook:
             conn.close()
         self._open[key] -= 1
 
-    def _busy(self, key: _PoolKey, wait_s: float) -> OctoAITimeoutError:
-        return OctoAITimeoutError(
-            f"all {self.max_connections} connections to {key[1]}:{key[2]} stayed busy for {wait_s:g} s"
-        )
+    def _claim(self, key: _PoolKey, remaining_s: float, wait_s: float) -> Tuple[Any, float]:
+        """(an idle connection or None for a new one, 0.0), or (None, seconds to wait for a slot)."""
+        conn, reserved = self._take(key)
+        if reserved:
+            return conn, 0.0
+        if remaining_s <= 0:
+            raise OctoAITimeoutError(
+                f"all {self.max_connections} connections to {key[1]}:{key[2]} stayed busy for {wait_s:g} s"
+            )
+        return None, remaining_s
 
     def _close_idle(self) -> None:
         self._closed = True
@@ -2273,13 +2279,10 @@ class _ConnectionPool(_PoolBook):
         give_up_at = time.monotonic() + wait_s
         with self._cond:
             while True:
-                conn, reserved = self._take(key)
-                if reserved:
+                conn, wait = self._claim(key, give_up_at - time.monotonic(), wait_s)
+                if not wait:
                     return conn  # type: ignore[no-any-return]
-                remaining = give_up_at - time.monotonic()
-                if remaining <= 0:
-                    raise self._busy(key, wait_s)
-                self._cond.wait(remaining)
+                self._cond.wait(wait)
 
     def release(self, key: _PoolKey, conn: Optional[_Connection], reusable: bool) -> None:
         """Give a connection back: kept if reusable, else closed and its slot freed."""
@@ -2505,15 +2508,12 @@ class _AsyncPool(_PoolBook):
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + wait_s
         while True:
-            conn, reserved = self._take(key)
-            if reserved:
+            conn, wait = self._claim(key, give_up_at - loop.time(), wait_s)
+            if not wait:
                 return conn  # type: ignore[no-any-return]
-            remaining = give_up_at - loop.time()
-            if remaining <= 0:
-                raise self._busy(key, wait_s)
             waiter: "asyncio.Future[None]" = loop.create_future()
             self._waiters.append(waiter)
-            timer = loop.call_later(remaining, _settle, waiter, None)
+            timer = loop.call_later(wait, _settle, waiter, None)
             try:
                 await waiter
             except BaseException:
@@ -2745,17 +2745,15 @@ def _identity(payload: Any) -> Any:
 class _StreamBase:
     """What the stream classes share: the answer's headers, the iterator, and closing on collection."""
 
+    _iterate: ClassVar[Callable[[_PayloadReader], Any]]  # _iter_payloads or _aiter_payloads
+
     def __init__(
-        self,
-        response: _ResponseBase,
-        token: Optional[str],
-        convert: Optional[Callable[[Any], Any]],
-        iterate: Callable[[_PayloadReader], Any],
+        self, response: Any, token: Optional[str], convert: Optional[Callable[[Any], Any]] = None
     ) -> None:
         self.response_headers: Dict[str, str] = response.headers
         self.request_id = _request_id(response.headers)
-        self._response = response
-        self._items = iterate(_PayloadReader(response, token, convert or _identity))
+        self._response: _ResponseBase = response
+        self._items = type(self)._iterate(_PayloadReader(response, token, convert or _identity))
 
     def __del__(self) -> None:
         # A stream dropped unfinished must not leak its socket. The iterator
@@ -2768,10 +2766,7 @@ class _StreamBase:
 class _EventStream(_StreamBase):
     """Iterate the JSON payloads of an event-stream answer; owns the response until closed."""
 
-    def __init__(
-        self, response: _Response, token: Optional[str], convert: Optional[Callable[[Any], Any]] = None
-    ) -> None:
-        super().__init__(response, token, convert, _iter_payloads)
+    _iterate = staticmethod(_iter_payloads)
 
     def __iter__(self) -> "_EventStream":
         return self
@@ -2839,10 +2834,7 @@ class Stream(_EventStream, _Folding):
 class _AsyncEventStream(_StreamBase):
     """The async form of `_EventStream`: ``async for``, ``async with``, `aclose()`."""
 
-    def __init__(
-        self, response: _AsyncResponse, token: Optional[str], convert: Optional[Callable[[Any], Any]] = None
-    ) -> None:
-        super().__init__(response, token, convert, _aiter_payloads)
+    _iterate = staticmethod(_aiter_payloads)
 
     def __aiter__(self) -> "_AsyncEventStream":
         return self
@@ -3005,6 +2997,11 @@ class _BaseClient:
     """Configuration and retry decisions that Client and AsyncClient share."""
 
     _transport: Any
+    _transport_class: ClassVar[Callable[..., Any]]
+    _chat_class: ClassVar[Callable[[Any], Any]]
+    _models_class: ClassVar[Callable[[Any], Any]]
+    chat: Any
+    models: Any
 
     def __init__(
         self,
@@ -3047,10 +3044,11 @@ class _BaseClient:
     def _make_transport(
         self, verify: Union[bool, str, "os.PathLike[str]"], env: _Env, limits: Tuple[int, int]
     ) -> Any:
-        raise NotImplementedError
+        return self._transport_class(verify, env, limits)
 
     def _bind(self) -> None:
-        raise NotImplementedError
+        self.chat = self._chat_class(self)
+        self.models = self._models_class(self)
 
     def __repr__(self) -> str:
         token = "set" if self._token else "none"
@@ -3259,14 +3257,7 @@ class Client(_BaseClient):
     models: _Models
     _transport: _Transport
 
-    def _make_transport(
-        self, verify: Union[bool, str, "os.PathLike[str]"], env: _Env, limits: Tuple[int, int]
-    ) -> _Transport:
-        return _Transport(verify, env, limits)
-
-    def _bind(self) -> None:
-        self.chat = _Chat(self)
-        self.models = _Models(self)
+    _transport_class, _chat_class, _models_class = _Transport, _Chat, _Models
 
     def __enter__(self) -> "Client":
         return self
@@ -3387,14 +3378,7 @@ class AsyncClient(_BaseClient):
     models: _AsyncModels
     _transport: _AsyncTransport
 
-    def _make_transport(
-        self, verify: Union[bool, str, "os.PathLike[str]"], env: _Env, limits: Tuple[int, int]
-    ) -> _AsyncTransport:
-        return _AsyncTransport(verify, env, limits)
-
-    def _bind(self) -> None:
-        self.chat = _AsyncChat(self)
-        self.models = _AsyncModels(self)
+    _transport_class, _chat_class, _models_class = _AsyncTransport, _AsyncChat, _AsyncModels
 
     async def __aenter__(self) -> "AsyncClient":
         return self
