@@ -33,6 +33,7 @@ network, no threads, no files.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import enum
 import json
 import math
@@ -40,7 +41,6 @@ import os
 import re
 import select
 import socket
-import ssl
 import sys
 import threading
 import time
@@ -50,6 +50,7 @@ from urllib.parse import unquote, urlencode, urljoin, urlsplit
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs 3.5 ms to import; annotations are strings here (PEP 563), so only mypy reads them
     import asyncio
+    import ssl
     from typing import (
         Any,
         AsyncGenerator,
@@ -294,8 +295,8 @@ _ERRORS_BY_STATUS: Mapping[int, type] = types.MappingProxyType(
 # =============================================================================
 # 3. Data types
 # =============================================================================
-# Response objects keep the dict the server sent (`_raw`), so fields this
-# module does not name stay reachable as attributes and survive `dict()`.
+# Response objects are dataclasses that keep the dict the server sent
+# (`_raw`), so fields this module does not declare survive `dict()`.
 
 
 class TextModel(str, enum.Enum):
@@ -328,50 +329,77 @@ def _to_json(value: Any) -> Any:
     return value
 
 
-class _Model:
-    """What the response objects share.
+# Lenient readers for the server's JSON: a value of the wrong type is read
+# as absent (the server's own value stays in `_raw` and in `dict()`), so no
+# response shape can make building an object fail.
 
-    Each keeps the dict the server sent (`_raw`): fields this module does not
-    name are attributes too, and `to_dict()` gives every one of them back.
-    Plain classes with __slots__ rather than dataclasses: the dataclasses
-    module imports inspect, which would double this module's import time.
+
+def _str_or_none(value: Any) -> Optional[str]:
+    return value if isinstance(value, str) else None
+
+
+def _int_or_none(value: Any) -> Optional[int]:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _text(value: Any) -> Optional[str]:
+    """Message content as text: a str, or the text parts of a list of content parts."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return "".join(
+            part if isinstance(part, str) else part.get("text") or "" if isinstance(part, dict) else ""
+            for part in value
+            if isinstance(part, (str, dict)) and isinstance(part if isinstance(part, str) else part.get("text", ""), str)
+        )
+    return json.dumps(value)
+
+
+def _raw_field() -> Any:
+    """The dict the server sent: kept for `dict()`, out of `==` and `repr`."""
+    return dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+
+def _filler(factory: Callable[[], Any]) -> Any:
+    """A field that is never None: an empty value stands where the server sent none (null in `dict()`)."""
+    return dataclasses.field(default_factory=factory, metadata={"filler": True})
+
+
+class _Model:
+    """What the response dataclasses share: `from_dict`, `dict()` and `json()`.
+
+    Each keeps the dict the server sent (`_raw`): `dict()` gives back every
+    field of it, and at run time a field this module does not declare is an
+    attribute too (`completion.service_tier`), though type checkers only
+    know the declared ones.
     """
 
-    __slots__ = ("_raw",)
-    _FIELDS: ClassVar[Tuple[str, ...]] = ()  # the named fields, in the guide's order
     _SEED_FIELDS: ClassVar[Tuple[str, ...]] = ()  # always present in dict(), null when absent
     _raw: Dict[str, Any]
 
-    def __getattr__(self, name: str) -> Any:
-        # Only called for names the class does not define: the server's
-        # extra fields (reasoning_content, logprobs, ...).
-        if not name.startswith("_"):
-            try:
-                return self._raw[name]
-            except KeyError:
-                pass
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+    if not TYPE_CHECKING:
 
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._FIELDS)
-        return f"{type(self).__name__}({fields})"
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not type(self):
-            return NotImplemented
-        return all(getattr(self, name) == getattr(other, name) for name in self._FIELDS)
-
-    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
+        def __getattr__(self, name: str) -> Any:
+            # Only called for names the class does not declare.
+            if not name.startswith("_"):
+                try:
+                    return self._raw[name]
+                except KeyError:
+                    pass
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def to_dict(self) -> Dict[str, Any]:
         """Return the server's JSON: every field it sent, the guide's fields always."""
         out: Dict[str, Any] = {}
-        for name in self._FIELDS:
-            value = getattr(self, name)
-            if value is None and name not in self._SEED_FIELDS and name not in self._raw:
+        raw = self._raw
+        for field in _fields(type(self)):
+            name, value = field.name, getattr(self, field.name)
+            if field.metadata and raw.get(name) is None and value == field.default_factory():
+                value = None  # an empty stand-in for what the server did not send
+            if value is None and name not in self._SEED_FIELDS and name not in raw:
                 continue
             out[name] = _to_json(value)
-        for key, value in self._raw.items():
+        for key, value in raw.items():
             out.setdefault(key, value)
         return out
 
@@ -383,54 +411,57 @@ class _Model:
         return json.dumps(self.to_dict(), **dumps_kwargs)
 
 
+_FIELDS_BY_CLASS: Dict[type, Tuple[Any, ...]] = {}
+
+
+def _fields(cls: type) -> Tuple[Any, ...]:
+    """The declared fields of a response class but `_raw`, worked out once."""
+    found = _FIELDS_BY_CLASS.get(cls)
+    if found is None:
+        found = _FIELDS_BY_CLASS[cls] = tuple(f for f in dataclasses.fields(cls) if f.name != "_raw")
+    return found
+
+
+@dataclasses.dataclass
 class FunctionCall(_Model):
     """A function name and its JSON arguments (as a string)."""
 
-    __slots__ = _FIELDS = _SEED_FIELDS = ("name", "arguments")
-
-    def __init__(
-        self, name: Optional[str] = None, arguments: Optional[str] = None, *, _raw: Optional[Dict[str, Any]] = None
-    ) -> None:
-        self.name = name
-        self.arguments = arguments
-        self._raw = _raw or {}
+    name: Optional[str] = None
+    arguments: Optional[str] = None
+    _raw: Dict[str, Any] = _raw_field()
+    _SEED_FIELDS = ("name", "arguments")
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "FunctionCall":
         """Build from the server's JSON object."""
-        return cls(data.get("name"), data.get("arguments"), _raw=data)
+        arguments = data.get("arguments")
+        if arguments is not None and not isinstance(arguments, str):
+            arguments = json.dumps(arguments)  # some servers send the object itself
+        return cls(_str_or_none(data.get("name")), arguments, data)
 
 
 def _function_or_none(value: Any) -> Optional[FunctionCall]:
     return FunctionCall.from_dict(value) if isinstance(value, dict) else None
 
 
+@dataclasses.dataclass
 class ToolCall(_Model):
     """One tool call; in a stream chunk, a fragment of one (see `index`)."""
 
-    __slots__ = _FIELDS = ("id", "type", "function", "index")
+    id: Optional[str] = None
+    type: Optional[str] = None
+    function: FunctionCall = _filler(FunctionCall)
+    index: Optional[int] = None
+    _raw: Dict[str, Any] = _raw_field()
     _SEED_FIELDS = ("id", "type", "function")
-
-    def __init__(
-        self,
-        id: Optional[str] = None,
-        type: Optional[str] = None,
-        function: Optional[FunctionCall] = None,
-        index: Optional[int] = None,
-        *,
-        _raw: Optional[Dict[str, Any]] = None,
-    ) -> None:
-        self.id = id
-        self.type = type
-        self.function = function
-        self.index = index
-        self._raw = _raw or {}
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "ToolCall":
         """Build from the server's JSON object."""
-        function = _function_or_none(data.get("function"))
-        return cls(data.get("id"), data.get("type"), function, data.get("index"), _raw=data)
+        function = _function_or_none(data.get("function")) or FunctionCall()
+        return cls(
+            _str_or_none(data.get("id")), _str_or_none(data.get("type")), function, _int_or_none(data.get("index")), data
+        )
 
 
 def _tool_calls_or_none(value: Any) -> Optional[List[ToolCall]]:
@@ -439,145 +470,125 @@ def _tool_calls_or_none(value: Any) -> Optional[List[ToolCall]]:
     return [ToolCall.from_dict(item) for item in value if isinstance(item, dict)]
 
 
+@dataclasses.dataclass
 class ChatMessage(_Model):
     """A message: what the model answered, or what you send."""
 
-    __slots__ = _FIELDS = ("role", "content", "function_call", "tool_calls")
-    _SEED_FIELDS: ClassVar[Tuple[str, ...]] = ("role", "content", "function_call")
-
-    def __init__(
-        self,
-        role: Optional[str] = None,
-        content: Optional[str] = None,
-        function_call: Optional[FunctionCall] = None,
-        tool_calls: Optional[List[ToolCall]] = None,
-        *,
-        _raw: Optional[Dict[str, Any]] = None,
-    ) -> None:
-        self.role = role
-        self.content = content
-        self.function_call = function_call
-        self.tool_calls = tool_calls
-        self._raw = _raw or {}
+    role: Optional[str] = None
+    content: Optional[str] = None
+    function_call: Optional[FunctionCall] = None
+    tool_calls: Optional[List[ToolCall]] = None
+    reasoning_content: Optional[str] = None
+    refusal: Optional[str] = None
+    _raw: Dict[str, Any] = _raw_field()
+    _SEED_FIELDS = ("role", "content", "function_call")
 
     @classmethod
     def from_dict(cls: Type[_MessageT], data: Dict[str, Any]) -> _MessageT:
         """Build from the server's JSON object."""
-        function_call = data.get("function_call")
-        tool_calls = data.get("tool_calls")
         return cls(
-            data.get("role"),
-            data.get("content"),
-            None if function_call is None else _function_or_none(function_call),
-            None if tool_calls is None else _tool_calls_or_none(tool_calls),
-            _raw=data,
+            _str_or_none(data.get("role")),
+            _text(data.get("content")),
+            _function_or_none(data.get("function_call")),
+            _tool_calls_or_none(data.get("tool_calls")),
+            _text(data.get("reasoning_content")),
+            _str_or_none(data.get("refusal")),
+            data,
         )
 
 
+@dataclasses.dataclass
 class ChoiceDelta(ChatMessage):
-    """The part of a message one stream chunk adds; `content` is None when it adds no text."""
+    """The part of a message one stream chunk adds; `content` is "" when it adds no text.
 
-    __slots__ = ()
+    (openai-python gives None there; "" lets ``print(delta.content, end="")``
+    print just the answer. `dict()` still shows what the server sent.)
+    """
+
+    content: str = _filler(str)
     _SEED_FIELDS = ("role", "content")
 
+    @classmethod
+    def from_dict(cls: Type[_MessageT], data: Dict[str, Any]) -> _MessageT:
+        """Build from the server's JSON object."""
+        delta = super().from_dict(data)
+        if delta.content is None:
+            delta.content = ""
+        return delta
 
+
+@dataclasses.dataclass
 class Choice(_Model):
-    """One answer: `message` in a completion, `delta` in a stream chunk."""
+    """One answer: `message` in a completion, `delta` in a stream chunk (the other is empty)."""
 
-    __slots__ = _FIELDS = _SEED_FIELDS = ("index", "message", "delta", "finish_reason")
-
-    def __init__(
-        self,
-        index: int = 0,
-        message: Optional[ChatMessage] = None,
-        delta: Optional[ChoiceDelta] = None,
-        finish_reason: Optional[str] = None,
-        *,
-        _raw: Optional[Dict[str, Any]] = None,
-    ) -> None:
-        self.index = index
-        self.message = message
-        self.delta = delta
-        self.finish_reason = finish_reason
-        self._raw = _raw or {}
+    index: int = 0
+    message: ChatMessage = _filler(ChatMessage)
+    delta: ChoiceDelta = _filler(ChoiceDelta)
+    finish_reason: Optional[str] = None
+    logprobs: Optional[Dict[str, Any]] = None
+    _raw: Dict[str, Any] = _raw_field()
+    _SEED_FIELDS = ("index", "message", "delta", "finish_reason")
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "Choice":
         """Build from the server's JSON object."""
-        message = data.get("message")
-        delta = data.get("delta")
+        message, delta, logprobs = data.get("message"), data.get("delta"), data.get("logprobs")
         return cls(
-            data.get("index", 0),
-            ChatMessage.from_dict(message) if isinstance(message, dict) else None,
-            ChoiceDelta.from_dict(delta) if isinstance(delta, dict) else None,
-            data.get("finish_reason"),
-            _raw=data,
+            _int_or_none(data.get("index")) or 0,
+            ChatMessage.from_dict(message) if isinstance(message, dict) else ChatMessage(),
+            ChoiceDelta.from_dict(delta) if isinstance(delta, dict) else ChoiceDelta(),
+            _str_or_none(data.get("finish_reason")),
+            logprobs if isinstance(logprobs, dict) else None,
+            data,
         )
 
 
+@dataclasses.dataclass
 class CompletionUsage(_Model):
     """Token counts, the basis of billing."""
 
-    __slots__ = _FIELDS = _SEED_FIELDS = ("completion_tokens", "prompt_tokens", "total_tokens")
-
-    def __init__(
-        self,
-        completion_tokens: Optional[int] = None,
-        prompt_tokens: Optional[int] = None,
-        total_tokens: Optional[int] = None,
-        *,
-        _raw: Optional[Dict[str, Any]] = None,
-    ) -> None:
-        self.completion_tokens = completion_tokens
-        self.prompt_tokens = prompt_tokens
-        self.total_tokens = total_tokens
-        self._raw = _raw or {}
+    completion_tokens: Optional[int] = None
+    prompt_tokens: Optional[int] = None
+    total_tokens: Optional[int] = None
+    _raw: Dict[str, Any] = _raw_field()
+    _SEED_FIELDS = ("completion_tokens", "prompt_tokens", "total_tokens")
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "CompletionUsage":
         """Build from the server's JSON object."""
-        return cls(data.get("completion_tokens"), data.get("prompt_tokens"), data.get("total_tokens"), _raw=data)
+        counts = (_int_or_none(data.get(name)) for name in cls._SEED_FIELDS)
+        return cls(*counts, data)  # type: ignore[arg-type]
 
 
+@dataclasses.dataclass
 class ChatCompletion(_Model):
     """A chat completion, or one chunk of a streamed one."""
 
-    __slots__ = _FIELDS = _SEED_FIELDS = ("id", "choices", "created", "model", "object", "system_fingerprint", "usage")
-
-    def __init__(
-        self,
-        id: Optional[str] = None,
-        choices: Optional[List[Choice]] = None,
-        created: Optional[int] = None,
-        model: Optional[str] = None,
-        object: Optional[str] = None,
-        system_fingerprint: Optional[str] = None,
-        usage: Optional[CompletionUsage] = None,
-        *,
-        _raw: Optional[Dict[str, Any]] = None,
-    ) -> None:
-        self.id = id
-        self.choices: List[Choice] = [] if choices is None else choices
-        self.created = created
-        self.model = model
-        self.object = object
-        self.system_fingerprint = system_fingerprint
-        self.usage = usage
-        self._raw = _raw or {}
+    id: Optional[str] = None
+    choices: List[Choice] = dataclasses.field(default_factory=list)
+    created: Optional[int] = None
+    model: Optional[str] = None
+    object: Optional[str] = None
+    system_fingerprint: Optional[str] = None
+    usage: Optional[CompletionUsage] = None
+    _raw: Dict[str, Any] = _raw_field()
+    _SEED_FIELDS = ("id", "choices", "created", "model", "object", "system_fingerprint", "usage")
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "ChatCompletion":
-        """Build from the server's JSON object; the caller has checked its shape."""
-        usage = data.get("usage")
+        """Build from the server's JSON object, leniently: whatever its shape, this does not raise."""
+        usage, choices = data.get("usage"), data.get("choices")
         return cls(
-            data.get("id"),
-            [Choice.from_dict(choice) for choice in data.get("choices") or ()],
-            data.get("created"),
-            data.get("model"),
-            data.get("object"),
-            data.get("system_fingerprint"),
+            _str_or_none(data.get("id")),
+            [Choice.from_dict(choice) for choice in choices if isinstance(choice, dict)]
+            if isinstance(choices, list)
+            else [],
+            _int_or_none(data.get("created")),
+            _str_or_none(data.get("model")),
+            _str_or_none(data.get("object")),
+            _str_or_none(data.get("system_fingerprint")),
             CompletionUsage.from_dict(usage) if isinstance(usage, dict) else None,
-            _raw=data,
+            data,
         )
 
     @classmethod
@@ -585,11 +596,15 @@ class ChatCompletion(_Model):
         """Fold stream chunks (objects or dicts) into one completion.
 
         Content and tool-call fragments are joined per choice, and the last
-        finish_reason and usage win.
+        finish_reason and usage win. Raises `OctoAIValidationError` for an
+        item that is neither.
         """
         folder = _ChunkFolder()
         for chunk in chunks:
-            folder.add(chunk._raw if isinstance(chunk, ChatCompletion) else chunk)
+            data = chunk._raw if isinstance(chunk, ChatCompletion) else chunk
+            if not isinstance(data, dict):
+                raise OctoAIValidationError(f"not a stream chunk: {type(chunk).__name__}")
+            folder.add(data)
         return cls.from_dict(folder.result())
 
 
@@ -1791,6 +1806,8 @@ def _proxy_authorization(proxy_url: str) -> Dict[str, str]:
 
 def _ssl_context(verify: Union[bool, str, "os.PathLike[str]"], env: _Env) -> ssl.SSLContext:
     """The client's one TLS context: verifying by default, or with a CA bundle, or not at all."""
+    import ssl  # 4 ms of import that plain-HTTP users (a local server) never need
+
     if verify is False:
         context = ssl.create_default_context()
         context.check_hostname = False
@@ -1808,7 +1825,7 @@ def _ssl_context(verify: Union[bool, str, "os.PathLike[str]"], env: _Env) -> ssl
 
 def _is_dropped(sock: Any) -> bool:
     """Whether an idle pooled socket was closed by the server, or holds bytes nobody asked for."""
-    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+    if getattr(sock, "pending", None) is not None and sock.pending():  # TLS bytes already decrypted
         return True
     try:
         if hasattr(select, "poll"):  # select() cannot watch descriptors above 1023
@@ -1834,10 +1851,11 @@ def _translate_error(exc: BaseException, phase: str, where: str) -> OctoAIConnec
     """The OctoAIConnectionError (or OctoAITimeoutError) for a socket or TLS failure in `phase`."""
     doing = _PHASES[phase]
     note = _SENT_NOTE if phase == "wait" else ""  # after the request went out whole
+    tls = sys.modules.get("ssl")  # a TLS failure means ssl was imported
     error: OctoAIConnectionError
     if isinstance(exc, socket.timeout):
         error = OctoAITimeoutError(f"timed out {doing} {where}{note}", exc)
-    elif isinstance(exc, ssl.SSLCertVerificationError):
+    elif tls is not None and isinstance(exc, tls.SSLCertVerificationError):
         error = OctoAIConnectionError(
             f"TLS certificate verification failed for {where}: {exc.verify_message or exc.reason}; "
             "pass verify_ssl='/path/to/ca.pem' or set SSL_CERT_FILE if a private CA signed it",
