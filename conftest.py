@@ -204,6 +204,11 @@ def default_route(handler, request):
             if prompt.startswith("echo "):  # stream the prompt's words back: each caller its own answer
                 words = [" " + word for word in prompt.split()[1:]]
                 return stream([sse_event(chunk(word)) for word in words] + [b"data: [DONE]\n\n"])(handler, request)
+            if (body.get("stream_options") or {}).get("include_usage"):  # as OpenAI: a last chunk with no choices
+                usage = {"completion_tokens": len(WORDS), "prompt_tokens": 9, "total_tokens": len(WORDS) + 9}
+                usage_chunk = dict(chunk(), choices=[], usage=usage)
+                events = chat_events()
+                return stream(events[:-1] + [sse_event(usage_chunk), events[-1]])(handler, request)
             return stream()(handler, request)
         return reply(body=completion_body())(handler, request)
     if path.endswith("/models"):

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import json
 import os
 import signal
 import subprocess
 import sys
-import sysconfig
 import time
 from pathlib import Path
 
@@ -25,7 +26,7 @@ def cli_env(**extra):
     return env
 
 
-def run(server, *args, stdin=None, env=None, command=None):
+def run(server, *args, stdin=None, env=None, command=None, cwd=None):
     command = command or [sys.executable, str(ROOT / "octoai_lite.py")]
     return subprocess.run(
         [*command, "--base-url", server.url + "/v1", *args],
@@ -34,6 +35,7 @@ def run(server, *args, stdin=None, env=None, command=None):
         text=True,
         timeout=60,
         env=env or cli_env(OCTOAI_TOKEN=TOKEN),
+        cwd=cwd,
         check=False,
     )
 
@@ -177,18 +179,37 @@ def test_closed_stdout_pipe_ends_quietly(server):
     assert err == b""
 
 
+def installed_distributions():
+    return sorted((dist.metadata["Name"], dist.version) for dist in importlib.metadata.distributions())
+
+
 def test_installed_console_script(server, tmp_path):
-    prefix = tmp_path / "prefix"
-    install = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--prefix", str(prefix), str(ROOT)],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+    """pip-installs the repo into a folder of its own (--target), never into the running environment.
+
+    (--prefix would not do: pip first uninstalls a copy already installed
+    in the environment, and its octoai-lite script with it.)
+    """
+    target = tmp_path / "target"
+    before = installed_distributions()
+    command = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(ROOT)]
+    if importlib.util.find_spec("hatchling") is not None:  # the test extra: build offline with it
+        command.insert(-1, "--no-build-isolation")
+    install = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     assert install.returncode == 0, install.stderr
-    purelib = sysconfig.get_path("purelib", vars={"base": str(prefix), "platbase": str(prefix)})
+    assert installed_distributions() == before  # nothing installed or removed here
+    package = target / "octoai_lite"
+    assert sorted(path.name for path in package.iterdir() if path.name != "__pycache__") == [
+        "__init__.py", "__main__.py", "py.typed"
+    ]
+    assert (package / "__init__.py").read_bytes() == (ROOT / "octoai_lite.py").read_bytes()
     env = cli_env()
-    env["PYTHONPATH"] = purelib
+    env["PYTHONPATH"] = str(target)
     started = time.monotonic()
-    result = run(server, "hi", env=env, command=[str(prefix / "bin" / "octoai-lite")])
+    result = run(server, "hi", env=env, command=[str(target / "bin" / "octoai-lite")])
     assert result.returncode == 0, result.stderr
     assert result.stdout == "".join(WORDS) + "\n"
     assert time.monotonic() - started < 30
+    # The package's __main__, run where no octoai_lite.py lies in the current folder.
+    result = run(server, "hi", env=env, command=[sys.executable, "-m", "octoai_lite"], cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "".join(WORDS) + "\n"

@@ -20,8 +20,10 @@ import asyncio
 import json
 import os
 import socket
+import socketserver
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -218,3 +220,227 @@ def test_non_ascii_arrives_whole(client):
     with ask(client, stream=True, max_tokens=16) as stream:
         text = stream.get_final_completion().choices[0].message.content
     text.encode("utf-8")  # no lone surrogates
+
+
+# -- the guide's three snippets, as a user runs them ----------------------------------
+# Quoted from the guide (the seed document) word for word; only the import
+# lines change, from octoai to octoai_lite. Their model name stays
+# TextModel.LLAMA_2_70B_CHAT: the server answers whatever `model` names.
+
+GUIDE_MODEL_LIST = """\
+>>> import octoai
+>>> octoai.chat.get_model_list()
+"""
+
+GUIDE_PLAIN = """\
+import json
+
+from octoai.chat import TextModel
+from octoai.client import Client
+
+client = Client()
+completion = client.chat.completions.create(
+    model=TextModel.LLAMA_2_70B_CHAT,
+    messages=[
+        {
+            "role": "system",
+            "content": "Below is an instruction that describes a task. Write a response that appropriately completes the request.",
+        },
+        {"role": "user", "content": "Write a blog about Seattle"},
+    ],
+    max_tokens=150,
+)
+
+print(json.dumps(completion.dict(), indent=2))
+"""
+
+GUIDE_STREAM = """\
+from octoai.chat import TextModel
+from octoai.client import Client
+
+client = Client()
+for completion in client.chat.completions.create(
+    model=TextModel.LLAMA_2_70B_CHAT,
+    messages=[
+        {
+            "role": "system",
+            "content": "Below is an instruction that describes a task. Write a response that appropriately completes the request.",
+        },
+        {"role": "user", "content": "Write a blog about Seattle"},
+    ],
+    max_tokens=150,
+    stream=True,
+):
+  print(completion.choices[0].delta.content, end='', flush=True)
+"""
+
+
+def with_octoai_lite(snippet):
+    """The guide's code with its import lines pointed at octoai_lite, and nothing else changed."""
+    lines = []
+    for line in snippet.splitlines(keepends=True):
+        if line.startswith(("import octoai", "from octoai", ">>> import octoai")):
+            line = line.replace("import octoai", "import octoai_lite as octoai").replace("from octoai.chat ", "from octoai_lite ")
+            line = line.replace("from octoai.client ", "from octoai_lite ")
+        lines.append(line)
+    changed = [(a, b) for a, b in zip(snippet.splitlines(), "".join(lines).splitlines()) if a != b]
+    assert changed and all("import" in a for a, _ in changed)
+    return "".join(lines)
+
+
+class Relay(socketserver.ThreadingTCPServer):
+    """A byte relay on 127.0.0.1 in front of the server, keeping every byte the server sent back."""
+
+    daemon_threads = True
+
+    def __init__(self, upstream_port):
+        super().__init__(("127.0.0.1", 0), RelayHandler)
+        self.upstream_port = upstream_port
+        self.replies = []  # bytes, one entry per connection
+
+    def base_url(self):
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+
+class RelayHandler(socketserver.BaseRequestHandler):
+    def handle(self):
+        client = self.request
+        upstream = socket.create_connection(("127.0.0.1", self.server.upstream_port), timeout=120)
+        received = bytearray()
+
+        def forward():  # the client's bytes to the server
+            try:
+                while True:
+                    data = client.recv(65536)
+                    if not data:
+                        break
+                    upstream.sendall(data)
+            except OSError:
+                pass
+            finally:
+                try:
+                    upstream.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+
+        pump = threading.Thread(target=forward, daemon=True)
+        pump.start()
+        try:
+            while True:
+                data = upstream.recv(65536)
+                if not data:
+                    break
+                received += data
+                client.sendall(data)
+        except OSError:
+            pass
+        finally:
+            self.server.replies.append(bytes(received))
+            upstream.close()
+            try:
+                client.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            pump.join(10)
+
+
+@pytest.fixture
+def relay(llama_server):
+    port = int(llama_server.rsplit(":", 1)[1].split("/")[0])
+    server = Relay(port)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def http_body(raw):
+    """The body of the one HTTP/1.1 response in `raw`, de-chunked."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head[:200]
+    if b"transfer-encoding: chunked" not in head.lower():
+        return body
+    out = bytearray()
+    while True:
+        size_line, _, body = body.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            return bytes(out)
+        out += body[:size]
+        body = body[size + 2 :]
+
+
+def sse_payloads(body):
+    """The JSON of each `data:` event of an event stream, up to [DONE]."""
+    text = body.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+    payloads = []
+    for block in text.split("\n\n"):
+        data = [line[6:] if line.startswith("data: ") else line[5:] for line in block.split("\n") if line.startswith("data:")]
+        if not data:
+            continue
+        if "\n".join(data) == "[DONE]":
+            break
+        payloads.append(json.loads("\n".join(data)))
+    return payloads
+
+
+def replies(relay, count):
+    """The server's bytes on the relay's first `count` connections, once each has closed."""
+    give_up_at = time.monotonic() + 30
+    while len(relay.replies) < count and time.monotonic() < give_up_at:
+        time.sleep(0.05)
+    assert len(relay.replies) == count, len(relay.replies)
+    return relay.replies
+
+
+def assert_includes(printed, sent, where="completion"):
+    """Every field the server sent is in what was printed, with the value it sent."""
+    if isinstance(sent, dict):
+        assert isinstance(printed, dict), where
+        for key, value in sent.items():
+            assert key in printed, f"{where}.{key}"
+            assert_includes(printed[key], value, f"{where}.{key}")
+    elif isinstance(sent, list):
+        assert isinstance(printed, list) and len(printed) == len(sent), where
+        for number, (mine, theirs) in enumerate(zip(printed, sent)):
+            assert_includes(mine, theirs, f"{where}[{number}]")
+    else:
+        assert printed == sent, where
+
+
+def run_guide(code, base_url, *, interactive=False):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OCTOAI_", "HTTP", "http", "ALL_PROXY", "NO_PROXY"))}
+    env.update(OCTOAI_BASE_URL=base_url, PYTHONPATH=str(ROOT), PYTHONIOENCODING="utf-8")
+    command = [sys.executable, "-q", "-i"] if interactive else [sys.executable, "-c", code]
+    return subprocess.run(
+        command, input=code.encode() if interactive else None, capture_output=True, timeout=300, env=env, check=False
+    )
+
+
+def test_the_guides_three_snippets_run_with_only_the_import_changed(relay):
+    """Difference: the first chunk is role-only (`content` missing or "") and the last has none: it prints nothing for them."""
+    interactive = with_octoai_lite(GUIDE_MODEL_LIST).replace(">>> ", "")
+    result = run_guide(interactive, relay.base_url(), interactive=True)
+    assert result.returncode == 0 and b"Traceback" not in result.stderr, result.stderr.decode()
+    assert b"'llama-2-70b-chat'" in result.stdout
+
+    result = run_guide(with_octoai_lite(GUIDE_PLAIN), relay.base_url())
+    assert result.returncode == 0, result.stderr.decode()
+    printed = json.loads(result.stdout)
+    (raw,) = replies(relay, 1)
+    assert list(printed) == ["id", "choices", "created", "model", "object", "system_fingerprint", "usage"]
+    assert {"index", "message", "delta", "finish_reason"} <= set(printed["choices"][0])
+    assert {"role", "content", "function_call"} <= set(printed["choices"][0]["message"])
+    assert_includes(printed, json.loads(http_body(raw)))
+    assert printed["usage"]["completion_tokens"] <= 150
+
+    result = run_guide(with_octoai_lite(GUIDE_STREAM), relay.base_url())
+    assert result.returncode == 0, result.stderr.decode()
+    raw = replies(relay, 2)[1]
+    chunks = sse_payloads(http_body(raw))
+    deltas = [(chunk["choices"][0].get("delta") or {}).get("content") for chunk in chunks if chunk.get("choices")]
+    assert None in deltas or "" in deltas  # the role-only first chunk and the finish chunk: nothing to print
+    expected = "".join(text or "" for text in deltas)
+    assert result.stdout.decode("utf-8") == expected  # exactly the streamed text: no "None" for a text-less delta
