@@ -54,25 +54,35 @@ if TYPE_CHECKING:  # typing costs 3.5 ms to import; annotations are strings here
     from typing import (
         Any,
         AsyncGenerator,
+        Awaitable,
         Callable,
         ClassVar,
         Dict,
+        FrozenSet,
         Generator,
+        Generic,
         Iterable,
         Iterator,
         List,
+        Literal,
         Mapping,
         Optional,
         Tuple,
         Type,
+        TypedDict,
         TypeVar,
         Union,
     )
+    from typing import overload as _overload
+
+    from typing_extensions import Unpack
 
     _Env = Mapping[str, str]
     _PoolKey = Tuple[str, str, int, Optional[str]]
     _MessageT = TypeVar("_MessageT", bound="ChatMessage")
     _ClientT = TypeVar("_ClientT", bound="_BaseClient")
+    _CompletionT = TypeVar("_CompletionT")
+    _StreamT = TypeVar("_StreamT")
 
 __all__ = [
     "AsyncClient",
@@ -374,7 +384,7 @@ class _Model:
     know the declared ones.
     """
 
-    _SEED_FIELDS: ClassVar[Tuple[str, ...]] = ()  # always present in dict(), null when absent
+    _SEED_FIELDS: ClassVar[FrozenSet[str]] = frozenset()  # always present in dict(), null when absent
     _raw: Dict[str, Any]
 
     if not TYPE_CHECKING:
@@ -429,7 +439,7 @@ class FunctionCall(_Model):
     name: Optional[str] = None
     arguments: Optional[str] = None
     _raw: Dict[str, Any] = _raw_field()
-    _SEED_FIELDS = ("name", "arguments")
+    _SEED_FIELDS = frozenset({"name", "arguments"})
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "FunctionCall":
@@ -453,7 +463,7 @@ class ToolCall(_Model):
     function: FunctionCall = _filler(FunctionCall)
     index: Optional[int] = None
     _raw: Dict[str, Any] = _raw_field()
-    _SEED_FIELDS = ("id", "type", "function")
+    _SEED_FIELDS = frozenset({"id", "type", "function"})
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "ToolCall":
@@ -481,7 +491,7 @@ class ChatMessage(_Model):
     reasoning_content: Optional[str] = None
     refusal: Optional[str] = None
     _raw: Dict[str, Any] = _raw_field()
-    _SEED_FIELDS = ("role", "content", "function_call")
+    _SEED_FIELDS = frozenset({"role", "content", "function_call"})
 
     @classmethod
     def from_dict(cls: Type[_MessageT], data: Dict[str, Any]) -> _MessageT:
@@ -506,7 +516,7 @@ class ChoiceDelta(ChatMessage):
     """
 
     content: str = _filler(str)
-    _SEED_FIELDS = ("role", "content")
+    _SEED_FIELDS = frozenset({"role", "content"})
 
     @classmethod
     def from_dict(cls: Type[_MessageT], data: Dict[str, Any]) -> _MessageT:
@@ -527,7 +537,7 @@ class Choice(_Model):
     finish_reason: Optional[str] = None
     logprobs: Optional[Dict[str, Any]] = None
     _raw: Dict[str, Any] = _raw_field()
-    _SEED_FIELDS = ("index", "message", "delta", "finish_reason")
+    _SEED_FIELDS = frozenset({"index", "message", "delta", "finish_reason"})
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "Choice":
@@ -551,13 +561,17 @@ class CompletionUsage(_Model):
     prompt_tokens: Optional[int] = None
     total_tokens: Optional[int] = None
     _raw: Dict[str, Any] = _raw_field()
-    _SEED_FIELDS = ("completion_tokens", "prompt_tokens", "total_tokens")
+    _SEED_FIELDS = frozenset({"completion_tokens", "prompt_tokens", "total_tokens"})
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "CompletionUsage":
         """Build from the server's JSON object."""
-        counts = (_int_or_none(data.get(name)) for name in cls._SEED_FIELDS)
-        return cls(*counts, data)  # type: ignore[arg-type]
+        return cls(
+            _int_or_none(data.get("completion_tokens")),
+            _int_or_none(data.get("prompt_tokens")),
+            _int_or_none(data.get("total_tokens")),
+            data,
+        )
 
 
 @dataclasses.dataclass
@@ -572,7 +586,7 @@ class ChatCompletion(_Model):
     system_fingerprint: Optional[str] = None
     usage: Optional[CompletionUsage] = None
     _raw: Dict[str, Any] = _raw_field()
-    _SEED_FIELDS = ("id", "choices", "created", "model", "object", "system_fingerprint", "usage")
+    _SEED_FIELDS = frozenset({"id", "choices", "created", "model", "object", "system_fingerprint", "usage"})
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "ChatCompletion":
@@ -1537,7 +1551,7 @@ class _Exchange:
         """True once the final answer's head is in; None while more input is needed."""
         while self._reader is None:
             buffer = self._buffer
-            while buffer[:1] in (b"\r", b"\n") and buffer:
+            while buffer and buffer[0] in b"\r\n":
                 del buffer[:1]  # RFC 9112 section 2.2: ignore empty lines before the status line
             match = _HEAD_END.search(buffer, max(0, self._scanned - 3))
             if match is None:
@@ -1957,8 +1971,8 @@ class _PoolBook:
     def _take(self, key: _PoolKey) -> Tuple[Any, bool]:
         """(an idle connection or None, whether the caller may go on: None means open a new one)."""
         if self._pid != os.getpid():
-            for idle in self._idle.values():
-                for conn in idle:
+            for inherited in self._idle.values():
+                for conn in inherited:
                     conn.forget()
             self._idle, self._open, self._pid = {}, {}, os.getpid()
         idle = self._idle.get(key)
@@ -2607,7 +2621,7 @@ class _AsyncTransport(_TransportBase):
         self._pools: "weakref.WeakKeyDictionary[Any, _AsyncPool]" = weakref.WeakKeyDictionary()
 
     @property
-    def pool(self) -> _AsyncPool:  # type: ignore[override]
+    def pool(self) -> _AsyncPool:
         """The pool of the running event loop: futures and sockets belong to one loop."""
         import asyncio
 
@@ -2646,9 +2660,10 @@ class _AsyncTransport(_TransportBase):
         made: Optional[_AsyncConnection] = None
         try:
             timeout_s = _wait_s(request, route)
+            factory: Callable[[], Any] = lambda: _AsyncConnection(loop)  # noqa: E731
             _, made = await asyncio.wait_for(
                 loop.create_connection(
-                    lambda: _AsyncConnection(loop),
+                    factory,
                     route.connect_host,
                     route.connect_port,
                     ssl=None if tunnel else context,
@@ -2763,7 +2778,7 @@ def _identity(payload: Any) -> Any:
 class _StreamBase:
     """What the stream classes share: the answer's headers, the iterator, and closing on collection."""
 
-    _iterate: ClassVar[Callable[[_PayloadReader], Any]]  # _iter_payloads or _aiter_payloads
+    _iterate: Any  # _iter_payloads or _aiter_payloads
 
     def __init__(
         self, response: Any, token: Optional[str], convert: Optional[Callable[[Any], Any]] = None
@@ -2946,15 +2961,6 @@ def _with_async_header(options: Dict[str, Any]) -> Dict[str, Any]:
     return {**options, "extra_headers": _merge_headers({"X-OctoAI-Async": "1"}, options.get("extra_headers"))}
 
 
-def _health_result(error: OctoAIError, give_up_at: float, interval: float) -> Optional[int]:
-    """After a failed health check: None to try again, else the status to return (or raise)."""
-    if time.monotonic() + interval < give_up_at:
-        return None
-    if isinstance(error, OctoAIServerError):
-        return error.status_code or 500
-    raise error
-
-
 class _Retry:
     """One call's attempts. Around each: a failure worth another try is kept, with its delay; any other is raised."""
 
@@ -2992,10 +2998,39 @@ class _Retry:
         return True
 
 
-def _check_seconds(name: str, value: Any) -> Optional[float]:
-    """A timeout or deadline argument: None, or a finite number of seconds above 0."""
-    if value is None:
-        return None
+class _HealthCheck(_Retry):
+    """`health_check`'s attempts: a 5xx or a failed connection is tried again every `interval` until `timeout`.
+
+    The last 5xx's status is the answer; a 4xx, or a connection that never
+    answered, is raised.
+    """
+
+    def __init__(self, client: "_BaseClient", url: str, timeout_s: float, interval_s: float) -> None:
+        super().__init__(client, client._prepare("GET", url, None, max_retries=0))
+        self._give_up_at = time.monotonic() + timeout_s
+        self._interval_s = interval_s
+
+    def _time_left(self) -> bool:
+        return time.monotonic() + self._interval_s < self._give_up_at
+
+    def __enter__(self) -> "_Retry":
+        self.request.timeout_s = max(0.01, min(self._client.timeout, self._give_up_at - time.monotonic()))
+        return super().__enter__()
+
+    def check(self, response: _ResponseBase) -> Any:
+        if response.status < 500 or self._time_left():
+            return super().check(response)
+        return response
+
+    def __exit__(self, kind: Any, exc: Optional[BaseException], traceback: Any) -> bool:
+        if isinstance(exc, (OctoAIServerError, OctoAIConnectionError)) and self._time_left():
+            self.delay = self._interval_s
+            return True
+        return False
+
+
+def _check_seconds(name: str, value: Any) -> float:
+    """A timeout or deadline argument: a finite number of seconds above 0."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
     if not (0 < value < math.inf):  # also refuses NaN
@@ -3015,9 +3050,9 @@ class _BaseClient:
     """Configuration and retry decisions that Client and AsyncClient share."""
 
     _transport: Any
-    _transport_class: ClassVar[Callable[..., Any]]
-    _chat_class: ClassVar[Callable[[Any], Any]]
-    _models_class: ClassVar[Callable[[Any], Any]]
+    _transport_class: ClassVar[Type[Any]]
+    _chat_class: ClassVar[Type[Any]]
+    _models_class: ClassVar[Type[Any]]
     chat: Any
     models: Any
 
@@ -3048,7 +3083,7 @@ class _BaseClient:
         self.secure_link = secure_link
         self.timeout = _check_seconds("timeout", timeout)
         self.max_retries = _check_count("max_retries", max_retries, 0)
-        self.deadline = _check_seconds("deadline", deadline)
+        self.deadline = None if deadline is None else _check_seconds("deadline", deadline)
         self.default_headers: Dict[str, Optional[str]] = _check_headers(default_headers)
         self._headers: Dict[Tuple[bool, bool], Dict[str, str]] = {}  # built once per (stream, has body)
         limits = (
@@ -3103,6 +3138,14 @@ class _BaseClient:
     def _run(self, retry: _Retry) -> Any:
         raise NotImplementedError
 
+    def _chat_request(self, arguments: Mapping[str, Any]) -> Tuple[str, Dict[str, Any], bool, Dict[str, Any]]:
+        """(url, body, stream, per-call options) of a `chat.completions.create` call."""
+        body, stream, options = _build_chat_request(arguments)
+        return _join_url(self.base_url, "chat/completions"), body, stream, options
+
+    def _completion(self, body: bytes, response: _ResponseBase) -> ChatCompletion:
+        return _completion_from_body(body, response.headers, self._token)
+
     def _prepare(
         self,
         method: str,
@@ -3139,7 +3182,7 @@ class _BaseClient:
             url,
             headers,
             data,
-            timeout_s,  # type: ignore[arg-type]
+            timeout_s,
             None if deadline is None else time.monotonic() + deadline,
             self.max_retries if max_retries is None else _check_count("max_retries", max_retries, 0),
             self.base_url if url.startswith(self.base_url.split("?")[0] + "/") else None,
@@ -3198,46 +3241,96 @@ class _BaseClient:
         return delay
 
 
-class _Completions:
+if TYPE_CHECKING:
+
+    class _ChatParams(TypedDict, total=False):
+        """The keyword arguments `create` takes besides model, messages and stream."""
+
+        max_tokens: Optional[int]
+        temperature: Optional[float]
+        top_p: Optional[float]
+        stop: Union[str, List[str], None]
+        frequency_penalty: Optional[float]
+        presence_penalty: Optional[float]
+        response_format: Optional[Mapping[str, Any]]
+        tools: Optional[List[Mapping[str, Any]]]
+        tool_choice: Union[str, Mapping[str, Any], None]
+        parallel_tool_calls: Optional[bool]
+        functions: Optional[List[Mapping[str, Any]]]
+        function_call: Union[str, Mapping[str, Any], None]
+        seed: Optional[int]
+        n: Optional[int]
+        logprobs: Optional[bool]
+        top_logprobs: Optional[int]
+        logit_bias: Optional[Mapping[str, float]]
+        stream_options: Optional[Mapping[str, Any]]
+        user: Optional[str]
+        top_k: Optional[int]
+        min_p: Optional[float]
+        repetition_penalty: Optional[float]
+        extra_headers: Optional[Mapping[str, Optional[str]]]
+        extra_query: Optional[Mapping[str, Any]]
+        extra_body: Optional[Mapping[str, Any]]
+        timeout: Optional[float]
+        max_retries: Optional[int]
+        deadline: Optional[float]
+
+    class _CreateTypes(Generic[_CompletionT, _StreamT]):
+        """`create`'s signature for type checkers: a stream when ``stream=True``, else a completion."""
+
+        @_overload
+        def create(
+            self, *, model: Union[str, TextModel], messages: Iterable[Any], stream: Literal[False] = False,
+            **params: Unpack[_ChatParams],
+        ) -> _CompletionT: ...  # fmt: skip
+        @_overload
+        def create(
+            self, *, model: Union[str, TextModel], messages: Iterable[Any], stream: Literal[True],
+            **params: Unpack[_ChatParams],
+        ) -> _StreamT: ...  # fmt: skip
+        @_overload
+        def create(
+            self, *, model: Union[str, TextModel], messages: Iterable[Any], stream: bool,
+            **params: Unpack[_ChatParams],
+        ) -> Union[_CompletionT, _StreamT]: ...  # fmt: skip
+        def create(self, **arguments: Any) -> Any: ...
+
+else:
+
+    class _CreateTypes:
+        """At run time just a base class; the signatures are for type checkers."""
+
+        def __class_getitem__(cls, item: Any) -> type:
+            return cls
+
+
+_CREATE_DOC = """Create a chat completion; with ``stream=True`` return a {stream} of chunks.
+
+Keyword arguments: ``model`` (a str or `TextModel`), ``messages``, and
+any of ``max_tokens``, ``temperature``, ``top_p``, ``stop``,
+``frequency_penalty``, ``presence_penalty``, ``response_format``, and the
+per-call options ``extra_headers``, ``extra_query``, ``extra_body``,
+``timeout``, ``max_retries``, ``deadline``. Only parameters you set are
+sent; any other keyword (tools, seed, n, stream_options...) goes into the
+body unchanged. Raises the typed `OctoAIError` for the server's answer or
+the connection's failure.
+"""
+
+
+class _Completions(_CreateTypes["ChatCompletion", "Stream"]):
+    """``client.chat.completions``."""
+
     def __init__(self, client: "Client") -> None:
         self._client = client
 
-    def create(
-        self,
-        *,
-        model: Union[str, TextModel],
-        messages: Iterable[Any],
-        stream: bool = False,
-        max_tokens: Optional[int] = None,
-        temperature: Optional[float] = None,
-        top_p: Optional[float] = None,
-        stop: Union[str, List[str], None] = None,
-        frequency_penalty: Optional[float] = None,
-        presence_penalty: Optional[float] = None,
-        response_format: Optional[Mapping[str, Any]] = None,
-        extra_headers: Optional[Mapping[str, Optional[str]]] = None,
-        extra_query: Optional[Mapping[str, Any]] = None,
-        extra_body: Optional[Mapping[str, Any]] = None,
-        timeout: Optional[float] = None,
-        max_retries: Optional[int] = None,
-        deadline: Optional[float] = None,
-        **more: Any,
-    ) -> Union[ChatCompletion, Stream]:
-        """Create a chat completion; with ``stream=True`` return a `Stream` of chunks.
+    if not TYPE_CHECKING:  # the typed signature is _CreateTypes.create
 
-        Only parameters you set are sent; any other keyword (tools, seed, n,
-        stream_options...) goes into the body unchanged. Raises the typed
-        `OctoAIError` for the server's answer or the connection's failure.
-        """
-        arguments = dict(locals())
-        del arguments["self"]
-        arguments.update(arguments.pop("more"))
-        body, stream, options = _build_chat_request(arguments)
-        client = self._client
-        response = client._send("POST", _join_url(client.base_url, "chat/completions"), body, stream=stream, **options)
-        if stream:
-            return Stream(response, client._token)
-        return _completion_from_body(response.read(), response.headers, client._token)
+        def create(self, **arguments):
+            url, body, stream, options = self._client._chat_request(arguments)
+            response = self._client._send("POST", url, body, stream=stream, **options)
+            return Stream(response, self._client._token) if stream else self._client._completion(response.read(), response)
+
+        create.__doc__ = _CREATE_DOC.format(stream="`Stream`")
 
 
 class _Chat:
@@ -3301,12 +3394,8 @@ class Client(_BaseClient):
         return _parse_json(self._send("POST", endpoint_url, inputs, **options).read())
 
     def infer_stream(
-        self,
-        endpoint_url: str,
-        inputs: Mapping[str, Any],
-        map_fn: Optional[Callable[[Any], Any]] = None,
-        **options: Any,
-    ) -> Iterator[Any]:
+        self, endpoint_url: str, inputs: Mapping[str, Any], map_fn: Optional[Callable[[Any], Any]] = None, **options: Any
+    ) -> _EventStream:
         """POST `inputs` and yield each event's JSON (through `map_fn` if given) until `[DONE]`.
 
         The returned iterator owns the connection; it is also a context manager.
@@ -3334,36 +3423,27 @@ class Client(_BaseClient):
         Returns the last status code; raises the typed error for a 4xx, and
         the last connection error if the server never answered.
         """
-        give_up_at = time.monotonic() + timeout
-        while True:
-            wait_s = max(0.01, min(self.timeout, give_up_at - time.monotonic()))
-            try:
-                response = self._send("GET", endpoint_url, None, max_retries=0, timeout=wait_s)
-                response.read(_MAX_ERROR_BODY_BYTES, truncate=True)
-                return response.status
-            except (OctoAIServerError, OctoAIConnectionError) as exc:
-                status = _health_result(exc, give_up_at, interval)
-                if status is not None:
-                    return status
-            time.sleep(interval)
+        response = self._run(_HealthCheck(self, endpoint_url, timeout, interval))
+        response.close()  # only its status matters
+        return response.status
 
 
-class _AsyncCompletions:
+class _AsyncCompletions(_CreateTypes["Awaitable[ChatCompletion]", "Awaitable[AsyncStream]"]):
+    """``client.chat.completions`` of an AsyncClient."""
+
     def __init__(self, client: "AsyncClient") -> None:
         self._client = client
 
-    async def create(self, **arguments: Any) -> Union[ChatCompletion, AsyncStream]:
-        """Create a chat completion; with ``stream=True`` return an `AsyncStream` of chunks.
+    if not TYPE_CHECKING:  # the typed signature is _CreateTypes.create
 
-        Takes the arguments of `Client.chat.completions.create`.
-        """
-        body, stream, options = _build_chat_request(arguments)
-        client = self._client
-        url = _join_url(client.base_url, "chat/completions")
-        response = await client._send("POST", url, body, stream=stream, **options)
-        if stream:
-            return AsyncStream(response, client._token)
-        return _completion_from_body(await response.read(), response.headers, client._token)
+        async def create(self, **arguments):
+            url, body, stream, options = self._client._chat_request(arguments)
+            response = await self._client._send("POST", url, body, stream=stream, **options)
+            if stream:
+                return AsyncStream(response, self._client._token)
+            return self._client._completion(await response.read(), response)
+
+        create.__doc__ = _CREATE_DOC.format(stream="`AsyncStream`")
 
 
 class _AsyncChat:
@@ -3422,11 +3502,7 @@ class AsyncClient(_BaseClient):
         return _parse_json(await (await self._send("POST", endpoint_url, inputs, **options)).read())
 
     async def infer_stream(
-        self,
-        endpoint_url: str,
-        inputs: Mapping[str, Any],
-        map_fn: Optional[Callable[[Any], Any]] = None,
-        **options: Any,
+        self, endpoint_url: str, inputs: Mapping[str, Any], map_fn: Optional[Callable[[Any], Any]] = None, **options: Any
     ) -> _AsyncEventStream:
         """POST `inputs`; ``async for`` each event's JSON (through `map_fn` if given) until `[DONE]`."""
         response = await self._send("POST", endpoint_url, inputs, stream=True, **options)
@@ -3453,20 +3529,9 @@ class AsyncClient(_BaseClient):
         self, endpoint_url: str, timeout: float = DEFAULT_TIMEOUT, *, interval: float = _HEALTH_CHECK_INTERVAL_S
     ) -> int:
         """See `Client.health_check`."""
-        import asyncio
-
-        give_up_at = time.monotonic() + timeout
-        while True:
-            wait_s = max(0.01, min(self.timeout, give_up_at - time.monotonic()))
-            try:
-                response = await self._send("GET", endpoint_url, None, max_retries=0, timeout=wait_s)
-                await response.read(_MAX_ERROR_BODY_BYTES, truncate=True)
-                return response.status
-            except (OctoAIServerError, OctoAIConnectionError) as exc:
-                status = _health_result(exc, give_up_at, interval)
-                if status is not None:
-                    return status
-            await asyncio.sleep(interval)
+        response = await self._run(_HealthCheck(self, endpoint_url, timeout, interval))
+        response.close()
+        return response.status
 
 
 # The original SDK's module layout, for `import octoai_lite as octoai`:
@@ -3559,18 +3624,16 @@ def _print_answer(client: Client, args: Any, messages: List[Dict[str, str]]) -> 
     params = dict(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, stop=args.stop)
     if args.no_stream:
         completion = client.chat.completions.create(model=args.model, messages=messages, **params)
-        assert isinstance(completion, ChatCompletion)
-        text = completion.json() if args.json else completion.choices[0].message.content or ""  # type: ignore[union-attr]
+        text = completion.json() if args.json else completion.choices[0].message.content or ""
         sys.stdout.write(text + "\n")
         return
     stream = client.chat.completions.create(model=args.model, messages=messages, stream=True, **params)
-    assert isinstance(stream, Stream)
     with stream:
         try:
             for chunk in stream:
                 if args.json:
                     sys.stdout.write(chunk.json() + "\n")
-                elif chunk.choices and chunk.choices[0].delta is not None and chunk.choices[0].delta.content:
+                elif chunk.choices:
                     sys.stdout.write(chunk.choices[0].delta.content)
                 sys.stdout.flush()
         finally:
