@@ -858,6 +858,7 @@ class _Request:
         self.retries = retries
         self.base_url = base_url  # for the 404 hint, when the URL was built from base_url
         self.hops = 0  # redirects followed
+        self.response: Any = None  # the latest attempt's response, set by the transport
 
 
 def _join_url(base: str, path: str, query: Optional[Mapping[str, Any]] = None) -> str:
@@ -1894,6 +1895,7 @@ class _Route:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise OctoAIClientError(f"not an http(s) URL: {_redact_userinfo(url)!r}")
+        self.url = url
         self.scheme = parts.scheme
         self.host = parts.hostname
         self.port = parts.port or (443 if self.scheme == "https" else 80)
@@ -1920,16 +1922,16 @@ class _Route:
             headers = {**headers, **self.proxy_headers}
         return _build_request(method, self.target, self.host_header, headers, body)
 
-    def tunnel_request(self) -> bytes:
-        """The CONNECT request that asks the proxy for a tunnel to the host."""
+    def tunnel(self) -> _Exchange:
+        """The CONNECT exchange that asks the proxy for a tunnel to the host."""
         assert self.proxy is not None
         authority = f"{self.host}:{self.port}"
-        return _build_request("CONNECT", authority, authority, _proxy_authorization(self.proxy), None)
+        request = _build_request("CONNECT", authority, authority, _proxy_authorization(self.proxy), None)
+        return _Exchange("CONNECT", request, self.where)
 
-    def tunnel_refused(self, exchange: _Exchange) -> Optional[OctoAIConnectionError]:
-        if exchange.status == 200:
-            return None
-        return OctoAIConnectionError(f"the proxy refused a tunnel to {self.where}: {exchange.status}")
+    def check_tunnel(self, exchange: _Exchange) -> None:
+        if exchange.status != 200:
+            raise OctoAIConnectionError(f"the proxy refused a tunnel to {self.where}: {exchange.status}")
 
 
 def _call_timeout(timeout_s: float, deadline_at: Optional[float], where: str) -> float:
@@ -1992,6 +1994,7 @@ class _PoolBook:
             return  # a connection from before a fork: the counts started afresh
         idle = self._idle.setdefault(key, [])
         if conn is not None and reusable and not self._closed and len(idle) < self.max_idle:
+            conn.reused = True  # from now on, a failure may only mean the server closed it while idle
             idle.append(conn)
             return
         if conn is not None:
@@ -2031,25 +2034,29 @@ class _ResponseBase:
 
     Whoever holds it reads it to the end (the connection then goes back to
     the pool) or calls `close()`, from any thread: a read blocked in another
-    thread then ends at once, as if the body had ended.
+    thread then ends at once, as if the body had ended. Each flavour adds one
+    method, `_drive(goal, fallback)`, which pumps bytes into the exchange
+    until `goal()` returns something; so `start`, `read_chunk` and `read`
+    below return values for threads and awaitables for asyncio.
     """
 
-    def __init__(
-        self, pool: Any, route: _Route, conn: Any, request: _Request, url: str, reused: bool
-    ) -> None:
-        self.url = url
+    def __init__(self, pool: Any, route: _Route, conn: Any, request: _Request) -> None:
+        request.response = self
+        self.url = route.url
         self.error_body = b""  # an error answer's body, read by `start` (up to a limit)
         self.closed_early = False  # closed by its holder before the answer ended
+        self.stale = False  # sent on a reused connection that proved dead: to go out again on another
         self._pool = pool
         self._key = route.key
-        self._where = route.where
+        self.where = route.where
         self._conn = conn
         self._held = [conn]  # list.pop() is atomic: the connection is given back once, whoever is first
-        self._reused = reused
         self._exchange = _Exchange(request.method, route.request(request.method, request.headers, request.data), route.where)
         self._timeout_s = request.timeout_s
         self._deadline_at = request.deadline_at
+        self._written = False
         self._send_error: Optional[BaseException] = None
+        self._quiet = False  # reading the rest of an answer already complete: a failure loses nothing
 
     @property
     def status(self) -> int:
@@ -2063,36 +2070,49 @@ class _ResponseBase:
     def content_type(self) -> str:
         return self.headers.get("content-type", "").split(";")[0].strip().lower()
 
-    def _read_timeout(self) -> float:
-        """How long the next read may wait: the timeout, or what is left of the deadline."""
-        if self._deadline_at is None:
-            return self._timeout_s
-        remaining = self._deadline_at - time.monotonic()
-        if remaining <= 0:
-            raise self._deadline_error()
-        return min(self._timeout_s, remaining)
+    def _drive(self, goal: Callable[[], Any], fallback: Any) -> Any:
+        raise NotImplementedError
 
-    def _deadline_error(self) -> OctoAITimeoutError:
-        phase = self._exchange.phase
-        error = OctoAITimeoutError(
-            f"the call's deadline passed {_PHASES[phase]} {self._where}" + (_SENT_NOTE if phase == "wait" else "")
-        )
-        error.request_sent = phase != "send"
-        return error
+    # -- what the holder calls (awaitables for asyncio)
 
-    def _write(self) -> None:
-        try:
-            self._conn.send(self._exchange.request, self._read_timeout())
-        except (OSError, OctoAIError) as exc:
-            # The server may have answered early (401, 413) and closed
-            # without reading the body: what it said is read next.
-            self._send_error = exc
-            return
-        self._exchange.sent = True
+    def start(self) -> Any:
+        """Send the request; read the answer's head, and an error answer's body (to judge it)."""
+        return self._drive(self._answer, None)
+
+    def read_chunk(self) -> Any:
+        """The next part of the body as it arrives; b"" at the end (the connection is then released)."""
+        return self._drive(self._piece, b"")
+
+    def read(self, limit: int = _MAX_BODY_BYTES, *, truncate: bool = False) -> Any:
+        """The whole body; past `limit` bytes raise, or with `truncate` keep the start."""
+        body = _Body(limit)
+
+        def whole() -> Optional[bytes]:
+            while True:
+                piece = self._piece()
+                if piece is None:
+                    return None
+                if not body.add(piece):
+                    if body.over:
+                        self.close()
+                    return body.value(truncate, self.where)
+
+        return self._drive(whole, b"")
+
+    def grace(self, grace_s: float) -> None:
+        """Let the rest of an answer already complete for its holder take `grace_s` in all; a failure loses nothing."""
+        give_up_at = time.monotonic() + grace_s
+        self._timeout_s = min(self._timeout_s, grace_s)
+        self._deadline_at = give_up_at if self._deadline_at is None else min(self._deadline_at, give_up_at)
+        self._quiet = True
+
+    # -- goals for the pump: each returns None while it needs more bytes
 
     def _answer(self) -> Optional[bool]:
-        """The pump's goal in `start`: the head, and an error answer's body (so that it can be judged)."""
         exchange = self._exchange
+        if not self._written:
+            self._written = True
+            self._write()
         if exchange.head() is None:
             return None
         if self.status < 300:
@@ -2109,7 +2129,6 @@ class _ResponseBase:
         return True
 
     def _piece(self) -> Optional[bytes]:
-        """The pump's goal in `read_chunk`: the next body piece, b"" at the end."""
         if not self._held:
             return b""
         piece = self._exchange.body_piece()
@@ -2117,11 +2136,26 @@ class _ResponseBase:
             self._release()
         return piece
 
-    def _grace(self, grace_s: float) -> None:
-        """Let the rest of the answer take at most `grace_s` seconds more."""
-        give_up_at = time.monotonic() + grace_s
-        self._timeout_s = min(self._timeout_s, grace_s)
-        self._deadline_at = give_up_at if self._deadline_at is None else min(self._deadline_at, give_up_at)
+    def _write(self) -> None:
+        try:
+            self._conn.send(self._exchange.request, self._read_timeout())
+        except (OSError, OctoAIError) as exc:
+            # The server may have answered early (401, 413) and closed
+            # without reading the body: what it said is read next.
+            self._send_error = exc
+            return
+        self._exchange.sent = True
+
+    def _read_timeout(self) -> float:
+        """How long the next read may wait: the timeout, or what is left of the deadline."""
+        if self._deadline_at is None:
+            return self._timeout_s
+        remaining = self._deadline_at - time.monotonic()
+        if remaining <= 0:
+            raise self._deadline_error()
+        return min(self._timeout_s, remaining)
+
+    # -- failures
 
     def __enter__(self) -> "_ResponseBase":
         return self
@@ -2132,41 +2166,38 @@ class _ResponseBase:
             return False
         error = self._failed(exc)
         if error is None:
-            return True  # closed by its holder meanwhile: the body just ends
+            return True  # closed by its holder, a dead reused connection, or the rest of a complete answer
         if error is exc:
             return False
         raise error from exc
 
     def _failed(self, exc: BaseException) -> Optional[BaseException]:
-        """Close after a failure; return the error to raise (None: closed by the holder, end quietly)."""
+        """Close after a failure; return the error to raise, or None to end quietly."""
         closed_early = self.closed_early
         self.close()
         self.closed_early = closed_early
-        if closed_early and isinstance(exc, Exception):
+        if isinstance(exc, Exception) and (closed_early or self._quiet):
             return None
         exchange = self._exchange
         if self._send_error is not None and exchange.phase != "body":
             exc = self._send_error  # the write failed and no answer came: that is the story
-        if isinstance(exc, OctoAIError) or not isinstance(exc, OSError):
-            return exc  # the exchange's own errors; and interrupts, cancellations, bugs as they are
+        error = exc
         if isinstance(exc, socket.timeout) and self._deadline_at is not None and time.monotonic() >= self._deadline_at:
-            return self._deadline_error()
-        return _translate_error(exc, exchange.phase, self._where)
+            error = self._deadline_error()
+        elif isinstance(exc, OSError):
+            error = _translate_error(exc, exchange.phase, self.where)
+        if self._conn.reused and _may_resend(error, exchange):
+            self.stale = True
+            return None
+        return error  # the exchange's own errors; and interrupts, cancellations, bugs as they are
 
-    def _should_resend(self, error: BaseException) -> bool:
-        """Whether a failure before any answer on a reused connection may go out again on another.
-
-        Only when nothing shows the server acted: the write failed, or
-        the method is idempotent. A POST that went out whole is not re-sent.
-        """
-        exchange = self._exchange
-        return (
-            self._reused
-            and isinstance(error, OctoAIConnectionError)
-            and not isinstance(error, OctoAITimeoutError)
-            and not exchange.received
-            and (not exchange.sent or exchange.method in _IDEMPOTENT_METHODS)
+    def _deadline_error(self) -> OctoAITimeoutError:
+        phase = self._exchange.phase
+        error = OctoAITimeoutError(
+            f"the call's deadline passed {_PHASES[phase]} {self.where}" + (_SENT_NOTE if phase == "wait" else "")
         )
+        error.request_sent = phase != "send"
+        return error
 
     def _release(self) -> None:
         """Hand the connection back after the answer's end."""
@@ -2186,16 +2217,24 @@ class _ResponseBase:
         conn.close()
         self._pool.release(self._key, conn, False)
 
-    def _body(self, body: _Body, truncate: bool) -> bytes:
-        if body.over:
-            self.close()
-        return body.value(truncate, self._where)
+
+def _may_resend(error: BaseException, exchange: _Exchange) -> bool:
+    """Whether a failure on a reused connection shows that it was dead, so the request may go out again.
+
+    Only when nothing says the server acted on it: no answer byte came, and
+    the write failed or the method is idempotent. A POST that went out whole
+    is not sent again (DESIGN.md, Retries).
+    """
+    return (
+        isinstance(error, OctoAIConnectionError)
+        and not isinstance(error, OctoAITimeoutError)
+        and not exchange.received
+        and (not exchange.sent or exchange.method in _IDEMPOTENT_METHODS)
+    )
 
 
 class _TransportBase:
-    """The settings both transports share, and the one TLS context of a client."""
-
-    pool: Any  # a _ConnectionPool or an _AsyncPool
+    """The settings both transports share, the one TLS context of a client, and where requests go."""
 
     def __init__(self, verify: Union[bool, str, "os.PathLike[str]"], env: _Env, limits: Tuple[int, int]) -> None:
         self._verify = verify
@@ -2205,16 +2244,33 @@ class _TransportBase:
         self._limits = limits
         self._context: Optional[ssl.SSLContext] = None
         self._lock = threading.Lock()
-        self._routes: Dict[str, _Route] = {}
+        self._route_cache: Dict[str, _Route] = {}
 
     def route(self, url: str) -> _Route:
         """The route of a URL, worked out once (parsing it and the proxy rules cost microseconds)."""
-        route = self._routes.get(url)
+        route = self._route_cache.get(url)
         if route is None:
             route = _Route(url, self._env)
-            if len(self._routes) < _MAX_CACHED_ROUTES:
-                self._routes[url] = route
+            if len(self._route_cache) < _MAX_CACHED_ROUTES:
+                self._route_cache[url] = route
         return route
+
+    def _routes(self, request: _Request) -> Iterator[_Route]:
+        """Where a request goes, attempt by attempt: its URL; again after a dead reused connection; each redirect."""
+        route = self.route(request.url)
+        while True:
+            yield route
+            response = request.response
+            if response.stale:
+                continue
+            if not _is_redirect(response.status, response.headers):
+                return
+            response.close()
+            request.hops += 1
+            target = _redirect_target(request.method, response.url, response.status, response.headers)
+            if request.hops > _MAX_REDIRECTS:
+                raise OctoAIClientError(f"more than {_MAX_REDIRECTS} redirects, the last to {target}")
+            route = self.route(target)
 
     def ssl_context(self) -> ssl.SSLContext:
         # Made on first HTTPS use (loading CAs costs milliseconds), once per client.
@@ -2223,18 +2279,8 @@ class _TransportBase:
                 self._context = _ssl_context(self._verify, self._env)
             return self._context
 
-    def _redirect(self, request: _Request, response: _ResponseBase) -> Optional[str]:
-        """Where a redirect answer leads, or None for any other answer; raises past the limit."""
-        if not _is_redirect(response.status, response.headers):
-            return None
-        response.close()
-        request.hops += 1
-        target = _redirect_target(request.method, response.url, response.status, response.headers)
-        if request.hops > _MAX_REDIRECTS:
-            raise OctoAIClientError(f"more than {_MAX_REDIRECTS} redirects, the last to {target}")
-        return target
-
-    def _connect_failed(self, exc: BaseException, route: _Route) -> BaseException:
+    def _connect_failed(self, exc: BaseException, route: _Route, pool: Any) -> BaseException:
+        pool.release(route.key, None, False)
         if isinstance(exc, OSError):
             return _translate_error(exc, "connect", route.where)
         return exc
@@ -2261,6 +2307,7 @@ class _Connection:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        self.reused = False
         self._timeout_s: Optional[float] = None
 
     def _settimeout(self, timeout_s: float) -> None:
@@ -2306,8 +2353,9 @@ class _ConnectionPool(_PoolBook):
         super().__init__(max_connections, max_idle)
         self._cond = threading.Condition()
 
-    def acquire(self, key: _PoolKey, wait_s: float) -> Optional[_Connection]:
+    def acquire(self, route: _Route, request: _Request) -> Optional[_Connection]:
         """An idle connection, or None with a slot reserved for a new one."""
+        key, wait_s = route.key, _wait_s(request, route)
         give_up_at = time.monotonic() + wait_s
         with self._cond:
             while True:
@@ -2331,38 +2379,10 @@ class _ConnectionPool(_PoolBook):
 class _Response(_ResponseBase):
     """A response on a blocking socket; see `_ResponseBase`."""
 
-    def start(self) -> bool:
-        """Send the request and read the answer's head; False if a reused connection proved dead."""
-        self._write()
-        try:
-            with self:
-                _pump(self._conn, self._exchange, self._answer, self._read_timeout)
-        except OctoAIConnectionError as exc:
-            if self._should_resend(exc):
-                return False
-            raise
-        return True
-
-    def read_chunk(self) -> bytes:
-        """The next part of the body as it arrives; b"" at the end (the connection is then released)."""
+    def _drive(self, goal: Callable[[], Any], fallback: Any) -> Any:
         with self:
-            return _pump(self._conn, self._exchange, self._piece, self._read_timeout)  # type: ignore[no-any-return]
-        return b""  # closed from another thread meanwhile
-
-    def read(self, limit: int = _MAX_BODY_BYTES, *, truncate: bool = False) -> bytes:
-        """The whole body; past `limit` bytes raise, or with `truncate` keep the start."""
-        body = _Body(limit)
-        while body.add(self.read_chunk()):
-            pass
-        return self._body(body, truncate)
-
-    def finish(self, grace_s: float) -> None:
-        """Read the rest of an answer already complete for its caller, within `grace_s` in all."""
-        self._grace(grace_s)
-        try:
-            self.read(truncate=True)
-        except OctoAIError:
-            pass  # only the connection is lost
+            return _pump(self._conn, self._exchange, goal, self._read_timeout)
+        return fallback  # ended quietly (see __exit__)
 
 
 class _Transport(_TransportBase):
@@ -2377,18 +2397,10 @@ class _Transport(_TransportBase):
 
     def send(self, request: _Request) -> _Response:
         """Send one request, following safe redirects; return the response, whatever its status."""
-        response = self._send_once(request, request.url)
-        while (url := self._redirect(request, response)) is not None:
-            response = self._send_once(request, url)
-        return response
-
-    def _send_once(self, request: _Request, url: str) -> _Response:
-        route = self.route(url)
-        while True:  # until a connection carries it: a reused one may prove dead
-            idle = self.pool.acquire(route.key, _wait_s(request, route))
-            response = _Response(self.pool, route, idle or self._connect(route, request), request, url, idle is not None)
-            if response.start():
-                return response
+        for route in self._routes(request):
+            conn = self.pool.acquire(route, request) or self._connect(route, request)
+            _Response(self.pool, route, conn, request).start()
+        return request.response  # type: ignore[no-any-return]
 
     def _connect(self, route: _Route, request: _Request) -> _Connection:
         sock: Optional[socket.socket] = None
@@ -2398,23 +2410,15 @@ class _Transport(_TransportBase):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if route.scheme == "https":
                 if route.proxy:
-                    self._open_tunnel(_Connection(sock), route, timeout_s)
+                    tunnel, exchange = _Connection(sock), route.tunnel()
+                    tunnel.send(exchange.request, timeout_s)
+                    route.check_tunnel(_pump(tunnel, exchange, exchange.head, lambda: timeout_s) and exchange)
                 sock = self.ssl_context().wrap_socket(sock, server_hostname=route.host)
             return _Connection(sock)
         except BaseException as exc:
             if sock is not None:
                 sock.close()
-            self.pool.release(route.key, None, False)
-            raise self._connect_failed(exc, route) from exc
-
-    @staticmethod
-    def _open_tunnel(conn: _Connection, route: _Route, timeout_s: float) -> None:
-        exchange = _Exchange("CONNECT", route.tunnel_request(), route.where)
-        conn.send(exchange.request, timeout_s)
-        _pump(conn, exchange, exchange.head, lambda: timeout_s)
-        refused = route.tunnel_refused(exchange)
-        if refused is not None:
-            raise refused
+            raise self._connect_failed(exc, route, self.pool) from exc
 
 
 # -- 5b. asyncio ---------------------------------------------------------------
@@ -2437,6 +2441,7 @@ class _AsyncConnection:
 
     def __init__(self, loop: "asyncio.AbstractEventLoop") -> None:
         self.loop = loop
+        self.reused = False
         self.transport: Any = None
         self._chunks: List[bytes] = []
         self._size = 0
@@ -2533,10 +2538,11 @@ class _AsyncPool(_PoolBook):
         super().__init__(max_connections, max_idle)
         self._waiters: List["asyncio.Future[None]"] = []
 
-    async def acquire(self, key: _PoolKey, wait_s: float) -> Optional[_AsyncConnection]:
+    async def acquire(self, route: _Route, request: _Request) -> Optional[_AsyncConnection]:
         """An idle connection, or None with a slot reserved for a new one."""
         import asyncio
 
+        key, wait_s = route.key, _wait_s(request, route)
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + wait_s
         while True:
@@ -2577,38 +2583,10 @@ class _AsyncPool(_PoolBook):
 class _AsyncResponse(_ResponseBase):
     """A response on an asyncio connection; see `_ResponseBase`."""
 
-    async def start(self) -> bool:
-        """Send the request and read the answer's head; False if a reused connection proved dead."""
-        self._write()
-        try:
-            with self:
-                await _apump(self._conn, self._exchange, self._answer, self._read_timeout)
-        except OctoAIConnectionError as exc:
-            if self._should_resend(exc):
-                return False
-            raise
-        return True
-
-    async def read_chunk(self) -> bytes:
-        """The next part of the body as it arrives; b"" at the end (the connection is then released)."""
+    async def _drive(self, goal: Callable[[], Any], fallback: Any) -> Any:
         with self:
-            return await _apump(self._conn, self._exchange, self._piece, self._read_timeout)  # type: ignore[no-any-return]
-        return b""  # closed by another task meanwhile
-
-    async def read(self, limit: int = _MAX_BODY_BYTES, *, truncate: bool = False) -> bytes:
-        """The whole body; past `limit` bytes raise, or with `truncate` keep the start."""
-        body = _Body(limit)
-        while body.add(await self.read_chunk()):
-            pass
-        return self._body(body, truncate)
-
-    async def finish(self, grace_s: float) -> None:
-        """Read the rest of an answer already complete for its caller, within `grace_s` in all."""
-        self._grace(grace_s)
-        try:
-            await self.read(truncate=True)
-        except OctoAIError:
-            pass  # only the connection is lost
+            return await _apump(self._conn, self._exchange, goal, self._read_timeout)
+        return fallback  # ended quietly (see __exit__)
 
 
 class _AsyncTransport(_TransportBase):
@@ -2638,18 +2616,11 @@ class _AsyncTransport(_TransportBase):
 
     async def send(self, request: _Request) -> _AsyncResponse:
         """Send one request, following safe redirects; return the response, whatever its status."""
-        response = await self._send_once(request, request.url)
-        while (url := self._redirect(request, response)) is not None:
-            response = await self._send_once(request, url)
-        return response
-
-    async def _send_once(self, request: _Request, url: str) -> _AsyncResponse:
-        route, pool = self.route(url), self.pool
-        while True:  # until a connection carries it: a reused one may prove dead
-            idle = await pool.acquire(route.key, _wait_s(request, route))
-            conn = idle or await self._connect(route, request, pool)
-            if await (response := _AsyncResponse(pool, route, conn, request, url, idle is not None)).start():
-                return response
+        pool = self.pool
+        for route in self._routes(request):
+            conn = await pool.acquire(route, request) or await self._connect(route, request, pool)
+            await _AsyncResponse(pool, route, conn, request).start()
+        return request.response  # type: ignore[no-any-return]
 
     async def _connect(self, route: _Route, request: _Request, pool: _AsyncPool) -> _AsyncConnection:
         import asyncio
@@ -2673,12 +2644,9 @@ class _AsyncTransport(_TransportBase):
             )
             conn: _AsyncConnection = made  # type: ignore[assignment]
             if tunnel:
-                exchange = _Exchange("CONNECT", route.tunnel_request(), route.where)
+                exchange = route.tunnel()
                 conn.send(exchange.request, timeout_s)
-                await _apump(conn, exchange, exchange.head, lambda: timeout_s)
-                refused = route.tunnel_refused(exchange)
-                if refused is not None:
-                    raise refused
+                route.check_tunnel(await _apump(conn, exchange, exchange.head, lambda: timeout_s) and exchange)
                 conn.transport = await asyncio.wait_for(
                     loop.start_tls(conn.transport, conn, context, server_hostname=route.host),  # type: ignore[arg-type]
                     timeout_s,
@@ -2687,10 +2655,8 @@ class _AsyncTransport(_TransportBase):
         except BaseException as exc:
             if made is not None:
                 made.close()
-            pool.release(route.key, None, False)
-            if isinstance(exc, asyncio.TimeoutError):
-                exc = socket.timeout("timed out")
-            raise self._connect_failed(exc, route) from exc
+            failure = socket.timeout("timed out") if isinstance(exc, asyncio.TimeoutError) else exc
+            raise self._connect_failed(failure, route, pool) from exc
 
 
 # =============================================================================
@@ -2708,8 +2674,8 @@ class _PayloadReader:
     `take(data)` gives the payloads a read completed (through `convert`), and
     None once the body is over. After `[DONE]` the answer is complete: the
     rest of the body may take `_DONE_GRACE_S` in all, and a failure then
-    loses nothing. As a context manager around the iteration, it closes the
-    response on any exit.
+    loses nothing (see `_ResponseBase.grace`). As a context manager around
+    the iteration, it closes the response on any exit.
     """
 
     def __init__(self, response: _ResponseBase, token: Optional[str], convert: Callable[[Any], Any]) -> None:
@@ -2723,7 +2689,9 @@ class _PayloadReader:
         if self._json is not None:  # a plain JSON answer to a streaming request
             if self._json.add(data):
                 return ()
-            body = self.response._body(self._json, False)
+            if self._json.over:
+                self.response.close()
+            body = self._json.value(False, self.response.where)
             raise _stream_answered_with_json(body, self.response.headers, self._token)
         if not data:
             if not self._events.done and not self.response.closed_early:
@@ -2735,25 +2703,24 @@ class _PayloadReader:
         for payload in self._events.payloads(data):
             yield self._convert(payload)
         if self._events.done:
-            self.response._grace(_DONE_GRACE_S)
+            self.response.grace(_DONE_GRACE_S)
 
     def __enter__(self) -> "_PayloadReader":
         return self
 
-    def __exit__(self, kind: Any, exc: Optional[BaseException], traceback: Any) -> bool:
+    def __exit__(self, *exc_info: object) -> None:
         self.response.close()  # a no-op once the body was read to the end and released
-        return self._events.done and isinstance(exc, OctoAIError)
 
 
 def _iter_payloads(reader: _PayloadReader) -> Generator[Any, None, None]:
     with reader:
-        while (items := reader.take(reader.response.read_chunk())) is not None:  # type: ignore[attr-defined]
+        while (items := reader.take(reader.response.read_chunk())) is not None:
             yield from items
 
 
 async def _aiter_payloads(reader: _PayloadReader) -> AsyncGenerator[Any, None]:
     with reader:
-        while (items := reader.take(await reader.response.read_chunk())) is not None:  # type: ignore[attr-defined]
+        while (items := reader.take(await reader.response.read_chunk())) is not None:
             for item in items:
                 yield item
 
