@@ -81,6 +81,7 @@ if TYPE_CHECKING:  # typing costs 3.5 ms to import; annotations are strings here
     _PoolKey = Tuple[str, str, int, Optional[str]]
     _MessageT = TypeVar("_MessageT", bound="ChatMessage")
     _ClientT = TypeVar("_ClientT", bound="_BaseClient")
+    _SelfT = TypeVar("_SelfT")
     _CompletionT = TypeVar("_CompletionT")
     _StreamT = TypeVar("_StreamT")
 
@@ -2701,6 +2702,8 @@ class _PayloadReader:
 
     def _converted(self, data: bytes) -> Iterator[Any]:
         for payload in self._events.payloads(data):
+            if self.response.closed_early:
+                return  # closed by its holder: nothing more is handed out
             yield self._convert(payload)
         if self._events.done:
             self.response.grace(_DONE_GRACE_S)
@@ -2742,18 +2745,47 @@ def _identity(payload: Any) -> Any:
     return payload
 
 
+class _Closing:
+    """``with`` for what has a `close()`: Client, Stream and the infer_stream iterator."""
+
+    def __enter__(self: _SelfT) -> _SelfT:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()  # type: ignore[attr-defined]
+
+
+class _AsyncClosing:
+    """``async with`` for what has an awaitable `close()`."""
+
+    async def __aenter__(self: _SelfT) -> _SelfT:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()  # type: ignore[attr-defined]
+
+
 class _StreamBase:
-    """What the stream classes share: the answer's headers, the iterator, and closing on collection."""
+    """What the stream classes share: the answer's headers, the iterator, closing, folding chat chunks."""
 
     _iterate: Any  # _iter_payloads or _aiter_payloads
+    _chat: ClassVar[bool] = False  # chat chunks: checked, folded and built into ChatCompletion objects
 
-    def __init__(
-        self, response: Any, token: Optional[str], convert: Optional[Callable[[Any], Any]] = None
-    ) -> None:
+    def __init__(self, response: Any, token: Optional[str], convert: Optional[Callable[[Any], Any]] = None) -> None:
         self.response_headers: Dict[str, str] = response.headers
         self.request_id = _request_id(response.headers)
         self._response: _ResponseBase = response
+        self._folder = _ChunkFolder()
+        if self._chat:
+            convert = _chat_chunks(self._folder, response.headers, token)
         self._items = type(self)._iterate(_PayloadReader(response, token, convert or _identity))
+
+    def _close(self) -> None:
+        # Closing the response ends the iteration too: the next read finds it closed.
+        self._response.close()
+
+    def _final(self) -> ChatCompletion:
+        return ChatCompletion.from_dict(self._folder.result())
 
     def __del__(self) -> None:
         # A stream dropped unfinished must not leak its socket. The iterator
@@ -2763,46 +2795,23 @@ class _StreamBase:
             response.close()
 
 
-class _EventStream(_StreamBase):
+class _EventStream(_StreamBase, _Closing):
     """Iterate the JSON payloads of an event-stream answer; owns the response until closed."""
 
     _iterate = staticmethod(_iter_payloads)
 
-    def __iter__(self) -> "_EventStream":
+    def __iter__(self: _SelfT) -> _SelfT:
         return self
 
     def __next__(self) -> Any:
         return next(self._items)
 
-    def __enter__(self) -> "_EventStream":
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
     def close(self) -> None:
         """End the HTTP response now; the connection is closed, not reused. Safe from another thread."""
-        self._response.close()
-        try:
-            self._items.close()
-        except ValueError:  # closed from another thread mid-read: that read ends by itself
-            pass
+        self._close()
 
 
-class _Folding:
-    """Chat streams fold their chunks as they pass, for `get_final_completion`."""
-
-    _folder: _ChunkFolder
-
-    def _fold(self, response: _ResponseBase, token: Optional[str]) -> Callable[[Any], ChatCompletion]:
-        self._folder = _ChunkFolder()
-        return _chat_chunks(self._folder, response.headers, token)
-
-    def _final(self) -> ChatCompletion:
-        return ChatCompletion.from_dict(self._folder.result())
-
-
-class Stream(_EventStream, _Folding):
+class Stream(_EventStream):
     """Chat completion chunks as the server sends them.
 
     Iterate it for `ChatCompletion` chunks (``chunk.choices[0].delta.content``).
@@ -2812,17 +2821,10 @@ class Stream(_EventStream, _Folding):
     typed error if it sends one.
     """
 
-    def __init__(self, response: _Response, token: Optional[str]) -> None:
-        super().__init__(response, token, self._fold(response, token))
-
-    def __iter__(self) -> "Stream":
-        return self
+    _chat = True
 
     def __next__(self) -> ChatCompletion:
         return next(self._items)  # type: ignore[no-any-return]
-
-    def __enter__(self) -> "Stream":
-        return self
 
     def get_final_completion(self) -> ChatCompletion:
         """Read the rest of the stream and return the whole answer as one completion."""
@@ -2831,48 +2833,31 @@ class Stream(_EventStream, _Folding):
         return self._final()
 
 
-class _AsyncEventStream(_StreamBase):
+class _AsyncEventStream(_StreamBase, _AsyncClosing):
     """The async form of `_EventStream`: ``async for``, ``async with``, `aclose()`."""
 
     _iterate = staticmethod(_aiter_payloads)
 
-    def __aiter__(self) -> "_AsyncEventStream":
+    def __aiter__(self: _SelfT) -> _SelfT:
         return self
 
     async def __anext__(self) -> Any:
         return await self._items.__anext__()
 
-    async def __aenter__(self) -> "_AsyncEventStream":
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
     async def aclose(self) -> None:
         """End the HTTP response now; the connection is closed, not reused."""
-        self._response.close()
-        try:
-            await self._items.aclose()
-        except RuntimeError:  # another task awaits the next chunk: its read ends by itself
-            pass
+        self._close()
 
     close = aclose
 
 
-class AsyncStream(_AsyncEventStream, _Folding):
+class AsyncStream(_AsyncEventStream):
     """Chat completion chunks for ``async for``; see `Stream`."""
 
-    def __init__(self, response: _AsyncResponse, token: Optional[str]) -> None:
-        super().__init__(response, token, self._fold(response, token))
-
-    def __aiter__(self) -> "AsyncStream":
-        return self
+    _chat = True
 
     async def __anext__(self) -> ChatCompletion:
         return await self._items.__anext__()  # type: ignore[no-any-return]
-
-    async def __aenter__(self) -> "AsyncStream":
-        return self
 
     async def get_final_completion(self) -> ChatCompletion:
         """Read the rest of the stream and return the whole answer as one completion."""
@@ -3105,6 +3090,11 @@ class _BaseClient:
     def _run(self, retry: _Retry) -> Any:
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Close the pooled connections (a `with_options` copy leaves them to its original)."""
+        if self._owns_transport:
+            self._transport.close()
+
     def _chat_request(self, arguments: Mapping[str, Any]) -> Tuple[str, Dict[str, Any], bool, Dict[str, Any]]:
         """(url, body, stream, per-call options) of a `chat.completions.create` call."""
         body, stream, options = _build_chat_request(arguments)
@@ -3315,7 +3305,7 @@ class _Models:
         return _models_from_body(client._send("GET", _join_url(client.base_url, "models"), None, **options).read())
 
 
-class Client(_BaseClient):
+class Client(_BaseClient, _Closing):
     """A client for OctoAI and any OpenAI-compatible Chat Completions server.
 
     The token comes from ``token`` (or ``api_key``), else ``OCTOAI_TOKEN``,
@@ -3336,17 +3326,6 @@ class Client(_BaseClient):
     _transport: _Transport
 
     _transport_class, _chat_class, _models_class = _Transport, _Chat, _Models
-
-    def __enter__(self) -> "Client":
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close the pooled connections (a `with_options` copy leaves them to its original)."""
-        if self._owns_transport:
-            self._transport.close()
 
     def _run(self, retry: _Retry) -> _Response:
         while True:
@@ -3429,7 +3408,7 @@ class _AsyncModels:
         return _models_from_body(await response.read())
 
 
-class AsyncClient(_BaseClient):
+class AsyncClient(_BaseClient, _AsyncClosing):
     """`Client` for asyncio: the same arguments and methods, awaited.
 
     ``await client.chat.completions.create(...)``; with ``stream=True`` it
@@ -3445,16 +3424,9 @@ class AsyncClient(_BaseClient):
 
     _transport_class, _chat_class, _models_class = _AsyncTransport, _AsyncChat, _AsyncModels
 
-    async def __aenter__(self) -> "AsyncClient":
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
+    async def close(self) -> None:  # type: ignore[override]
         """Close the pooled connections (a `with_options` copy leaves them to its original)."""
-        if self._owns_transport:
-            self._transport.close()
+        super().close()
 
     async def _run(self, retry: _Retry) -> _AsyncResponse:
         import asyncio
