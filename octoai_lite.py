@@ -1536,6 +1536,7 @@ class _Exchange:
         self._interim = 0
         self._remaining = 0
         self._reader: Optional[Callable[[], Optional[bytes]]] = None  # the body's framing, once the head is in
+        self._after_data: Callable[[], Optional[bytes]] = self._chunk_end  # the reader after `_remaining` bytes
 
     @property
     def phase(self) -> str:
@@ -1624,12 +1625,13 @@ class _Exchange:
         if len(values) != 1 or not _DIGITS.fullmatch(next(iter(values))):
             raise self._invalid(f"a malformed Content-Length {length[:40]!r}")
         self._remaining = int(values.pop())
-        return self._by_length if self._remaining else self._ended
+        self._after_data = self._ended
+        return self._data if self._remaining else self._ended
 
     # -- the body: each reader returns a piece, b"" at the end, or None for more input
 
-    def _take(self) -> Optional[bytes]:
-        """Up to `_remaining` buffered bytes, or None; raises if the input ended."""
+    def _data(self) -> Optional[bytes]:
+        """Up to `_remaining` bytes of a Content-Length body or of a chunk; then on to `_after_data`."""
         buffer = self._buffer
         if not buffer:
             if self._eof:
@@ -1642,12 +1644,8 @@ class _Exchange:
             piece = bytes(buffer[: self._remaining])
             del buffer[: self._remaining]
         self._remaining -= len(piece)
-        return piece
-
-    def _by_length(self) -> Optional[bytes]:
-        piece = self._take()
         if not self._remaining:
-            self._reader = self._ended
+            self._reader = self._after_data
         return piece
 
     def _line(self) -> Optional[bytes]:
@@ -1671,14 +1669,8 @@ class _Exchange:
         if not _CHUNK_SIZE.fullmatch(size):
             raise self._invalid(f"a malformed chunk-size line {line[:40]!r}")
         self._remaining = int(size, 16)
-        self._reader = self._chunk_data if self._remaining else self._trailer
+        self._reader = self._data if self._remaining else self._trailer
         return self._reader()
-
-    def _chunk_data(self) -> Optional[bytes]:
-        piece = self._take()
-        if not self._remaining:
-            self._reader = self._chunk_end
-        return piece
 
     def _chunk_end(self) -> Optional[bytes]:
         line = self._line()
@@ -3100,6 +3092,10 @@ class _BaseClient:
         body, stream, options = _build_chat_request(arguments)
         return _join_url(self.base_url, "chat/completions"), body, stream, options
 
+    @property
+    def _models_url(self) -> str:
+        return _join_url(self.base_url, "models")
+
     def _completion(self, body: bytes, response: _ResponseBase) -> ChatCompletion:
         return _completion_from_body(body, response.headers, self._token)
 
@@ -3274,11 +3270,17 @@ the connection's failure.
 """
 
 
-class _Completions(_CreateTypes["ChatCompletion", "Stream"]):
+class _Namespace:
+    """A part of a client's API: ``client.chat``, ``client.chat.completions``, ``client.models``."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+
+class _Completions(_CreateTypes["ChatCompletion", "Stream"], _Namespace):
     """``client.chat.completions``."""
 
-    def __init__(self, client: "Client") -> None:
-        self._client = client
+    _client: "Client"
 
     if not TYPE_CHECKING:  # the typed signature is _CreateTypes.create
 
@@ -3291,18 +3293,20 @@ class _Completions(_CreateTypes["ChatCompletion", "Stream"]):
 
 
 class _Chat:
+    """``client.chat``."""
+
     def __init__(self, client: "Client") -> None:
         self.completions = _Completions(client)
 
 
-class _Models:
-    def __init__(self, client: "Client") -> None:
-        self._client = client
+class _Models(_Namespace):
+    """``client.models``."""
+
+    _client: "Client"
 
     def list(self, **options: Any) -> List[str]:
         """Return the ids of the models the server offers (GET {base_url}/models)."""
-        client = self._client
-        return _models_from_body(client._send("GET", _join_url(client.base_url, "models"), None, **options).read())
+        return _models_from_body(self._client._send("GET", self._client._models_url, None, **options).read())
 
 
 class Client(_BaseClient, _Closing):
@@ -3374,11 +3378,10 @@ class Client(_BaseClient, _Closing):
         return response.status
 
 
-class _AsyncCompletions(_CreateTypes["Awaitable[ChatCompletion]", "Awaitable[AsyncStream]"]):
+class _AsyncCompletions(_CreateTypes["Awaitable[ChatCompletion]", "Awaitable[AsyncStream]"], _Namespace):
     """``client.chat.completions`` of an AsyncClient."""
 
-    def __init__(self, client: "AsyncClient") -> None:
-        self._client = client
+    _client: "AsyncClient"
 
     if not TYPE_CHECKING:  # the typed signature is _CreateTypes.create
 
@@ -3393,18 +3396,20 @@ class _AsyncCompletions(_CreateTypes["Awaitable[ChatCompletion]", "Awaitable[Asy
 
 
 class _AsyncChat:
+    """``client.chat`` of an AsyncClient."""
+
     def __init__(self, client: "AsyncClient") -> None:
         self.completions = _AsyncCompletions(client)
 
 
-class _AsyncModels:
-    def __init__(self, client: "AsyncClient") -> None:
-        self._client = client
+class _AsyncModels(_Namespace):
+    """``client.models`` of an AsyncClient."""
+
+    _client: "AsyncClient"
 
     async def list(self, **options: Any) -> List[str]:
         """Return the ids of the models the server offers (GET {base_url}/models)."""
-        client = self._client
-        response = await client._send("GET", _join_url(client.base_url, "models"), None, **options)
+        response = await self._client._send("GET", self._client._models_url, None, **options)
         return _models_from_body(await response.read())
 
 
@@ -3427,14 +3432,6 @@ class AsyncClient(_BaseClient, _AsyncClosing):
     async def close(self) -> None:  # type: ignore[override]
         """Close the pooled connections (a `with_options` copy leaves them to its original)."""
         super().close()
-
-    async def _run(self, retry: _Retry) -> _AsyncResponse:
-        import asyncio
-
-        while True:
-            with retry:
-                return retry.check(await self._transport.send(retry.request))  # type: ignore[no-any-return]
-            await asyncio.sleep(retry.delay)
 
     async def infer(self, endpoint_url: str, inputs: Mapping[str, Any], **options: Any) -> Any:
         """POST `inputs` as JSON to `endpoint_url`; return the JSON answer."""
@@ -3471,6 +3468,14 @@ class AsyncClient(_BaseClient, _AsyncClosing):
         response = await self._run(_HealthCheck(self, endpoint_url, timeout, interval))
         response.close()
         return response.status
+
+    async def _run(self, retry: _Retry) -> _AsyncResponse:
+        import asyncio
+
+        while True:
+            with retry:
+                return retry.check(await self._transport.send(retry.request))  # type: ignore[no-any-return]
+            await asyncio.sleep(retry.delay)
 
 
 # The original SDK's module layout, for `import octoai_lite as octoai`:
