@@ -2996,6 +2996,7 @@ class _BaseClient:
     _transport: Any
     _transport_class: ClassVar[Type[Any]]
     _chat_class: ClassVar[Type[Any]]
+    _completions_class: ClassVar[Type[Any]]
     _models_class: ClassVar[Type[Any]]
     chat: Any
     models: Any
@@ -3044,7 +3045,7 @@ class _BaseClient:
         return self._transport_class(verify, env, limits)
 
     def _bind(self) -> None:
-        self.chat = self._chat_class(self)
+        self.chat = self._chat_class(self._completions_class(self))
         self.models = self._models_class(self)
 
     def __repr__(self) -> str:
@@ -3295,8 +3296,10 @@ class _Completions(_CreateTypes["ChatCompletion", "Stream"], _Namespace):
 class _Chat:
     """``client.chat``."""
 
-    def __init__(self, client: "Client") -> None:
-        self.completions = _Completions(client)
+    completions: _Completions
+
+    def __init__(self, completions: Any) -> None:
+        self.completions = completions
 
 
 class _Models(_Namespace):
@@ -3329,7 +3332,7 @@ class Client(_BaseClient, _Closing):
     models: _Models
     _transport: _Transport
 
-    _transport_class, _chat_class, _models_class = _Transport, _Chat, _Models
+    _transport_class, _chat_class, _completions_class, _models_class = _Transport, _Chat, _Completions, _Models
 
     def _run(self, retry: _Retry) -> _Response:
         while True:
@@ -3395,11 +3398,10 @@ class _AsyncCompletions(_CreateTypes["Awaitable[ChatCompletion]", "Awaitable[Asy
         create.__doc__ = _CREATE_DOC.format(stream="`AsyncStream`")
 
 
-class _AsyncChat:
+class _AsyncChat(_Chat):
     """``client.chat`` of an AsyncClient."""
 
-    def __init__(self, client: "AsyncClient") -> None:
-        self.completions = _AsyncCompletions(client)
+    completions: _AsyncCompletions  # type: ignore[assignment]
 
 
 class _AsyncModels(_Namespace):
@@ -3428,6 +3430,7 @@ class AsyncClient(_BaseClient, _AsyncClosing):
     _transport: _AsyncTransport
 
     _transport_class, _chat_class, _models_class = _AsyncTransport, _AsyncChat, _AsyncModels
+    _completions_class = _AsyncCompletions
 
     async def close(self) -> None:  # type: ignore[override]
         """Close the pooled connections (a `with_options` copy leaves them to its original)."""
