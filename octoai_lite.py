@@ -929,18 +929,24 @@ def _check_header_value(what: str, value: str) -> None:
 
 
 def _redact(text: str, token: Optional[str]) -> str:
-    return text.replace(token, "***") if token and len(token) >= 4 else text
+    """The text with the token replaced by ***, and with a start of it left by a cut at the end."""
+    if not token or len(token) < 4:
+        return text
+    text = text.replace(token, "***")
+    for size in range(min(len(token) - 1, len(text)), 3, -1):
+        if text.endswith(token[:size]):  # the body was cut inside the token
+            return text[:-size] + "***"
+    return text
 
 
 def _redact_json(value: Any, token: Optional[str]) -> Any:
-    """A JSON value with the token replaced wherever it appears in a string."""
-    if isinstance(value, str):
-        return _redact(value, token)
-    if isinstance(value, list):
-        return [_redact_json(item, token) for item in value]
-    if isinstance(value, dict):
-        return {key: _redact_json(item, token) for key, item in value.items()}
-    return value
+    """A JSON value with the token replaced wherever it appears in a key or a string."""
+    if not token:
+        return value
+    try:
+        return json.loads(_redact(json.dumps(value), token))
+    except (RecursionError, ValueError):
+        return "(a JSON value nested too deeply to show)"
 
 
 def _parse_config_token(text: str) -> Optional[str]:
@@ -975,13 +981,27 @@ def _cut(text: str, limit: int = _MAX_MESSAGE_CHARS) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _parse_json(body: bytes) -> Any:
+def _preview(text: str, token: Optional[str], limit: int = 200) -> str:
+    """Server text to quote in a message: the token out first, then cut (a cut could split the token)."""
+    return _cut(_redact(text, token), limit)
+
+
+def _loads(data: Union[str, bytes]) -> Any:
+    """json.loads, with absurd nesting a ValueError too."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def _parse_json(body: bytes, token: Optional[str] = None) -> Any:
     """Parse a JSON body; raise `OctoAIValidationError` saying what it was instead."""
     try:
-        return json.loads(body)
+        return _loads(body)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        preview = _cut(body[:200].decode("utf-8", "replace"), 200)
-        raise OctoAIValidationError(f"the server sent a body that is not JSON: {preview!r}", exc) from exc
+        preview = _preview(body[:_MAX_MESSAGE_CHARS].decode("utf-8", "replace"), token)
+        # Not chained: JSONDecodeError keeps the whole body, token and all, in `doc`.
+        raise OctoAIValidationError(f"the server sent a body that is not JSON ({exc}): {preview!r}") from None
 
 
 def _error_details(payload: Any) -> Tuple[str, Optional[str], Optional[int]]:
@@ -993,7 +1013,7 @@ def _error_details(payload: Any) -> Tuple[str, Optional[str], Optional[int]]:
             if isinstance(message, str):
                 text = message
             else:
-                text = _detail_text(message) if message is not None else json.dumps(error)
+                text = _detail_text(message) if message is not None else _json_text(error)
             code, kind = error.get("code"), error.get("type")
             name = code if isinstance(code, str) else kind if isinstance(kind, str) else None
             status = code if isinstance(code, int) and not isinstance(code, bool) else None
@@ -1004,7 +1024,14 @@ def _error_details(payload: Any) -> Tuple[str, Optional[str], Optional[int]]:
         if text.lstrip().startswith("<"):
             text = _HTML_TAG.sub(" ", text)  # an HTML error page from a proxy: keep its words
         return _cut(_WHITESPACE.sub(" ", text).strip()), None, None
-    return _cut(json.dumps(payload)), None, None
+    return _cut(_json_text(payload)), None, None
+
+
+def _json_text(value: Any) -> str:
+    try:
+        return json.dumps(value)
+    except (RecursionError, ValueError):
+        return "(a JSON value nested too deeply to show)"
 
 
 def _detail_text(detail: Any) -> str:
@@ -1013,19 +1040,21 @@ def _detail_text(detail: Any) -> str:
         parts = []
         for item in detail:
             if isinstance(item, dict) and "msg" in item:
-                where = ".".join(str(part) for part in item.get("loc", ()))
+                loc = item.get("loc")
+                where = ".".join(str(part) for part in loc) if isinstance(loc, list) else ""
                 parts.append(f"{where}: {item['msg']}" if where else str(item["msg"]))
             else:
                 parts.append(str(item))
         return "; ".join(parts)
-    return json.dumps(detail)
+    return _json_text(detail)
 
 
-def _decode_error_body(body: bytes) -> Any:
+def _decode_error_body(body: bytes, token: Optional[str]) -> Any:
+    """An error body as JSON, or as text; the token taken out either way."""
     try:
-        return json.loads(body)
+        return _redact_json(_loads(body), token)
     except ValueError:
-        return body.decode("utf-8", "replace")
+        return _redact(body.decode("utf-8", "replace"), token)
 
 
 def _error_from_response(
@@ -1036,8 +1065,8 @@ def _error_from_response(
     token: Optional[str] = None,
     base_url: Optional[str] = None,
 ) -> OctoAIError:
-    """The typed error for an HTTP error answer; returned, not raised."""
-    payload = _decode_error_body(body)
+    """The typed error for an HTTP error answer; returned, not raised. The token never shows in it."""
+    payload = _decode_error_body(body, token)
     text, _code, _status = _error_details(payload)
     if status in _ERRORS_BY_STATUS:
         cls = _ERRORS_BY_STATUS[status]
@@ -1056,36 +1085,31 @@ def _error_from_response(
             " (no token is set: pass Client(token=...), set OCTOAI_TOKEN, or put 'token: ...' in ~/.octoai/config.yaml)"
         )
     if status == 404 and base_url is not None and not _VERSION_SEGMENT.search(urlsplit(base_url).path):
-        message += f" (base_url {base_url} has no version segment: does it lack '/v1'?)"
+        message += f" (base_url {_redact_userinfo(base_url)} has no version segment: does it lack '/v1'?)"
+    return _server_error(cls, message, status, payload if not isinstance(payload, str) else _cut(payload, 2000), headers, token)
+
+
+def _server_error(
+    cls: type, message: str, status: Optional[int], body: Any, headers: Mapping[str, str], token: Optional[str]
+) -> OctoAIError:
+    """The error, with the request id and the server's headers on it, and the token out of all of them."""
+    headers = {name: _redact(value, token) for name, value in headers.items()}
     request_id = _request_id(headers)
     if request_id:
         message += f" [request id: {request_id}]"
     return cls(  # type: ignore[no-any-return]
-        _redact(message, token),
-        status_code=status,
-        body=_redact_json(payload if not isinstance(payload, str) else _cut(payload, 2000), token),
-        request_id=request_id,
-        headers=headers,
+        _redact(message, token), status_code=status, body=body, request_id=request_id, headers=headers
     )
 
 
 def _error_from_payload(payload: Any, headers: Mapping[str, str], *, token: Optional[str] = None) -> OctoAIError:
     """The typed error for an error object sent inside a 200 answer or a stream."""
+    payload = _redact_json(payload, token)
     text, _code, status = _error_details(payload)
     cls = _ERRORS_BY_STATUS.get(status or 0) or (
         OctoAIClientError if status and 400 <= status < 500 else OctoAIServerError
     )
-    request_id = _request_id(headers)
-    message = "the server reported an error: " + text
-    if request_id:
-        message += f" [request id: {request_id}]"
-    return cls(  # type: ignore[no-any-return]
-        _redact(message, token),
-        status_code=status,
-        body=_redact_json(payload, token),
-        request_id=request_id,
-        headers=headers,
-    )
+    return _server_error(cls, "the server reported an error: " + text, status, payload, headers, token)
 
 
 def _error_code(payload: Any) -> Optional[str]:
@@ -1099,13 +1123,13 @@ def _check_completion(
     what = "stream chunk" if chunk else "chat completion"
     if not isinstance(payload, dict):
         raise OctoAIValidationError(
-            f"expected a {what} object, got {type(payload).__name__}: {_cut(repr(payload), 200)}"
+            f"expected a {what} object, got {type(payload).__name__}: {_preview(_json_text(payload), token)}"
         )
     if "error" in payload and payload["error"]:
         raise _error_from_payload(payload, headers, token=token)
     choices = payload.get("choices")
     if type(choices) is not list or any(type(choice) is not dict for choice in choices):
-        keys = ", ".join(sorted(payload)[:10]) or "none"
+        keys = _preview(", ".join(sorted(payload)[:10]) or "none", token)
         raise OctoAIValidationError(f"expected a {what} with a 'choices' list; the server sent keys: {keys}")
     if not chunk and not choices:
         raise OctoAIValidationError("the chat completion has no choices")
@@ -1118,11 +1142,11 @@ def _payload_from_event(event: ServerSentEvent, headers: Mapping[str, str], toke
     if data == "[DONE]":
         return None
     try:
-        payload = json.loads(data)
+        payload = _loads(data)
     except ValueError as exc:
         if event.event == "error":  # an error event's text is the message
             raise _error_from_payload(data, headers, token=token) from None
-        raise OctoAIValidationError(f"an event's data is not JSON: {_cut(data, 200)!r}", exc) from exc
+        raise OctoAIValidationError(f"an event's data is not JSON ({exc}): {_preview(data, token)!r}") from None
     if event.event == "error" or (isinstance(payload, dict) and payload.get("error")):
         raise _error_from_payload(payload, headers, token=token)
     return payload
@@ -1165,7 +1189,7 @@ class _EventPayloads:
 
 def _stream_answered_with_json(body: bytes, headers: Mapping[str, str], token: Optional[str]) -> OctoAIError:
     """The error for a streaming request answered with one JSON body: its error, or a clear complaint."""
-    payload = _parse_json(body)
+    payload = _parse_json(body, token)
     if isinstance(payload, dict) and payload.get("error"):
         return _error_from_payload(payload, headers, token=token)
     return OctoAIValidationError(
@@ -1174,30 +1198,31 @@ def _stream_answered_with_json(body: bytes, headers: Mapping[str, str], token: O
 
 
 def _completion_from_body(body: bytes, headers: Mapping[str, str], token: Optional[str]) -> ChatCompletion:
-    return ChatCompletion.from_dict(_check_completion(_parse_json(body), headers, token))
+    return ChatCompletion.from_dict(_check_completion(_parse_json(body, token), headers, token))
 
 
-def _models_from_body(body: bytes) -> List[str]:
-    payload = _parse_json(body)
+def _models_from_body(body: bytes, token: Optional[str]) -> List[str]:
+    payload = _parse_json(body, token)
     data = payload.get("data") if isinstance(payload, dict) else None
     if not isinstance(data, list) or not all(isinstance(item, dict) and "id" in item for item in data):
         raise OctoAIValidationError("expected {'data': [{'id': ...}, ...]} from the models endpoint")
     return [str(item["id"]) for item in data]
 
 
-def _future_from_body(body: bytes) -> InferenceFuture:
-    payload = _parse_json(body)
+def _future_from_body(body: bytes, token: Optional[str]) -> InferenceFuture:
+    payload = _parse_json(body, token)
     if not isinstance(payload, dict) or "response_id" not in payload or "poll_url" not in payload:
         raise OctoAIValidationError("expected 'response_id' and 'poll_url' in the answer to an async inference")
     return InferenceFuture(str(payload["response_id"]), str(payload["poll_url"]))
 
 
-def _poll_status_from_body(body: bytes) -> Dict[str, Any]:
+def _poll_status_from_body(body: bytes, token: Optional[str]) -> Dict[str, Any]:
     """A poll answer; raises OctoAIServerError when the background inference failed."""
-    payload = _parse_json(body)
+    payload = _parse_json(body, token)
     if not isinstance(payload, dict):
         raise OctoAIValidationError("expected a JSON object from the poll URL")
     if payload.get("status") == "failed":
+        payload = _redact_json(payload, token)
         raise OctoAIServerError("the background inference failed: " + _error_details(payload)[0], body=payload)
     return payload
 
@@ -1342,28 +1367,41 @@ def _redirect_target(method: str, url: str, status: int, headers: Mapping[str, s
 class _Text:
     """Text arriving in many small pieces, kept in blocks: memory grows with the text, not the pieces."""
 
-    __slots__ = ("_blocks", "_pieces")
+    __slots__ = ("_blocks", "_pieces", "_seen")
 
     def __init__(self) -> None:
         self._blocks: List[str] = []
         self._pieces: List[str] = []
+        self._seen = False
 
-    def add(self, piece: str) -> None:
+    def add(self, piece: Any) -> None:
+        text = _text(piece)  # a str, or content parts; anything else as its JSON
+        self._seen = True
+        if not text:
+            return
         pieces = self._pieces
-        pieces.append(piece)
+        pieces.append(text)
         if len(pieces) == 1024:  # a str per token costs ~50 bytes; a block costs one per character
             self._blocks.append("".join(pieces))
             pieces.clear()
 
     def value(self) -> Optional[str]:
         """The whole text, or None if no piece came."""
-        if not self._blocks and not self._pieces:
+        if not self._seen:
             return None
         return "".join(self._blocks) + "".join(self._pieces)
 
 
+def _dict_or_empty(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 class _ChunkFolder:
-    """Accumulate chat chunks (dicts) into one completion dict."""
+    """Accumulate chat chunks (dicts) into one completion dict.
+
+    Lenient like the response classes: a field of the wrong type counts as
+    absent, so no chunk shape makes folding fail.
+    """
 
     def __init__(self) -> None:
         self._top: Dict[str, Any] = {}
@@ -1374,17 +1412,19 @@ class _ChunkFolder:
         top = self._top
         if not top:
             top.update((key, value) for key, value in chunk.items() if key not in ("choices", "usage", "object"))
-        if chunk.get("usage"):
+        if isinstance(chunk.get("usage"), dict) and chunk["usage"]:
             self._usage = chunk["usage"]
-        for choice in chunk.get("choices") or ():
-            index = choice.get("index", 0)
+        choices = chunk.get("choices")
+        for choice in choices if isinstance(choices, list) else ():
+            if not isinstance(choice, dict):
+                continue
+            index = _int_or_none(choice.get("index")) or 0
             state = self._choices.get(index)
             if state is None:
                 state = self._choices[index] = {
                     "choice": {"index": index}, "message": {}, "content": _Text(), "reasoning": _Text(), "tools": {},
                 }  # fmt: skip
-            delta = choice.get("delta") or choice.get("message") or {}
-            self._add_delta(state, delta)
+            self._add_delta(state, _dict_or_empty(choice.get("delta")) or _dict_or_empty(choice.get("message")))
             for key, value in choice.items():
                 if key not in ("delta", "message", "index") and value is not None:
                     if key == "logprobs" and isinstance(value, dict):
@@ -1403,26 +1443,36 @@ class _ChunkFolder:
             elif key == "reasoning_content":
                 state["reasoning"].add(value)
             elif key == "tool_calls":
-                _ChunkFolder._add_tool_calls(state["tools"], value)
+                if isinstance(value, list):
+                    _ChunkFolder._add_tool_calls(state["tools"], value)
             elif key == "function_call":
-                call = message.setdefault("function_call", {"name": None, "arguments": ""})
-                if value.get("name"):
-                    call["name"] = value["name"]
-                call["arguments"] += value.get("arguments") or ""
+                if isinstance(value, dict):
+                    _ChunkFolder._add_function(message.setdefault("function_call", {"name": None, "arguments": ""}), value)
             else:
                 message[key] = value
 
     @staticmethod
-    def _add_tool_calls(tools: Dict[int, Dict[str, Any]], fragments: Iterable[Mapping[str, Any]]) -> None:
+    def _add_function(function: Dict[str, Any], fragment: Mapping[str, Any]) -> None:
+        name, arguments = fragment.get("name"), fragment.get("arguments")
+        if isinstance(name, str) and name:
+            function["name"] = name
+        if arguments is not None:
+            function["arguments"] += arguments if isinstance(arguments, str) else _json_text(arguments)
+
+    @staticmethod
+    def _add_tool_calls(tools: Dict[int, Dict[str, Any]], fragments: List[Any]) -> None:
         for fragment in fragments:
-            index = fragment.get("index")
+            if not isinstance(fragment, dict):
+                continue
+            index = _int_or_none(fragment.get("index"))
+            call_id = fragment.get("id")
             if index is None:
                 # Some servers leave `index` out: a new id starts a new call,
                 # a fragment without one continues the last call.
-                known = [i for i, call in tools.items() if fragment.get("id") and call.get("id") == fragment["id"]]
+                known = [i for i, call in tools.items() if call_id and call.get("id") == call_id]
                 if known:
                     index = known[0]
-                elif fragment.get("id") or not tools:
+                elif call_id or not tools:
                     index = len(tools)
                 else:
                     index = max(tools)
@@ -1430,19 +1480,19 @@ class _ChunkFolder:
             if call is None:
                 call = tools[index] = {"id": None, "type": "function", "function": {"name": None, "arguments": ""}}
             for key, value in fragment.items():
-                if key == "function" and isinstance(value, dict):
-                    function = call["function"]
-                    if value.get("name"):
-                        function["name"] = value["name"]
-                    function["arguments"] += value.get("arguments") or ""
+                if key == "function":
+                    if isinstance(value, dict):
+                        _ChunkFolder._add_function(call["function"], value)
                 elif key != "index" and value is not None:
                     call[key] = value
 
     @staticmethod
     def _add_logprobs(choice: Dict[str, Any], logprobs: Mapping[str, Any]) -> None:
-        folded = choice.setdefault("logprobs", {})
+        folded = choice.get("logprobs")
+        if not isinstance(folded, dict):
+            folded = choice["logprobs"] = {}
         for key, value in logprobs.items():
-            if isinstance(value, list):
+            if isinstance(value, list) and isinstance(folded.get(key, []), list):
                 folded.setdefault(key, []).extend(value)
             else:
                 folded[key] = value
@@ -3093,6 +3143,9 @@ class _BaseClient:
         body, stream, options = _build_chat_request(arguments)
         return _join_url(self.base_url, "chat/completions"), body, stream, options
 
+    def _poll(self, body: bytes) -> Dict[str, Any]:
+        return _poll_status_from_body(body, self._token)
+
     @property
     def _models_url(self) -> str:
         return _join_url(self.base_url, "models")
@@ -3309,7 +3362,8 @@ class _Models(_Namespace):
 
     def list(self, **options: Any) -> List[str]:
         """Return the ids of the models the server offers (GET {base_url}/models)."""
-        return _models_from_body(self._client._send("GET", self._client._models_url, None, **options).read())
+        client = self._client
+        return _models_from_body(client._send("GET", client._models_url, None, **options).read(), client._token)
 
 
 class Client(_BaseClient, _Closing):
@@ -3344,7 +3398,7 @@ class Client(_BaseClient, _Closing):
 
     def infer(self, endpoint_url: str, inputs: Mapping[str, Any], **options: Any) -> Any:
         """POST `inputs` as JSON to `endpoint_url`; return the JSON answer."""
-        return _parse_json(self._send("POST", endpoint_url, inputs, **options).read())
+        return _parse_json(self._send("POST", endpoint_url, inputs, **options).read(), self._token)
 
     def infer_stream(
         self, endpoint_url: str, inputs: Mapping[str, Any], map_fn: Optional[Callable[[Any], Any]] = None, **options: Any
@@ -3357,16 +3411,16 @@ class Client(_BaseClient, _Closing):
 
     def infer_async(self, endpoint_url: str, inputs: Mapping[str, Any], **options: Any) -> InferenceFuture:
         """Start an inference in the background (header ``X-OctoAI-Async: 1``)."""
-        return _future_from_body(self._send("POST", endpoint_url, inputs, **_with_async_header(options)).read())
+        return _future_from_body(self._send("POST", endpoint_url, inputs, **_with_async_header(options)).read(), self._token)
 
     def is_future_ready(self, future: InferenceFuture) -> bool:
         """Whether the background inference has completed; raises if it failed."""
-        return _poll_status_from_body(self._send("GET", future.poll_url, None).read()).get("status") == "completed"
+        return self._poll(self._send("GET", future.poll_url, None).read()).get("status") == "completed"
 
     def get_future_result(self, future: InferenceFuture) -> Optional[Any]:
         """The background inference's JSON result, or None while it is still running."""
-        url = _response_url(_poll_status_from_body(self._send("GET", future.poll_url, None).read()))
-        return None if url is None else _parse_json(self._send("GET", url, None).read())
+        url = _response_url(self._poll(self._send("GET", future.poll_url, None).read()))
+        return None if url is None else _parse_json(self._send("GET", url, None).read(), self._token)
 
     def health_check(
         self, endpoint_url: str, timeout: float = DEFAULT_TIMEOUT, *, interval: float = _HEALTH_CHECK_INTERVAL_S
@@ -3412,7 +3466,7 @@ class _AsyncModels(_Namespace):
     async def list(self, **options: Any) -> List[str]:
         """Return the ids of the models the server offers (GET {base_url}/models)."""
         response = await self._client._send("GET", self._client._models_url, None, **options)
-        return _models_from_body(await response.read())
+        return _models_from_body(await response.read(), self._client._token)
 
 
 class AsyncClient(_BaseClient, _AsyncClosing):
@@ -3438,7 +3492,7 @@ class AsyncClient(_BaseClient, _AsyncClosing):
 
     async def infer(self, endpoint_url: str, inputs: Mapping[str, Any], **options: Any) -> Any:
         """POST `inputs` as JSON to `endpoint_url`; return the JSON answer."""
-        return _parse_json(await (await self._send("POST", endpoint_url, inputs, **options)).read())
+        return _parse_json(await (await self._send("POST", endpoint_url, inputs, **options)).read(), self._token)
 
     async def infer_stream(
         self, endpoint_url: str, inputs: Mapping[str, Any], map_fn: Optional[Callable[[Any], Any]] = None, **options: Any
@@ -3450,19 +3504,19 @@ class AsyncClient(_BaseClient, _AsyncClosing):
     async def infer_async(self, endpoint_url: str, inputs: Mapping[str, Any], **options: Any) -> InferenceFuture:
         """Start an inference in the background (header ``X-OctoAI-Async: 1``)."""
         response = await self._send("POST", endpoint_url, inputs, **_with_async_header(options))
-        return _future_from_body(await response.read())
+        return _future_from_body(await response.read(), self._token)
 
-    async def _poll(self, future: InferenceFuture) -> Dict[str, Any]:
-        return _poll_status_from_body(await (await self._send("GET", future.poll_url, None)).read())
+    async def _poll_future(self, future: InferenceFuture) -> Dict[str, Any]:
+        return self._poll(await (await self._send("GET", future.poll_url, None)).read())
 
     async def is_future_ready(self, future: InferenceFuture) -> bool:
         """Whether the background inference has completed; raises if it failed."""
-        return (await self._poll(future)).get("status") == "completed"
+        return (await self._poll_future(future)).get("status") == "completed"
 
     async def get_future_result(self, future: InferenceFuture) -> Optional[Any]:
         """The background inference's JSON result, or None while it is still running."""
-        url = _response_url(await self._poll(future))
-        return None if url is None else _parse_json(await (await self._send("GET", url, None)).read())
+        url = _response_url(await self._poll_future(future))
+        return None if url is None else _parse_json(await (await self._send("GET", url, None)).read(), self._token)
 
     async def health_check(
         self, endpoint_url: str, timeout: float = DEFAULT_TIMEOUT, *, interval: float = _HEALTH_CHECK_INTERVAL_S
