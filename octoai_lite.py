@@ -2561,8 +2561,15 @@ class _AsyncConnection:
     def close(self) -> None:
         """Close at once, without flushing: nobody wants the rest."""
         self._eof = True
-        if self.transport is not None and not self.loop.is_closed():
+        if self.transport is None:
+            return
+        if not self.loop.is_closed():
             self.transport.abort()
+            return
+        # Its event loop has ended (asyncio.run returned): close the socket itself.
+        sock = getattr(self.transport.get_extra_info("socket"), "_sock", None)  # asyncio's TransportSocket wraps it
+        if sock is not None:
+            sock.close()
 
     forget = close
 
@@ -2575,11 +2582,26 @@ async def _apump(conn: Any, exchange: _Exchange, goal: Callable[[], Any], timeou
 
 
 class _AsyncPool(_PoolBook):
-    """The asyncio transport's pool: a task wanting a connection past the bound waits."""
+    """The asyncio transport's pool, one per event loop: a task wanting a connection past the bound waits.
+
+    Its connections close when the loop shuts down: `asyncio.run` finalizes
+    the loop's async generators before closing it, and the pool keeps one
+    waiting for that moment (sockets must close while their loop still runs).
+    """
 
     def __init__(self, max_connections: int, max_idle: int) -> None:
+        import asyncio
+
         super().__init__(max_connections, max_idle)
         self._waiters: List["asyncio.Future[None]"] = []
+        self._watch = self._close_at_shutdown()
+        asyncio.get_running_loop().create_task(self._watch.__anext__())
+
+    async def _close_at_shutdown(self) -> AsyncGenerator[None, None]:
+        try:
+            yield
+        finally:
+            self.close()
 
     async def acquire(self, route: _Route, request: _Request) -> Optional[_AsyncConnection]:
         """An idle connection, or None with a slot reserved for a new one."""
@@ -2620,7 +2642,8 @@ class _AsyncPool(_PoolBook):
     def close(self) -> None:
         self._close_idle()
         for waiter in self._waiters:
-            _settle(waiter, None)
+            if not waiter.get_loop().is_closed():
+                _settle(waiter, None)
 
 
 class _AsyncResponse(_ResponseBase):
@@ -2637,9 +2660,7 @@ class _AsyncTransport(_TransportBase):
 
     def __init__(self, verify: Union[bool, str, "os.PathLike[str]"], env: _Env, limits: Tuple[int, int]) -> None:
         super().__init__(verify, env, limits)
-        import weakref
-
-        self._pools: "weakref.WeakKeyDictionary[Any, _AsyncPool]" = weakref.WeakKeyDictionary()
+        self._pools: Dict[Any, _AsyncPool] = {}
 
     @property
     def pool(self) -> _AsyncPool:
@@ -2650,6 +2671,8 @@ class _AsyncTransport(_TransportBase):
         with self._lock:
             pool = self._pools.get(loop)
             if pool is None:
+                for ended in [other for other in self._pools if other.is_closed()]:
+                    self._pools.pop(ended).close()  # what asyncio.run left behind
                 pool = self._pools[loop] = _AsyncPool(*self._limits)
             return pool
 
