@@ -3403,6 +3403,10 @@ class Client(_BaseClient, _Closing):
     ``with Client() as client:`` or call `close()`. Every method takes the
     per-call options ``extra_headers``, ``extra_query``, ``extra_body``,
     ``timeout``, ``max_retries`` and ``deadline``.
+
+    The API: ``client.chat.completions.create(model=..., messages=...)``
+    (``stream=True`` for a `Stream`), ``client.models.list()``, and the
+    methods below.
     """
 
     chat: _Chat
@@ -3635,12 +3639,7 @@ def _read_prompt(words: List[str]) -> Optional[str]:
 
 
 def _print_models(client: Client) -> None:
-    try:
-        models = client.models.list()
-    except OctoAIError as exc:
-        print(f"octoai-lite: the server did not list its models ({exc}); OctoAI's known models:", file=sys.stderr)
-        models = get_model_list()
-    for model in models:
+    for model in client.models.list():  # the server's own list; a failure is an error, not a stale fallback
         print(model)
 
 
@@ -3675,6 +3674,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         return exc.code if isinstance(exc.code, int) else _EXIT_USAGE
     if args.verbose:
         _log_to_stderr("DEBUG", "octoai-lite: %(levelname)s %(message)s")
+    if args.base_url is not None:
+        try:
+            _check_base_url(args.base_url)
+        except ValueError as exc:
+            parser.print_usage(sys.stderr)
+            print(f"octoai-lite: error: --base-url: {exc}", file=sys.stderr)
+            return _EXIT_USAGE
     try:
         with Client(base_url=args.base_url, timeout=args.timeout, max_retries=args.max_retries) as cli_client:
             if args.list_models:

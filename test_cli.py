@@ -7,10 +7,13 @@ import importlib.util
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 
 from conftest import WORDS, chunk, reply, sse_event, stream
@@ -92,13 +95,36 @@ def test_no_stream_and_json(server):
     assert len(lines) == len(WORDS) + 2 and all(json.loads(line)["object"] == "chat.completion.chunk" for line in lines)
 
 
-def test_list_models_and_fallback(server):
+def test_list_models_and_a_server_that_cannot(server):
     result = run(server, "--list-models")
     assert result.stdout.split() == ["llama-2-70b-chat", "tiny"]
     server.script.append(reply(404, {"error": {"message": "no models here"}}))
     result = run(server, "--list-models")
-    assert result.returncode == 0 and "mixtral-8x7b-instruct" in result.stdout
+    assert result.returncode == 1 and result.stdout == ""  # not OctoAI's retired names as if the server had them
     assert "no models here" in result.stderr
+
+
+def test_list_models_against_a_dead_base_url_exits_1(tmp_path):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    listener.close()  # nothing listens there now
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "octoai_lite.py"), "--base-url", f"http://127.0.0.1:{port}/v1", "--list-models", "--max-retries", "0"],
+        capture_output=True, text=True, timeout=60, env=cli_env(), check=False,
+    )  # fmt: skip
+    assert (result.returncode, result.stdout) == (1, "")
+    assert "octoai-lite: error:" in result.stderr and "127.0.0.1" in result.stderr
+
+
+@pytest.mark.parametrize("url", ["not a url", "ftp://127.0.0.1/v1", "http://127.0.0.1:99999/v1", "http://127.0.0.1/v1#x"])
+def test_malformed_base_url_is_a_usage_error(server, url):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "octoai_lite.py"), "--base-url", url, "hi"],
+        capture_output=True, text=True, timeout=60, env=cli_env(), check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "--base-url" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_api_error_is_one_line_and_exit_1(server):
