@@ -54,7 +54,7 @@ if TYPE_CHECKING:  # typing costs 3.5 ms to import; annotations are strings here
     from typing import (
         Any,
         AsyncGenerator,
-        Awaitable,
+        Awaitable,  # noqa: F401  (in string subscripts ruff does not read)
         Callable,
         ClassVar,
         Dict,
@@ -361,7 +361,8 @@ def _text(value: Any) -> Optional[str]:
         return "".join(
             part if isinstance(part, str) else part.get("text") or "" if isinstance(part, dict) else ""
             for part in value
-            if isinstance(part, (str, dict)) and isinstance(part if isinstance(part, str) else part.get("text", ""), str)
+            if isinstance(part, (str, dict))
+            and isinstance(part if isinstance(part, str) else part.get("text", ""), str)
         )
     return json.dumps(value)
 
@@ -471,7 +472,11 @@ class ToolCall(_Model):
         """Build from the server's JSON object."""
         function = _function_or_none(data.get("function")) or FunctionCall()
         return cls(
-            _str_or_none(data.get("id")), _str_or_none(data.get("type")), function, _int_or_none(data.get("index")), data
+            _str_or_none(data.get("id")),
+            _str_or_none(data.get("type")),
+            function,
+            _int_or_none(data.get("index")),
+            data,
         )
 
 
@@ -882,7 +887,7 @@ def _check_base_url(url: str) -> str:
     shown = _redact_userinfo(url)
     try:
         parts = urlsplit(url)
-        parts.port  # raises ValueError for a port that is not a number
+        _ = parts.port  # raises ValueError for a port that is not a number
     except ValueError as exc:
         raise ValueError(f"base_url {shown!r} is not a valid URL: {exc}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -1086,7 +1091,9 @@ def _error_from_response(
         )
     if status == 404 and base_url is not None and not _VERSION_SEGMENT.search(urlsplit(base_url).path):
         message += f" (base_url {_redact_userinfo(base_url)} has no version segment: does it lack '/v1'?)"
-    return _server_error(cls, message, status, payload if not isinstance(payload, str) else _cut(payload, 2000), headers, token)
+    return _server_error(
+        cls, message, status, payload if not isinstance(payload, str) else _cut(payload, 2000), headers, token
+    )
 
 
 def _server_error(
@@ -1447,7 +1454,9 @@ class _ChunkFolder:
                     _ChunkFolder._add_tool_calls(state["tools"], value)
             elif key == "function_call":
                 if isinstance(value, dict):
-                    _ChunkFolder._add_function(message.setdefault("function_call", {"name": None, "arguments": ""}), value)
+                    _ChunkFolder._add_function(
+                        message.setdefault("function_call", {"name": None, "arguments": ""}), value
+                    )
             else:
                 message[key] = value
 
@@ -1809,6 +1818,8 @@ class _Body:
 def _env_get(env: _Env, name: str) -> Optional[str]:
     # curl and urllib prefer the lower-case form of proxy variables.
     return env.get(name.lower()) or env.get(name.upper()) or None
+
+
 def _bypasses_proxy(host: str, port: int, no_proxy: str) -> bool:
     """Whether NO_PROXY (comma-separated hosts, .domains, host:port, CIDR, '*') exempts host."""
     host = host.lower().strip("[]")
@@ -2094,7 +2105,9 @@ class _ResponseBase:
         self.where = route.where
         self._conn = conn
         self._held = [conn]  # list.pop() is atomic: the connection is given back once, whoever is first
-        self._exchange = _Exchange(request.method, route.request(request.method, request.headers, request.data), route.where)
+        self._exchange = _Exchange(
+            request.method, route.request(request.method, request.headers, request.data), route.where
+        )
         self._timeout_s = request.timeout_s
         self._deadline_at = request.deadline_at
         self._written = False
@@ -3112,9 +3125,7 @@ class _BaseClient:
         self._owns_transport = True
         self._bind()
 
-    def _make_transport(
-        self, verify: Union[bool, str, "os.PathLike[str]"], env: _Env, limits: Tuple[int, int]
-    ) -> Any:
+    def _make_transport(self, verify: Union[bool, str, "os.PathLike[str]"], env: _Env, limits: Tuple[int, int]) -> Any:
         return self._transport_class(verify, env, limits)
 
     def _bind(self) -> None:
@@ -3198,7 +3209,11 @@ class _BaseClient:
         data = None if body is None else _build_json(body)
         if extra_headers:
             headers = _build_headers(
-                self._token, self.default_headers, _check_headers(extra_headers), stream=stream, has_body=data is not None
+                self._token,
+                self.default_headers,
+                _check_headers(extra_headers),
+                stream=stream,
+                has_body=data is not None,
             )
         else:  # the same few header sets every time: build each once
             shape = (stream, data is not None)
@@ -3364,7 +3379,9 @@ class _Completions(_CreateTypes["ChatCompletion", "Stream"], _Namespace):
         def create(self, **arguments):
             url, body, stream, options = self._client._chat_request(arguments)
             response = self._client._send("POST", url, body, stream=stream, **options)
-            return Stream(response, self._client._token) if stream else self._client._completion(response.read(), response)
+            return (
+                Stream(response, self._client._token) if stream else self._client._completion(response.read(), response)
+            )
 
         create.__doc__ = _CREATE_DOC.format(stream="`Stream`")
 
@@ -3428,7 +3445,11 @@ class Client(_BaseClient, _Closing):
         return _parse_json(self._send("POST", endpoint_url, inputs, **options).read(), self._token)
 
     def infer_stream(
-        self, endpoint_url: str, inputs: Mapping[str, Any], map_fn: Optional[Callable[[Any], Any]] = None, **options: Any
+        self,
+        endpoint_url: str,
+        inputs: Mapping[str, Any],
+        map_fn: Optional[Callable[[Any], Any]] = None,
+        **options: Any,
     ) -> _EventStream:
         """POST `inputs` and yield each event's JSON (through `map_fn` if given) until `[DONE]`.
 
@@ -3438,7 +3459,9 @@ class Client(_BaseClient, _Closing):
 
     def infer_async(self, endpoint_url: str, inputs: Mapping[str, Any], **options: Any) -> InferenceFuture:
         """Start an inference in the background (header ``X-OctoAI-Async: 1``)."""
-        return _future_from_body(self._send("POST", endpoint_url, inputs, **_with_async_header(options)).read(), self._token)
+        return _future_from_body(
+            self._send("POST", endpoint_url, inputs, **_with_async_header(options)).read(), self._token
+        )
 
     def is_future_ready(self, future: InferenceFuture) -> bool:
         """Whether the background inference has completed; raises if it failed."""
@@ -3522,7 +3545,11 @@ class AsyncClient(_BaseClient, _AsyncClosing):
         return _parse_json(await (await self._send("POST", endpoint_url, inputs, **options)).read(), self._token)
 
     async def infer_stream(
-        self, endpoint_url: str, inputs: Mapping[str, Any], map_fn: Optional[Callable[[Any], Any]] = None, **options: Any
+        self,
+        endpoint_url: str,
+        inputs: Mapping[str, Any],
+        map_fn: Optional[Callable[[Any], Any]] = None,
+        **options: Any,
     ) -> _AsyncEventStream:
         """POST `inputs`; ``async for`` each event's JSON (through `map_fn` if given) until `[DONE]`."""
         response = await self._send("POST", endpoint_url, inputs, stream=True, **options)

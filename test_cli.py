@@ -117,7 +117,9 @@ def test_list_models_against_a_dead_base_url_exits_1(tmp_path):
     assert "octoai-lite: error:" in result.stderr and "127.0.0.1" in result.stderr
 
 
-@pytest.mark.parametrize("url", ["not a url", "ftp://127.0.0.1/v1", "http://127.0.0.1:99999/v1", "http://127.0.0.1/v1#x"])
+@pytest.mark.parametrize(
+    "url", ["not a url", "ftp://127.0.0.1/v1", "http://127.0.0.1:99999/v1", "http://127.0.0.1/v1#x"]
+)
 def test_malformed_base_url_is_a_usage_error(server, url):
     result = subprocess.run(
         [sys.executable, str(ROOT / "octoai_lite.py"), "--base-url", url, "hi"],
@@ -225,7 +227,9 @@ def test_installed_console_script(server, tmp_path):
     assert installed_distributions() == before  # nothing installed or removed here
     package = target / "octoai_lite"
     assert sorted(path.name for path in package.iterdir() if path.name != "__pycache__") == [
-        "__init__.py", "__main__.py", "py.typed"
+        "__init__.py",
+        "__main__.py",
+        "py.typed",
     ]
     assert (package / "__init__.py").read_bytes() == (ROOT / "octoai_lite.py").read_bytes()
     env = cli_env()

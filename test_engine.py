@@ -9,7 +9,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -402,7 +401,10 @@ def test_close_from_another_thread_or_task_stops_a_blocked_read(raw_server, flav
 
 @pytest.mark.parametrize(
     "status, reason, message, cls",
-    [(413, b"Payload Too Large", "too big", OctoAIClientError), (401, b"Unauthorized", "bad token", AuthenticationError)],
+    [
+        (413, b"Payload Too Large", "too big", OctoAIClientError),
+        (401, b"Unauthorized", "bad token", AuthenticationError),
+    ],
 )
 def test_early_error_answer_to_a_large_body_is_raised_not_lost(raw_server, flavor, status, reason, message, cls):
     """The server reads the head only, answers, and closes without reading the 20 MB body:
@@ -442,7 +444,9 @@ def stall_or_answer(sock, server):
         if request is None:
             return
         if request[0].split(b" ")[1].startswith(b"/stall"):
-            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"a\": 12345")
+            sock.sendall(
+                b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"a": 12345'
+            )
             wait_for_close(sock, 3)
             return
         sock.sendall(json_answer(200, b"OK", {"ok": True}))

@@ -427,13 +427,11 @@ def sse_json(payload):
 @given(chunks=st.lists(CHECKED_CHUNK, max_size=5))
 def test_any_checked_chunks_fold_or_raise_octoai_errors(chunks):
     for each in chunks:
-        outcome(lambda: exercise(ChatCompletion.from_dict(each)))
+        outcome(lambda each=each: exercise(ChatCompletion.from_dict(each)))
     outcome(lambda: exercise(ChatCompletion.from_chunks(chunks)))
 
 
-network_settings = settings(
-    max_examples=50, deadline=None, phases=NO_SHRINK, suppress_health_check=list(HealthCheck)
-)
+network_settings = settings(max_examples=50, deadline=None, phases=NO_SHRINK, suppress_health_check=list(HealthCheck))
 
 
 @network_settings
