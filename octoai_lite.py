@@ -2925,6 +2925,8 @@ class _AsyncEventStream(_StreamBase, _AsyncClosing):
     async def aclose(self) -> None:
         """End the HTTP response now; the connection is closed, not reused."""
         self._close()
+        if not self._items.ag_running:  # else another task is awaiting it: that read ends by itself
+            await self._items.aclose()
 
     close = aclose
 
