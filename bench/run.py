@@ -1,7 +1,7 @@
 """Benchmark octoai_lite against openai-python, octoai-sdk 0.10.1 and a stdlib "floor".
 
     python bench/run.py --soak 1000000   # full run and a million-chunk stream (README's figures)
-    python bench/run.py                  # full run, about ten minutes on 2 cores
+    python bench/run.py                  # full run, 10 to 15 minutes on 2 cores
     python bench/run.py --quick          # a few minutes
     python bench/run.py --smoke          # a few requests, to show the bench still works (CI)
     python bench/run.py --chart bench/results/latest.json   # draw the chart again from saved results
