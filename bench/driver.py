@@ -66,12 +66,7 @@ SERVER_PIDS = [int(pid) for pid in os.environ.get("BENCH_SERVER_PIDS", "").split
 def lite(cls, max_connections, **options):
     """An octoai_lite Client or AsyncClient with this connection limit per host."""
     options.update(base_url=BASE_URL, token="bench", max_retries=0)
-    try:
-        return cls(max_connections=max_connections, **options)
-    except TypeError:  # a client from before max_connections= existed
-        client = cls(**options)
-        client._transport.pool.max_per_host = max_connections
-        return client
+    return cls(max_connections=max_connections, **options)
 
 
 def server_cpu_s():
