@@ -180,6 +180,11 @@ class Handler(BaseHTTPRequestHandler):
         with self.server.lock:
             self.server.connections += 1
 
+    def finish(self):
+        super().finish()
+        with self.server.lock:
+            self.server.closed += 1
+
     def log_message(self, *args):
         pass
 
@@ -239,6 +244,7 @@ class LoopbackServer(ThreadingHTTPServer):
         self.script = []
         self.requests = []
         self.connections = 0
+        self.closed = 0  # connections whose handler has ended (the client closed it, or the server did)
         self.client_gone = threading.Event()
 
     @property
@@ -268,6 +274,17 @@ def server(http_server):
     http_server.reset()
     yield http_server
     http_server.reset()
+
+
+@pytest.fixture
+def separate_server():
+    """The loopback server in another process, so that its threads and sockets are not ours."""
+    process = subprocess.Popen([sys.executable, os.path.abspath(__file__)], stdout=subprocess.PIPE)
+    port = int(process.stdout.readline())
+    yield f"http://127.0.0.1:{port}/v1"
+    process.kill()
+    process.wait()
+    process.stdout.close()
 
 
 # -- raw sockets: a per-test handler writes exact bytes ------------------------------

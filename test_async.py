@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -18,17 +16,6 @@ import octoai_lite
 from conftest import chunk, reply, sse_event, stall, stream
 
 ROOT = Path(__file__).resolve().parent
-
-
-@pytest.fixture
-def separate_server():
-    """The loopback server in another process, so that its threads are not ours."""
-    process = subprocess.Popen([sys.executable, str(ROOT / "conftest.py")], stdout=subprocess.PIPE, cwd=ROOT)
-    port = int(process.stdout.readline())
-    yield f"http://127.0.0.1:{port}/v1"
-    process.kill()
-    process.wait()
-    process.stdout.close()
 
 
 def test_200_concurrent_streams_on_one_thread_within_the_pool_bound(separate_server):

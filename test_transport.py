@@ -3,6 +3,7 @@ timeouts, deadlines, proxies, TLS, redirects, and byte-exact faults."""
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import json
 import logging
@@ -13,7 +14,19 @@ import time
 import pytest
 
 import octoai_lite
-from conftest import chunk, completion_body, reply, reset, sse_event, stream
+from conftest import (
+    MESSAGES,
+    WORDS,
+    LoopbackServer,
+    open_fds,
+    chunk,
+    completion_body,
+    reply,
+    reset,
+    running,
+    sse_event,
+    stream,
+)
 from octoai_lite import (
     BadRequestError,
     NotFoundError,
@@ -169,6 +182,70 @@ def test_threads_share_one_client_within_the_pool_bound(server, make_client):
     assert peak[0] <= octoai_lite._MAX_CONNECTIONS
     client.close()
     assert client._transport.pool.open_count() == 0
+
+
+def run_at_once(flavor, client, count, call):
+    """`count` calls of `call(client)` at the same time: threads for Client, tasks for AsyncClient."""
+    if flavor.name == "async":
+
+        async def all_of_them():
+            return await asyncio.gather(*(call(client) for _ in range(count)))
+
+        return flavor.run(all_of_them())
+    results, errors = [], []
+
+    def work():
+        try:
+            results.append(call(client))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == []
+    return results
+
+
+def slow_words(client):
+    """A call that holds its connection for a while: a stream read to its end."""
+    chat_stream = client.chat.completions.create(model="m", messages=MESSAGES, stream=True)
+    if hasattr(chat_stream, "__await__"):
+
+        async def finish():
+            return (await (await chat_stream).get_final_completion()).choices[0].message.content
+
+        return finish()
+    return chat_stream.get_final_completion().choices[0].message.content
+
+
+def test_max_connections_bounds_the_sockets_of_concurrent_calls(server, flavor):
+    """N+10 calls at once over max_connections=N: never more than N connections, every call answered."""
+    server.script += [stream(delay=0.02) for _ in range(14)]
+    client = flavor.make(max_connections=4, timeout=10)
+    texts = run_at_once(flavor, client, 14, slow_words)
+    assert texts == ["".join(WORDS)] * 14
+    assert len(server.requests) == 14
+    assert server.connections <= 4
+
+
+def test_idle_connections_after_a_burst_are_bounded(flavor):
+    """After 10 calls at once, at most max_idle_connections stay open; the rest are closed."""
+    with running(LoopbackServer()) as server:  # its own server: no other test's connections close on it
+        server.script += [stream(delay=0.02) for _ in range(10)]
+        client = flavor.make(base_url=server.url + "/v1", max_connections=10, max_idle_connections=2, timeout=10)
+        run_at_once(flavor, client, 10, slow_words)
+        opened = server.connections
+        assert opened > 2  # the burst did need more than the idle bound
+        give_up_at = time.monotonic() + 5
+        while server.closed < opened - 2 and time.monotonic() < give_up_at:
+            time.sleep(0.01)
+        time.sleep(0.1)
+        assert server.closed == opened - 2  # the server saw every connection past the bound closed
+        flavor.chat(client)  # and the ones kept are still good
+        assert server.connections == opened
 
 
 def test_pool_wait_is_bounded(server, make_client):
@@ -692,3 +769,22 @@ def test_infer_family_per_call_options(server, flavor):
     server.script.append(stream([sse_event({"n": 1}), b"data: [DONE]\n\n"]))
     got = flavor.infer_stream(client, server.url + "/s", {}, extra_headers={"X-C": "3"}, deadline=5)
     assert got == [{"n": 1}] and server.requests[-1].headers["x-c"] == "3"
+
+
+def test_steady_state_leaves_no_descriptor_behind(separate_server, flavor):
+    """300 requests and 30 streams on one client: descriptors stay level, and go back to the start on close()."""
+    if flavor.name == "async":
+        flavor.run(asyncio.sleep(0))  # the event loop's own descriptors exist before the count starts
+    client = flavor.make(base_url=separate_server, max_connections=4)
+    started = open_fds()
+    for _ in range(20):
+        flavor.chat(client)
+    level = open_fds()
+    assert level == started + 1  # one keep-alive connection
+    for number in range(280):
+        flavor.chat(client) if number % 2 else flavor.models(client)
+    for _ in range(30):
+        assert flavor.collect(client, []).choices[0].message.content == "".join(WORDS)
+    assert open_fds() == level
+    flavor.run(client.close()) if flavor.name == "async" else client.close()
+    assert open_fds() == started
