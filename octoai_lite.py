@@ -15,19 +15,29 @@ Quick start::
 
 Map of the file (each section uses only the ones above it)::
 
-    1 Constants     2 Errors      3 Data types (TextModel, response objects)
+    1 Constants     2 Errors      3 Data types (TextModel, response dataclasses)
     4 Protocol, pure: 4a SSE  4b requests  4c responses and errors  4d retry policy
-                      4e redirects  4f folding stream chunks  4g HTTP/1.1 framing
+                      4e redirects  4f folding stream chunks  4g one HTTP/1.1 exchange
     5 Transport, the only code that touches sockets: proxies, TLS, pools, and
-                      one `send` per flavour: 5a threads, 5b asyncio
+                      the pumps that move bytes: 5a threads, 5b asyncio
     6 Client API: Stream, Client, AsyncStream, AsyncClient (chat.completions,
                       models, infer*, health_check), sharing one _BaseClient
     7 Command line
 
-Limits: a Client is safe to share between threads. `timeout` (seconds) bounds
-connecting and every single read; `deadline` (seconds) bounds a whole call,
-retries and a trickling stream included. Nothing happens at import: no
-network, no threads, no files.
+Life of a streamed call: `create` builds the body (4b) and `_BaseClient._send`
+a `_Request`; the retry loop (`_Retry`, 4d's policy) hands it to the
+transport, which takes a pooled connection or opens one (5) and makes an
+`_Exchange` (4g): request bytes out, the answer's head and body pieces in.
+The transport only pumps bytes into it. The `Stream` then feeds body pieces
+to the `SSEDecoder` (4a), turns each event into a chunk (4c) and folds it for
+`get_final_completion` (4f). Sync and async share all of this; what each
+writes for itself is a few lines of pumping.
+
+Limits: a Client is safe to share between threads, an AsyncClient between
+event loops. `timeout` (seconds) bounds connecting and every single read;
+`deadline` (seconds) bounds a whole call, every phase, retries and a
+trickling stream included. Nothing happens at import: no network, no
+threads, no files.
 """
 
 from __future__ import annotations
