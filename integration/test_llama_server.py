@@ -356,20 +356,37 @@ def relay(llama_server):
         server.server_close()
 
 
+def http_answers(raw):
+    """(status line, de-chunked body) of each HTTP/1.1 answer in `raw`, the bytes of one keep-alive connection."""
+    answers = []
+    while raw:
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        headers = dict(line.lower().split(b": ", 1) for line in lines[1:])
+        if b"content-length" in headers:
+            size = int(headers[b"content-length"])
+            body, raw = rest[:size], rest[size:]
+        else:  # chunked
+            body = bytearray()
+            while True:
+                size_line, _, rest = rest.partition(b"\r\n")
+                size = int(size_line.split(b";")[0], 16)
+                if size == 0:
+                    raw = rest.partition(b"\r\n")[2]
+                    break
+                body += rest[:size]
+                rest = rest[size + 2 :]
+        answers.append((lines[0], bytes(body)))
+    return answers
+
+
 def http_body(raw):
-    """The body of the one HTTP/1.1 response in `raw`, de-chunked."""
-    head, _, body = raw.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200"), head[:200]
-    if b"transfer-encoding: chunked" not in head.lower():
-        return body
-    out = bytearray()
-    while True:
-        size_line, _, body = body.partition(b"\r\n")
-        size = int(size_line.split(b";")[0], 16)
-        if size == 0:
-            return bytes(out)
-        out += body[:size]
-        body = body[size + 2 :]
+    """The body of the last answer in `raw`, which must be a 200 (a 500 before it was retried by the client)."""
+    answers = http_answers(raw)
+    status_line, body = answers[-1]
+    assert status_line.startswith(b"HTTP/1.1 200"), answers
+    assert all(line.startswith(b"HTTP/1.1 5") for line, _ in answers[:-1]), answers
+    return body
 
 
 def sse_payloads(body):
