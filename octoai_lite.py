@@ -3247,7 +3247,7 @@ class _BaseClient:
 
     def _log_answer(self, request: _Request, status: int, headers: Mapping[str, str], started: float) -> None:
         if _log_enabled(_DEBUG):
-            request_id = _request_id(headers)
+            request_id = _redact(_request_id(headers) or "", self._token)  # a server may echo anything
             _log(
                 _DEBUG,
                 "%s %s -> %d in %.1f ms%s",
