@@ -1078,6 +1078,21 @@ def test_import_has_no_side_effects(tmp_path):
     assert result.stdout.strip() == "ok", result.stderr
 
 
+def test_help_of_client_names_the_chat_and_models_api():
+    import pydoc
+
+    text = pydoc.render_doc(octoai_lite.Client)
+    assert "client.chat.completions.create(" in text and "client.models.list()" in text
+
+
+def test_a_name_that_does_not_resolve_says_to_set_base_url():
+    import socket
+
+    error = octoai_lite._translate_error(socket.gaierror(-2, "Name or service not known"), "connect", "text.octoai.run:443")
+    assert isinstance(error, octoai_lite.OctoAIConnectionError) and error.request_sent is False
+    assert "base_url" in str(error) and "OCTOAI_BASE_URL" in str(error)
+
+
 def test_token_never_in_repr_errors_or_logs(server, flavor, caplog):
     caplog.set_level(logging.DEBUG, logger="octoai_lite")
     client = flavor.make(token=TOKEN, max_retries=1)
