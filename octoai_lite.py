@@ -3298,6 +3298,20 @@ class _BaseClient:
         return delay
 
 
+_CREATE_DOC = """Create a chat completion; with ``stream=True`` return a `Stream`
+of chunks (an `AsyncStream`, awaited, for an AsyncClient).
+
+Keyword arguments: ``model`` (a str or `TextModel`), ``messages``, and
+any of ``max_tokens``, ``temperature``, ``top_p``, ``stop``,
+``frequency_penalty``, ``presence_penalty``, ``response_format``, and the
+per-call options ``extra_headers``, ``extra_query``, ``extra_body``,
+``timeout``, ``max_retries``, ``deadline``. Only parameters you set are
+sent; any other keyword (tools, seed, n, stream_options...) goes into the
+body unchanged. Raises the typed `OctoAIError` for the server's answer or
+the connection's failure.
+"""
+
+
 if TYPE_CHECKING:
 
     class _ChatParams(TypedDict, total=False):
@@ -3355,23 +3369,17 @@ if TYPE_CHECKING:
 else:
 
     class _CreateTypes:
-        """At run time just a base class; the signatures are for type checkers."""
+        """`create` at run time, for both clients; the signatures above are for type checkers."""
 
-        def __class_getitem__(cls, item: Any) -> type:
+        def __class_getitem__(cls, item):
             return cls
 
+        def create(self, **arguments):
+            client = self._client
+            url, body, stream, options = client._chat_request(arguments)
+            return client._chat_answer(client._send("POST", url, body, stream=stream, **options), stream)
 
-_CREATE_DOC = """Create a chat completion; with ``stream=True`` return a {stream} of chunks.
-
-Keyword arguments: ``model`` (a str or `TextModel`), ``messages``, and
-any of ``max_tokens``, ``temperature``, ``top_p``, ``stop``,
-``frequency_penalty``, ``presence_penalty``, ``response_format``, and the
-per-call options ``extra_headers``, ``extra_query``, ``extra_body``,
-``timeout``, ``max_retries``, ``deadline``. Only parameters you set are
-sent; any other keyword (tools, seed, n, stream_options...) goes into the
-body unchanged. Raises the typed `OctoAIError` for the server's answer or
-the connection's failure.
-"""
+        create.__doc__ = _CREATE_DOC
 
 
 class _Namespace:
@@ -3383,19 +3391,6 @@ class _Namespace:
 
 class _Completions(_CreateTypes["ChatCompletion", "Stream"], _Namespace):
     """``client.chat.completions``."""
-
-    _client: "Client"
-
-    if not TYPE_CHECKING:  # the typed signature is _CreateTypes.create
-
-        def create(self, **arguments):
-            url, body, stream, options = self._client._chat_request(arguments)
-            response = self._client._send("POST", url, body, stream=stream, **options)
-            return (
-                Stream(response, self._client._token) if stream else self._client._completion(response.read(), response)
-            )
-
-        create.__doc__ = _CREATE_DOC.format(stream="`Stream`")
 
 
 class _Chat:
@@ -3443,6 +3438,9 @@ class Client(_BaseClient, _Closing):
     _transport: _Transport
 
     _transport_class, _chat_class, _completions_class, _models_class = _Transport, _Chat, _Completions, _Models
+
+    def _chat_answer(self, response: _Response, stream: bool) -> Union[ChatCompletion, Stream]:
+        return Stream(response, self._token) if stream else self._completion(response.read(), response)
 
     def _run(self, retry: _Retry) -> _Response:
         while True:
@@ -3500,19 +3498,6 @@ class Client(_BaseClient, _Closing):
 class _AsyncCompletions(_CreateTypes["Awaitable[ChatCompletion]", "Awaitable[AsyncStream]"], _Namespace):
     """``client.chat.completions`` of an AsyncClient."""
 
-    _client: "AsyncClient"
-
-    if not TYPE_CHECKING:  # the typed signature is _CreateTypes.create
-
-        async def create(self, **arguments):
-            url, body, stream, options = self._client._chat_request(arguments)
-            response = await self._client._send("POST", url, body, stream=stream, **options)
-            if stream:
-                return AsyncStream(response, self._client._token)
-            return self._client._completion(await response.read(), response)
-
-        create.__doc__ = _CREATE_DOC.format(stream="`AsyncStream`")
-
 
 class _AsyncChat(_Chat):
     """``client.chat`` of an AsyncClient."""
@@ -3547,6 +3532,14 @@ class AsyncClient(_BaseClient, _AsyncClosing):
 
     _transport_class, _chat_class, _models_class = _AsyncTransport, _AsyncChat, _AsyncModels
     _completions_class = _AsyncCompletions
+
+    async def _chat_answer(
+        self, sending: Awaitable[_AsyncResponse], stream: bool
+    ) -> Union[ChatCompletion, AsyncStream]:
+        response = await sending
+        if stream:
+            return AsyncStream(response, self._token)
+        return self._completion(await response.read(), response)
 
     async def close(self) -> None:  # type: ignore[override]
         """Close the pooled connections (a `with_options` copy leaves them to its original)."""
