@@ -92,6 +92,7 @@ if TYPE_CHECKING:  # typing costs 3.5 ms to import; annotations are strings here
     _MessageT = TypeVar("_MessageT", bound="ChatMessage")
     _ClientT = TypeVar("_ClientT", bound="_BaseClient")
     _SelfT = TypeVar("_SelfT")
+    _MapFn = Optional[Callable[[Any], Any]]
     _CompletionT = TypeVar("_CompletionT")
     _StreamT = TypeVar("_StreamT")
 
@@ -3455,11 +3456,7 @@ class Client(_BaseClient, _Closing):
         return _parse_json(self._send("POST", endpoint_url, inputs, **options).read(), self._token)
 
     def infer_stream(
-        self,
-        endpoint_url: str,
-        inputs: Mapping[str, Any],
-        map_fn: Optional[Callable[[Any], Any]] = None,
-        **options: Any,
+        self, endpoint_url: str, inputs: Mapping[str, Any], map_fn: _MapFn = None, **options: Any
     ) -> _EventStream:
         """POST `inputs` and yield each event's JSON (through `map_fn` if given) until `[DONE]`.
 
@@ -3550,11 +3547,7 @@ class AsyncClient(_BaseClient, _AsyncClosing):
         return _parse_json(await (await self._send("POST", endpoint_url, inputs, **options)).read(), self._token)
 
     async def infer_stream(
-        self,
-        endpoint_url: str,
-        inputs: Mapping[str, Any],
-        map_fn: Optional[Callable[[Any], Any]] = None,
-        **options: Any,
+        self, endpoint_url: str, inputs: Mapping[str, Any], map_fn: _MapFn = None, **options: Any
     ) -> _AsyncEventStream:
         """POST `inputs`; ``async for`` each event's JSON (through `map_fn` if given) until `[DONE]`."""
         response = await self._send("POST", endpoint_url, inputs, stream=True, **options)
