@@ -1947,6 +1947,12 @@ def _translate_error(exc: BaseException, phase: str, where: str) -> OctoAIConnec
             "OctoAI's hosted service has shut down: point base_url at your server",
             exc,
         )
+    elif isinstance(exc, ConnectionRefusedError):
+        error = OctoAIConnectionError(
+            f"error {doing} {where}: the connection was refused; is the server running, and base_url "
+            "(or OCTOAI_BASE_URL) right?",
+            exc,
+        )
     else:
         error = OctoAIConnectionError(f"error {doing} {where}: {type(exc).__name__}: {exc}{note}", exc)
     error.request_sent = phase in ("wait", "body")
@@ -3624,6 +3630,22 @@ OCTOAI_MODEL set the defaults of --base-url and --model.
 """
 
 
+def _cli_number(kind: Callable[[str], Any], least: float, *, above: bool = False) -> Callable[[str], Any]:
+    """An argparse type: a finite `kind` at least (or, with `above`, above) `least`; else a usage error."""
+    import argparse
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not math.isfinite(value) or value < least or (above and value == least):
+            raise argparse.ArgumentTypeError(f"must be {'above' if above else 'at least'} {least:g}, not {text}")
+        return value
+
+    return parse
+
+
 def _build_arg_parser() -> Any:
     import argparse  # only the command line needs it
 
@@ -3638,9 +3660,9 @@ def _build_arg_parser() -> Any:
         "-m", "--model", default=os.environ.get("OCTOAI_MODEL") or TextModel.LLAMA_2_70B_CHAT.value, help="model name"
     )
     parser.add_argument("-s", "--system", help="a system message to send first")
-    parser.add_argument("--max-tokens", type=int)
-    parser.add_argument("--temperature", type=float)
-    parser.add_argument("--top-p", type=float)
+    parser.add_argument("--max-tokens", type=_cli_number(int, 1))
+    parser.add_argument("--temperature", type=_cli_number(float, 0))
+    parser.add_argument("--top-p", type=_cli_number(float, 0))
     parser.add_argument("--stop", action="append", help="a stop sequence (repeatable)")
     parser.add_argument("--no-stream", action="store_true", help="wait for the whole answer")
     parser.add_argument(
@@ -3648,8 +3670,13 @@ def _build_arg_parser() -> Any:
     )
     parser.add_argument("--list-models", action="store_true", help="list the server's models and exit")
     parser.add_argument("--base-url", help="the API's base URL, e.g. http://127.0.0.1:8080/v1")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds for connecting and each read")
-    parser.add_argument("--max-retries", type=int, default=DEFAULT_MAX_RETRIES)
+    parser.add_argument(
+        "--timeout",
+        type=_cli_number(float, 0, above=True),
+        default=DEFAULT_TIMEOUT,
+        help="seconds for connecting and each read",
+    )
+    parser.add_argument("--max-retries", type=_cli_number(int, 0), default=DEFAULT_MAX_RETRIES)
     parser.add_argument("-v", "--verbose", action="store_true", help="log requests to stderr; tracebacks on errors")
     parser.add_argument("--version", action="version", version=f"octoai-lite {__version__}")
     return parser
@@ -3659,7 +3686,8 @@ def _read_prompt(words: List[str]) -> Optional[str]:
     if words and words != ["-"]:
         return " ".join(words)
     if words == ["-"] or (sys.stdin is not None and not sys.stdin.isatty()):
-        return sys.stdin.read()
+        text = sys.stdin.read()
+        return text if text.strip() else None  # blank input is no prompt
     return None
 
 

@@ -118,6 +118,22 @@ def test_list_models_against_a_dead_base_url_exits_1(tmp_path):
 
 
 @pytest.mark.parametrize(
+    "option", [["--timeout", "0"], ["--timeout", "nan"], ["--max-retries", "-1"], ["--temperature", "nan"]]
+)
+def test_bad_option_values_are_usage_errors(server, option):
+    result = run(server, *option, "hi")
+    assert result.returncode == 2, result.stderr
+    assert f"argument {option[0]}:" in result.stderr and "Traceback" not in result.stderr
+    assert server.requests == []
+
+
+def test_blank_stdin_is_no_prompt(server):
+    result = run(server, "-", stdin="  \n")
+    assert result.returncode == 2 and "give a prompt" in result.stderr
+    assert server.requests == []
+
+
+@pytest.mark.parametrize(
     "url", ["not a url", "ftp://127.0.0.1/v1", "http://127.0.0.1:99999/v1", "http://127.0.0.1/v1#x"]
 )
 def test_malformed_base_url_is_a_usage_error(server, url):
