@@ -55,7 +55,7 @@ import sys
 import threading
 import time
 import types
-from urllib.parse import unquote, urlencode, urljoin, urlsplit
+from urllib.parse import quote, unquote, urlencode, urljoin, urlsplit
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs 3.5 ms to import; annotations are strings here (PEP 563), so only mypy reads them
@@ -200,6 +200,7 @@ _READ_SIZE = 64 * 1024  # one read from the socket
 _MAX_CONNECTIONS = 100  # open at once to one host, idle and busy (httpx: 100; openai-python: 1,000)
 _MAX_IDLE_CONNECTIONS = 32  # of those, kept open for reuse after a burst (httpx: 20)
 _MAX_REDIRECTS = 5
+_URL_SAFE = "/%:@!$&'()*+,;=?-._~"  # what a URL's path and query keep as they are (RFC 3986 pchar)
 _MAX_CACHED_ROUTES = 256  # URLs whose parsed route a client remembers
 _DONE_GRACE_S = 1.0  # after [DONE], how long the rest of the body may take
 _HEALTH_CHECK_INTERVAL_S = 1.0
@@ -850,6 +851,7 @@ def _build_headers(
 ) -> Dict[str, str]:
     base: Dict[str, Optional[str]] = {
         "User-Agent": _USER_AGENT,
+        "Accept-Encoding": "identity",  # this client does not decompress
         "Accept": "text/event-stream" if stream else "application/json",
     }
     if has_body:
@@ -864,7 +866,7 @@ class _Request:
 
     def __init__(
         self, method: str, url: str, headers: Dict[str, str], data: Optional[bytes], timeout_s: float,
-        deadline_at: Optional[float], retries: int, base_url: Optional[str],
+        deadline_at: Optional[float], retries: int, base_url: Optional[str], token: Optional[str],
     ) -> None:  # fmt: skip
         self.method = method
         self.url = url
@@ -874,7 +876,8 @@ class _Request:
         self.deadline_at = deadline_at
         self.retries = retries
         self.base_url = base_url  # for the 404 hint, when the URL was built from base_url
-        self.hops = 0  # redirects followed
+        self.token = token  # to keep out of log lines
+        self.hops = 0  # redirects followed in this attempt
         self.response: Any = None  # the latest attempt's response, set by the transport
 
 
@@ -895,6 +898,7 @@ def _redact_userinfo(url: str) -> str:
 
 def _check_base_url(url: str) -> str:
     """The base URL, checked: ValueError if it cannot be used as given (it never echoes a password)."""
+    url = url.strip()  # a .env file's trailing space or newline
     shown = _redact_userinfo(url)
     try:
         parts = urlsplit(url)
@@ -944,15 +948,33 @@ def _check_header_value(what: str, value: str) -> None:
         raise ValueError(f"{what} has characters outside Latin-1") from None
 
 
+_PIECE_CHARS = 8  # a piece of the token this long is taken out too, wherever a cut left it
+
+
 def _redact(text: str, token: Optional[str]) -> str:
-    """The text with the token replaced by ***, and with a start of it left by a cut at the end."""
+    """The text with the token replaced by ***, and any piece of it a cut left behind."""
     if not token or len(token) < 4:
         return text
     text = text.replace(token, "***")
-    for size in range(min(len(token) - 1, len(text)), 3, -1):
-        if text.endswith(token[:size]):  # the body was cut inside the token
+    for start in range(len(token) - _PIECE_CHARS + 1):
+        piece = token[start : start + _PIECE_CHARS]
+        if piece in text:
+            text = text.replace(piece, "***")
+    for size in range(min(_PIECE_CHARS - 1, len(token) - 1, len(text)), 3, -1):
+        if text.endswith(token[:size]):  # the body was cut inside the token's first characters
             return text[:-size] + "***"
     return text
+
+
+def _scrub(error: OctoAIError, token: Optional[str]) -> OctoAIError:
+    """The error with the token taken out of everything it carries that a server could have echoed."""
+    if token:
+        error.message = _redact(error.message, token)
+        error.args = (error.message,) + error.args[1:]
+        error.body = _redact_json(error.body, token)
+        error.headers = {_redact(name, token): _redact(value, token) for name, value in error.headers.items()}
+        error.request_id = error.request_id and _redact(error.request_id, token)
+    return error
 
 
 def _redact_json(value: Any, token: Optional[str]) -> Any:
@@ -1375,7 +1397,6 @@ def _redirect_target(method: str, url: str, status: int, headers: Mapping[str, s
             headers=headers,
             request_id=_request_id(headers),
         )
-    _log(_DEBUG, "following %d redirect to %s", status, target)
     return target
 
 
@@ -1571,7 +1592,7 @@ _REASONS = types.MappingProxyType(
 
 def _build_request(method: str, target: str, host: str, headers: Mapping[str, str], body: Optional[bytes]) -> bytes:
     """The request's bytes; the headers were checked when they were built (4b)."""
-    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}", "Accept-Encoding: identity"]
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
     lines += [f"{name}: {value}" for name, value in headers.items()]
     if body is not None or method in ("POST", "PUT", "PATCH"):
         lines.append(f"Content-Length: {len(body or b'')}")
@@ -1677,6 +1698,8 @@ class _Exchange:
     def _framing(self) -> Callable[[], Optional[bytes]]:
         """The body's reader, by RFC 9112 section 6.3."""
         method, status, headers = self.method, self.status, self.headers
+        if status == 101:
+            self._keep_alive = False  # switched to a protocol this client does not speak
         if method == "HEAD" or status in (101, 204, 304) or (method == "CONNECT" and 200 <= status < 300):
             return self._ended
         coding = headers.get("transfer-encoding")
@@ -1772,7 +1795,7 @@ class _Exchange:
 
     def _ended(self) -> bytes:
         # Bytes after the answer, or a close, and the connection cannot be trusted again.
-        self.reusable = self._keep_alive and not self._buffer and not self._eof
+        self.reusable = self.sent and self._keep_alive and not self._buffer and not self._eof
         return b""
 
     # -- errors
@@ -1971,12 +1994,15 @@ class _Route:
         self.host = parts.hostname
         self.port = parts.port or (443 if self.scheme == "https" else 80)
         self.host_header = parts.netloc.rpartition("@")[2]
+        if not self.host_header.isascii():  # an internationalised name goes out in its ASCII form
+            self.host_header = self.host.encode("idna").decode("ascii") + (f":{parts.port}" if parts.port else "")
         self.proxy = _proxy_for(self.scheme, self.host, self.port, env)
         self.key: _PoolKey = (self.scheme, self.host, self.port, self.proxy)
         self.where = f"{self.host}:{self.port}"
         self.connect_host, self.connect_port = self.host, self.port
         self.proxy_headers: Dict[str, str] = {}
-        self.target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
+        # What a request line cannot carry (spaces, non-ASCII) is percent-encoded; the rest goes as given.
+        self.target = quote(parts.path or "/", _URL_SAFE) + ("?" + quote(parts.query, _URL_SAFE) if parts.query else "")
         if self.proxy:
             proxy = urlsplit(self.proxy)
             if proxy.scheme != "http" or not proxy.hostname:
@@ -2046,7 +2072,7 @@ class _PoolBook:
         if self._pid != os.getpid():
             for inherited in self._idle.values():
                 for conn in inherited:
-                    conn.forget()
+                    conn.close()  # this process's descriptor only (see the connections' close)
             self._idle, self._open, self._pid = {}, {}, os.getpid()
         idle = self._idle.get(key)
         while idle:
@@ -2061,8 +2087,10 @@ class _PoolBook:
         return None, False
 
     def _give(self, key: _PoolKey, conn: Any, reusable: bool) -> None:
-        if self._pid != os.getpid():
-            return  # a connection from before a fork: the counts started afresh
+        if self._pid != os.getpid() or (conn is not None and conn.pid != self._pid):
+            if conn is not None:
+                conn.close()
+            return  # from before a fork: the counts started afresh
         idle = self._idle.setdefault(key, [])
         if conn is not None and reusable and not self._closed and len(idle) < self.max_idle:
             conn.reused = True  # from now on, a failure may only mean the server closed it while idle
@@ -2122,9 +2150,12 @@ class _ResponseBase:
         self.where = route.where
         self._conn = conn
         self._held = [conn]  # list.pop() is atomic: the connection is given back once, whoever is first
-        self._exchange = _Exchange(
-            request.method, route.request(request.method, request.headers, request.data), route.where
-        )
+        try:
+            data = route.request(request.method, request.headers, request.data)
+        except BaseException:
+            pool.release(route.key, conn, True)  # nothing went out on it
+            raise
+        self._exchange = _Exchange(request.method, data, route.where)
         self._timeout_s = request.timeout_s
         self._deadline_at = request.deadline_at
         self._written = False
@@ -2167,7 +2198,7 @@ class _ResponseBase:
                     return None
                 if not body.add(piece):
                     if body.over:
-                        self.close()
+                        self._abort()
                     return body.value(truncate, self.where)
 
         return self._drive(whole, b"")
@@ -2186,6 +2217,7 @@ class _ResponseBase:
         if not self._written:
             self._written = True
             self._write()
+        self._check_sent()
         if exchange.head() is None:
             return None
         if self.status < 300:
@@ -2198,7 +2230,7 @@ class _ResponseBase:
                 self._release()
                 return True
             self.error_body += piece
-        self.close()  # too long to be worth reading to its end
+        self._abort()  # too long to be worth reading to its end
         return True
 
     def _piece(self) -> Optional[bytes]:
@@ -2216,8 +2248,11 @@ class _ResponseBase:
             # The server may have answered early (401, 413) and closed
             # without reading the body: what it said is read next.
             self._send_error = exc
-            return
-        self._exchange.sent = True
+
+    def _check_sent(self) -> None:
+        # Sent whole: the write did not fail and nothing of it waits in a buffer (asyncio's).
+        if self._written and self._send_error is None and not self._conn.writing:
+            self._exchange.sent = True
 
     def _read_timeout(self) -> float:
         """How long the next read may wait: the timeout, or what is left of the deadline."""
@@ -2246,10 +2281,10 @@ class _ResponseBase:
 
     def _failed(self, exc: BaseException) -> Optional[BaseException]:
         """Close after a failure; return the error to raise, or None to end quietly."""
-        closed_early = self.closed_early
-        self.close()
-        self.closed_early = closed_early
-        if isinstance(exc, Exception) and (closed_early or self._quiet):
+        if not self._exchange.sent:
+            self._check_sent()  # before closing: a lost connection's buffer is dropped, not sent
+        self._abort()
+        if isinstance(exc, Exception) and (self.closed_early or self._quiet):
             return None
         exchange = self._exchange
         if self._send_error is not None and exchange.phase != "body":
@@ -2281,12 +2316,20 @@ class _ResponseBase:
         self._pool.release(self._key, conn, self._exchange.reusable)
 
     def close(self) -> None:
-        """End the response now; the connection is closed, not reused. Safe from any thread."""
+        """End the response now; the connection is closed, not reused. Safe from any thread.
+
+        A read going on meanwhile (another thread, another task) ends quietly, as at the body's end.
+        """
+        if self._held:
+            self.closed_early = True
+            self._abort()
+
+    def _abort(self) -> None:
+        """Close the connection and free its slot (this module's own decision, not the holder's)."""
         try:
             conn = self._held.pop()
         except IndexError:
             return
-        self.closed_early = True
         conn.close()
         self._pool.release(self._key, conn, False)
 
@@ -2331,6 +2374,7 @@ class _TransportBase:
     def _routes(self, request: _Request) -> Iterator[_Route]:
         """Where a request goes, attempt by attempt: its URL; again after a dead reused connection; each redirect."""
         route = self.route(request.url)
+        request.hops = 0
         while True:
             yield route
             response = request.response
@@ -2341,6 +2385,9 @@ class _TransportBase:
             response.close()
             request.hops += 1
             target = _redirect_target(request.method, response.url, response.status, response.headers)
+            _log(
+                _DEBUG, "following %d redirect to %s", response.status, _redact(_redact_userinfo(target), request.token)
+            )
             if request.hops > _MAX_REDIRECTS:
                 raise OctoAIClientError(f"more than {_MAX_REDIRECTS} redirects, the last to {target}")
             route = self.route(target)
@@ -2369,7 +2416,10 @@ class _TransportBase:
     def __del__(self) -> None:
         # Idle keep-alive connections go with the last client that used them.
         if "_limits" in self.__dict__:
-            self.close()
+            try:
+                self.close()
+            except Exception:  # at interpreter exit, imports and loops may already be gone
+                pass
 
 
 # -- 5a. Threads: blocking sockets ---------------------------------------------
@@ -2380,7 +2430,9 @@ class _Connection:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        self.pid = os.getpid()
         self.reused = False
+        self.writing = False  # sendall returns once everything is written
         self._timeout_s: Optional[float] = None
 
     def _settimeout(self, timeout_s: float) -> None:
@@ -2401,14 +2453,11 @@ class _Connection:
         return _is_dropped(self.sock)
 
     def close(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)  # wakes a recv() blocked in another thread
-        except OSError:
-            pass
-        self.sock.close()
-
-    def forget(self) -> None:
-        """Close this process's descriptor only (after a fork the parent still uses the socket)."""
+        if self.pid == os.getpid():  # after a fork, the parent still uses the socket: close our descriptor only
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)  # wakes a recv() blocked in another thread
+            except OSError:
+                pass
         self.sock.close()
 
 
@@ -2424,29 +2473,37 @@ class _ConnectionPool(_PoolBook):
 
     def __init__(self, max_connections: int, max_idle: int) -> None:
         super().__init__(max_connections, max_idle)
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._slot_freed: Dict[_PoolKey, threading.Condition] = {}  # per host: a freed slot wakes its own waiters
+
+    def _waiters(self, key: _PoolKey) -> threading.Condition:
+        cond = self._slot_freed.get(key)
+        if cond is None:
+            cond = self._slot_freed[key] = threading.Condition(self._lock)
+        return cond
 
     def acquire(self, route: _Route, request: _Request) -> Optional[_Connection]:
         """An idle connection, or None with a slot reserved for a new one."""
         key, wait_s = route.key, _wait_s(request, route)
         give_up_at = time.monotonic() + wait_s
-        with self._cond:
+        with self._lock:
             while True:
                 conn, wait = self._claim(key, give_up_at - time.monotonic(), wait_s)
                 if not wait:
                     return conn  # type: ignore[no-any-return]
-                self._cond.wait(wait)
+                self._waiters(key).wait(wait)
 
     def release(self, key: _PoolKey, conn: Optional[_Connection], reusable: bool) -> None:
         """Give a connection back: kept if reusable, else closed and its slot freed."""
-        with self._cond:
+        with self._lock:
             self._give(key, conn, reusable)
-            self._cond.notify()
+            self._waiters(key).notify()
 
     def close(self) -> None:
-        with self._cond:
+        with self._lock:
             self._close_idle()
-            self._cond.notify_all()
+            for cond in self._slot_freed.values():
+                cond.notify_all()
 
 
 class _Response(_ResponseBase):
@@ -2485,7 +2542,9 @@ class _Transport(_TransportBase):
                 if route.proxy:
                     tunnel, exchange = _Connection(sock), route.tunnel()
                     tunnel.send(exchange.request, timeout_s)
-                    route.check_tunnel(_pump(tunnel, exchange, exchange.head, lambda: timeout_s) and exchange)
+                    route.check_tunnel(
+                        _pump(tunnel, exchange, exchange.head, lambda: _wait_s(request, route)) and exchange
+                    )
                 sock = self.ssl_context().wrap_socket(sock, server_hostname=route.host)
             return _Connection(sock)
         except BaseException as exc:
@@ -2514,7 +2573,9 @@ class _AsyncConnection:
 
     def __init__(self, loop: "asyncio.AbstractEventLoop") -> None:
         self.loop = loop
+        self.pid = os.getpid()
         self.reused = False
+        self._unsent = False  # bytes of the request were in asyncio's buffer when last seen
         self.transport: Any = None
         self._chunks: List[bytes] = []
         self._size = 0
@@ -2526,6 +2587,7 @@ class _AsyncConnection:
     # -- asyncio.Protocol callbacks
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        transport.set_write_buffer_limits(high=0)  # pause/resume_writing tell when the buffer fills and empties
 
     def data_received(self, data: bytes) -> None:
         self._chunks.append(data)
@@ -2546,10 +2608,10 @@ class _AsyncConnection:
         self._wake()
 
     def pause_writing(self) -> None:
-        pass
+        self._unsent = True
 
     def resume_writing(self) -> None:
-        pass
+        self._unsent = False
 
     def _wake(self) -> None:
         if self._waiter is not None:
@@ -2588,6 +2650,13 @@ class _AsyncConnection:
     def send(self, data: bytes, timeout_s: float) -> None:
         self.transport.write(data)  # buffered by asyncio; a failure shows on the next read
 
+    @property
+    def writing(self) -> bool:
+        """Whether bytes of the request still wait in asyncio's buffer (as last seen, once the connection is lost)."""
+        if not self._eof and self.transport is not None and not self.transport.is_closing():
+            self._unsent = self.transport.get_write_buffer_size() > 0
+        return self._unsent
+
     def close(self) -> None:
         """Close at once, without flushing: nobody wants the rest."""
         self._eof = True
@@ -2600,8 +2669,6 @@ class _AsyncConnection:
         sock = getattr(self.transport.get_extra_info("socket"), "_sock", None)  # asyncio's TransportSocket wraps it
         if sock is not None:
             sock.close()
-
-    forget = close
 
 
 async def _apump(conn: Any, exchange: _Exchange, goal: Callable[[], Any], timeout: Callable[[], float]) -> Any:
@@ -2623,7 +2690,7 @@ class _AsyncPool(_PoolBook):
         import asyncio
 
         super().__init__(max_connections, max_idle)
-        self._waiters: List["asyncio.Future[None]"] = []
+        self._waiters: Dict[_PoolKey, List["asyncio.Future[None]"]] = {}  # per host, woken in turn
         self._watch = self._close_at_shutdown()
         asyncio.get_running_loop().create_task(self._watch.__anext__())
 
@@ -2645,21 +2712,23 @@ class _AsyncPool(_PoolBook):
             if not wait:
                 return conn  # type: ignore[no-any-return]
             waiter: "asyncio.Future[None]" = loop.create_future()
-            self._waiters.append(waiter)
+            waiters = self._waiters.setdefault(key, [])
+            waiters.append(waiter)
             timer = loop.call_later(wait, _settle, waiter, None)
             try:
                 await waiter
             except BaseException:
-                self._wake_one()  # a wakeup meant for this cancelled task goes to the next one
+                self._wake_one(key)  # a wakeup meant for this cancelled task goes to the next one
                 raise
             finally:
                 timer.cancel()
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
+                if waiter in waiters:
+                    waiters.remove(waiter)
 
-    def _wake_one(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.pop(0)
+    def _wake_one(self, key: _PoolKey) -> None:
+        waiters = self._waiters.get(key, [])
+        while waiters:
+            waiter = waiters.pop(0)
             if not waiter.done():
                 waiter.set_result(None)
                 return
@@ -2667,13 +2736,14 @@ class _AsyncPool(_PoolBook):
     def release(self, key: _PoolKey, conn: Optional[_AsyncConnection], reusable: bool) -> None:
         """Give a connection back: kept if reusable, else closed and its slot freed."""
         self._give(key, conn, reusable)
-        self._wake_one()
+        self._wake_one(key)
 
     def close(self) -> None:
         self._close_idle()
-        for waiter in self._waiters:
-            if not waiter.get_loop().is_closed():
-                _settle(waiter, None)
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                if not waiter.get_loop().is_closed():
+                    _settle(waiter, None)
 
 
 class _AsyncResponse(_ResponseBase):
@@ -2710,6 +2780,22 @@ class _AsyncTransport(_TransportBase):
         with self._lock:
             return list(self._pools.values())
 
+    def close(self) -> None:
+        """Close each loop's idle connections, in that loop's own thread when it runs in another."""
+        import asyncio
+
+        try:
+            current: Any = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        with self._lock:
+            pools = list(self._pools.items())
+        for loop, pool in pools:
+            if loop is current or not loop.is_running():
+                pool.close()
+            else:
+                loop.call_soon_threadsafe(pool.close)
+
     async def send(self, request: _Request) -> _AsyncResponse:
         """Send one request, following safe redirects; return the response, whatever its status."""
         pool = self.pool
@@ -2742,7 +2828,9 @@ class _AsyncTransport(_TransportBase):
             if tunnel:
                 exchange = route.tunnel()
                 conn.send(exchange.request, timeout_s)
-                route.check_tunnel(await _apump(conn, exchange, exchange.head, lambda: timeout_s) and exchange)
+                route.check_tunnel(
+                    await _apump(conn, exchange, exchange.head, lambda: _wait_s(request, route)) and exchange
+                )
                 conn.transport = await asyncio.wait_for(
                     loop.start_tls(conn.transport, conn, context, server_hostname=route.host),  # type: ignore[arg-type]
                     timeout_s,
@@ -2780,13 +2868,14 @@ class _PayloadReader:
         self._convert = convert
         self._events = _EventPayloads(response.headers, token)
         self._json = _Body(_MAX_BODY_BYTES) if response.content_type == "application/json" else None
+        self.error: Optional[OctoAIError] = None  # what ended the iteration, if it failed
 
     def take(self, data: bytes) -> Optional[Iterable[Any]]:
         if self._json is not None:  # a plain JSON answer to a streaming request
             if self._json.add(data):
                 return ()
             if self._json.over:
-                self.response.close()
+                self.response._abort()
             body = self._json.value(False, self.response.where)
             raise _stream_answered_with_json(body, self.response.headers, self._token)
         if not data:
@@ -2806,8 +2895,10 @@ class _PayloadReader:
     def __enter__(self) -> "_PayloadReader":
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, kind: Any, exc: Optional[BaseException], traceback: Any) -> None:
         self.response.close()  # a no-op once the body was read to the end and released
+        if isinstance(exc, OctoAIError):
+            self.error = _scrub(exc, self._token)  # and raised again by get_final_completion
 
 
 def _iter_payloads(reader: _PayloadReader) -> Generator[Any, None, None]:
@@ -2873,13 +2964,16 @@ class _StreamBase:
         self._folder = _ChunkFolder()
         if self._chat:
             convert = _chat_chunks(self._folder, response.headers, token)
-        self._items = type(self)._iterate(_PayloadReader(response, token, convert or _identity))
+        self._reader = _PayloadReader(response, token, convert or _identity)
+        self._items = type(self)._iterate(self._reader)
 
     def _close(self) -> None:
         # Closing the response ends the iteration too: the next read finds it closed.
         self._response.close()
 
     def _final(self) -> ChatCompletion:
+        if self._reader.error is not None:
+            raise self._reader.error  # the stream failed: what came before it is not the whole answer
         return ChatCompletion.from_dict(self._folder.result())
 
     def __del__(self) -> None:
@@ -3037,6 +3131,8 @@ class _Retry:
         return self
 
     def __exit__(self, kind: Any, exc: Optional[BaseException], traceback: Any) -> bool:
+        if isinstance(exc, OctoAIError):  # redirects and framing errors quote the server too
+            _scrub(exc, self._client._token)
         if isinstance(exc, OctoAIConnectionError):
             self.delay = self._client._after_connection_error(exc, self.request, self._attempt)
         elif isinstance(exc, OctoAIError) and exc.status_code is not None:
@@ -3250,6 +3346,7 @@ class _BaseClient:
             None if deadline is None else time.monotonic() + deadline,
             self.max_retries if max_retries is None else _check_count("max_retries", max_retries, 0),
             self.base_url if url.startswith(self.base_url.split("?")[0] + "/") else None,
+            self._token,
         )
 
     def _log_answer(self, request: _Request, status: int, headers: Mapping[str, str], started: float) -> None:

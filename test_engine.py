@@ -586,3 +586,139 @@ def test_async_pool_waiter_cancelled_after_wake_passes_the_slot_on(server):
         loop.run_until_complete(go())
     finally:
         loop.close()
+
+
+# =============================================================================
+# Found by a hostile review
+# =============================================================================
+
+
+def read_head_only(sock):
+    data = b""
+    while b"\r\n\r\n" not in data:
+        more = sock.recv(65536)
+        if not more:
+            return None
+        data += more
+    return data.partition(b"\r\n\r\n")[0]
+
+
+def test_a_request_not_sent_whole_never_leaves_its_connection_for_reuse(raw_server, flavor):
+    """An early 413 on a keep-alive connection while the body is still going out: the next call gets a new one."""
+    calls = []
+
+    def handler(sock, server):
+        calls.append(1)
+        if len(calls) == 1:
+            read_head_only(sock)
+            sock.sendall(json_answer(413, b"Content Too Large", {"error": {"message": "too big"}}))
+            time.sleep(1.5)  # keep the connection open, the body unread
+            return
+        while server.read_request(sock) is not None:
+            sock.sendall(answer("second"))
+
+    raw_server.handler = handler
+    client = raw_client(flavor, raw_server, timeout=0.5)
+    with pytest.raises(OctoAIClientError, match="too big"):
+        flavor.infer(client, raw_server.url + "/upload", {"x": "a" * 20_000_000})
+    assert content(flavor.chat(client)) == "second"
+    assert raw_server.accepted == 2  # the half-sent connection was not reused
+
+
+def test_a_post_reset_before_its_body_went_out_is_resent_by_both_clients(raw_server, flavor):
+    """Reset after the head of an 8 MiB POST: nothing says the server acted, so both clients try again."""
+    calls = []
+
+    def handler(sock, server):
+        calls.append(1)
+        if len(calls) < 3:
+            read_head_only(sock)
+            reset(sock)
+            return
+        while server.read_request(sock) is not None:
+            sock.sendall(json_answer(200, b"OK", {"ok": True}))
+
+    raw_server.handler = handler
+    client = raw_client(flavor, raw_server, max_retries=2, timeout=5)
+    assert flavor.infer(client, raw_server.url + "/upload", {"x": "a" * 8_000_000}) == {"ok": True}
+    assert len(calls) == 3
+
+
+def test_paths_a_request_line_cannot_carry_are_percent_encoded(server, flavor):
+    client = flavor.make(base_url=server.url + "/v1 ")  # a .env file's trailing space
+    flavor.chat(client)
+    assert server.requests[-1].path == "/v1/chat/completions"
+    assert flavor.infer(client, server.url + "/echo/模型 x", {})["path"] == "/echo/%E6%A8%A1%E5%9E%8B%20x"
+
+
+def test_an_answer_over_the_body_limit_says_so(raw_server, flavor):
+    limit = octoai_lite._MAX_BODY_BYTES
+
+    def huge(sock, server):
+        server.read_request(sock)
+        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % (limit + 10))
+        block = b" " * 1_048_576
+        for _ in range(limit // len(block) + 1):
+            sock.sendall(block)
+
+    raw_server.handler = huge
+    client = raw_client(flavor, raw_server, timeout=5)
+    with pytest.raises(octoai_lite.OctoAIValidationError, match="larger than"):
+        flavor.chat(client)
+
+
+def test_final_completion_of_a_failed_stream_raises_its_error(raw_server, flavor):
+    def cut(sock, server):
+        server.read_request(sock)
+        sock.sendall(sse_head() + chunked(sse_event(chunk("Hello"))) + b"40\r\ndata: {")
+        sock.shutdown(2)
+
+    raw_server.handler = cut
+    client = raw_client(flavor, raw_server)
+    if flavor.name == "sync":
+        chat_stream = client.chat.completions.create(model="m", messages=MESSAGES, stream=True)
+        with pytest.raises(OctoAIConnectionError):
+            list(chat_stream)
+        with pytest.raises(OctoAIConnectionError):
+            chat_stream.get_final_completion()  # not the partial text as if it were the answer
+        return
+
+    async def go():
+        chat_stream = await client.chat.completions.create(model="m", messages=MESSAGES, stream=True)
+        with pytest.raises(OctoAIConnectionError):
+            async for _ in chat_stream:
+                pass
+        with pytest.raises(OctoAIConnectionError):
+            await chat_stream.get_final_completion()
+
+    flavor.run(go())
+
+
+def test_a_freed_slot_wakes_a_waiter_for_that_host(server, make_client):
+    """Waiters for two hosts: a slot freed on one never goes to a waiter for the other and is lost."""
+    from conftest import LoopbackServer, running, stream as slow_stream
+
+    with running(LoopbackServer()) as other:
+        client = make_client(max_connections=1, timeout=5)
+        urls = {"a": server.url + "/v1", "b": other.url + "/v1"}
+        for each in (server, other):
+            each.script += [slow_stream(delay=0.1), slow_stream()]
+        holders = {name: client.with_options().infer_stream(url + "/chat/completions", {"model": "m", "messages": MESSAGES, "stream": True}) for name, url in urls.items()}
+        took = {}
+
+        def wait_for(name):
+            started = time.monotonic()
+            list(client.infer_stream(urls[name] + "/chat/completions", {"model": "m", "messages": MESSAGES, "stream": True}))
+            took[name] = time.monotonic() - started
+
+        waiters = [threading.Thread(target=wait_for, args=(name,)) for name in ("a", "b")]
+        for waiter in waiters:
+            waiter.start()
+        time.sleep(0.2)
+        holders["b"].close()  # frees b's slot only
+        time.sleep(0.3)
+        assert "b" in took and took["b"] < 0.6, took  # b's waiter got it, not a's
+        holders["a"].close()
+        for waiter in waiters:
+            waiter.join(5)
+        assert set(took) == {"a", "b"}

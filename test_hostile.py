@@ -34,7 +34,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import octoai_lite
-from conftest import MESSAGES, chunk, completion_body, reply, sse_event, stream
+from conftest import MESSAGES, WORDS, chunk, completion_body, reply, sse_event, stream
 from octoai_lite import (
     ChatCompletion,
     Client,
@@ -283,6 +283,38 @@ def test_h_error_attributes_hold_no_token(server, flavor):
 
 
 # The command line: stdout and stderr, plain, -v and --no-stream
+
+
+# (i) redirects and malformed answers that quote what the server sent
+
+
+def echo_redirect(status, same_origin):
+    """A redirect whose Location carries the token (cross-origin, or same origin looping)."""
+
+    def action(handler, request):
+        target = "/v1/chat/completions" if same_origin else "http://127.0.0.2:9/"
+        location = f"{target}?t={sent_auth(request)[7:]}"
+        return reply(status, "", headers={"Location": location, "X-Echo": sent_auth(request)})(handler, request)
+
+    return action
+
+
+@pytest.mark.parametrize(
+    "status, same_origin, count", [(307, False, 1), (303, True, 1), (307, True, octoai_lite._MAX_REDIRECTS + 1)]
+)
+def test_i_token_echoed_in_a_redirect(server, flavor, debug_log, status, same_origin, count):
+    check_leak(server, flavor, debug_log, [echo_redirect(status, same_origin)] * count)
+
+
+def test_i_token_echoed_in_a_malformed_answer(raw_server, flavor, debug_log):
+    def handler(sock, raw):
+        head, _ = raw.read_request(sock)
+        auth = [line for line in head.split(b"\r\n") if line.lower().startswith(b"authorization:")][0]
+        sock.sendall(b"HTTP/1.1 200 " + auth[15:] + b"\r\nContent-Length: x" + auth[15:] + b"\r\n\r\n")
+
+    raw_server.handler = handler
+    client = flavor.make(base_url=raw_server.url + "/v1", token=TOKEN, timeout=3, max_retries=0)
+    assert_error_hides_token(caught(lambda: flavor.chat(client)), debug_log)
 
 
 def cli_env(**extra):
@@ -887,6 +919,32 @@ def test_after_fork_the_child_uses_its_own_connection(server, order):
     child_requests = [r for r in server.requests if b"echo child" in r.body]
     assert len(child_requests) == 1
     assert child_requests[0].port != parent_port, "the child sent its request on the parent's pooled connection"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork on this platform")
+def test_a_child_closing_what_it_inherited_leaves_the_parents_stream_alone(server):
+    """The child closes the parent's open stream and client, and exits: the parent reads its stream to the end."""
+    server.script.append(stream(delay=0.1))
+    client = Client(base_url=server.url + "/v1", timeout=3, max_retries=0)
+    try:
+        chat_stream = client.chat.completions.create(model="m", messages=MESSAGES, stream=True)
+        first = next(chat_stream)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork() of a process with threads
+            pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                chat_stream.close()
+                client.close()
+                code = 0
+            finally:
+                os._exit(code)
+        assert wait_child(pid, 10) == 0
+        rest = [piece.choices[0].delta.content for piece in chat_stream if piece.choices]
+        assert first.choices[0].delta.content + "".join(rest) == "".join(WORDS)
+    finally:
+        client.close()
 
 
 # =============================================================================

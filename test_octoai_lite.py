@@ -537,7 +537,7 @@ def test_exchange_bounds_the_head_and_the_interim_answers():
 def test_request_bytes():
     data = octoai_lite._build_request("POST", "/v1/x", "h:1", {"A": "b"}, b"abc")
     assert (
-        data == b"POST /v1/x HTTP/1.1\r\nHost: h:1\r\nAccept-Encoding: identity\r\nA: b\r\nContent-Length: 3\r\n\r\nabc"
+        data == b"POST /v1/x HTTP/1.1\r\nHost: h:1\r\nA: b\r\nContent-Length: 3\r\n\r\nabc"
     )
 
 
