@@ -1019,3 +1019,35 @@ def test_log_records_of_a_failed_call_quote_no_token(server, flavor, debug_log):
     exc = caught(lambda: flavor.chat(client))
     assert any(record.levelno == logging.DEBUG for record in debug_log.records)
     assert_error_hides_token(exc, debug_log)
+
+
+def test_closing_an_async_client_closes_a_running_loops_pool_in_that_loops_thread(server):
+    """close() from one loop while another runs in its thread: no cross-thread call (debug mode would raise)."""
+    client = octoai_lite.AsyncClient(base_url=server.url + "/v1", timeout=3, max_retries=0)
+    ready, closed = threading.Event(), threading.Event()
+    idle_after = []
+
+    def other_loop():
+        async def go():
+            asyncio.get_running_loop().set_debug(True)  # a non-thread-safe call from another thread raises
+            await client.chat.completions.create(model="m", messages=MESSAGES)  # leaves an idle connection here
+            ready.set()
+            while not closed.is_set():
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)  # the scheduled close runs
+            idle_after.extend(pool.idle_count() for pool in client._transport.pools())
+
+        asyncio.run(go())
+
+    thread = threading.Thread(target=other_loop, daemon=True)
+    thread.start()
+    assert ready.wait(5)
+
+    async def close_here():
+        asyncio.get_running_loop().set_debug(True)
+        await client.close()
+
+    asyncio.run(close_here())
+    closed.set()
+    thread.join(5)
+    assert idle_after and all(count == 0 for count in idle_after), idle_after
