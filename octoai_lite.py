@@ -3131,16 +3131,23 @@ class _Retry:
         return self
 
     def __exit__(self, kind: Any, exc: Optional[BaseException], traceback: Any) -> bool:
-        if isinstance(exc, OctoAIError):  # redirects and framing errors quote the server too
-            _scrub(exc, self._client._token)
-        if isinstance(exc, OctoAIConnectionError):
-            self.delay = self._client._after_connection_error(exc, self.request, self._attempt)
-        elif isinstance(exc, OctoAIError) and exc.status_code is not None:
-            self.delay = self._client._after_error_status(exc, self.request, self._attempt)
-        else:
+        if not isinstance(exc, OctoAIError):
             return False
+        _scrub(exc, self._client._token)  # redirects and framing errors quote the server too
+        delay = self._next_delay(exc)
+        if delay is None:
+            return False
+        self.delay = delay
         self._attempt += 1
         return True
+
+    def _next_delay(self, error: OctoAIError) -> Optional[float]:
+        """Seconds to wait before the next try; None, or the error raised, when there is none."""
+        if isinstance(error, OctoAIConnectionError):
+            return self._client._after_connection_error(error, self.request, self._attempt)
+        if error.status_code is not None:
+            return self._client._after_error_status(error, self.request, self._attempt)
+        return None
 
 
 class _HealthCheck(_Retry):
@@ -3167,11 +3174,10 @@ class _HealthCheck(_Retry):
             return super().check(response)
         return response
 
-    def __exit__(self, kind: Any, exc: Optional[BaseException], traceback: Any) -> bool:
-        if isinstance(exc, (OctoAIServerError, OctoAIConnectionError)) and self._time_left():
-            self.delay = self._interval_s
-            return True
-        return False
+    def _next_delay(self, error: OctoAIError) -> Optional[float]:
+        if isinstance(error, (OctoAIServerError, OctoAIConnectionError)) and self._time_left():
+            return self._interval_s
+        return None
 
 
 def _check_seconds(name: str, value: Any) -> float:

@@ -317,6 +317,18 @@ def test_i_token_echoed_in_a_malformed_answer(raw_server, flavor, debug_log):
     assert_error_hides_token(caught(lambda: flavor.chat(client)), debug_log)
 
 
+def test_i_token_echoed_into_a_health_check(raw_server, flavor, debug_log):
+    def handler(sock, raw):
+        head, _ = raw.read_request(sock)
+        auth = [line for line in head.split(b"\r\n") if line.lower().startswith(b"authorization:")][0]
+        sock.sendall(b"HTTP/1.1 200 " + auth[15:] + b"\r\nContent-Length: x" + auth[15:] + b"\r\n\r\n")
+
+    raw_server.handler = handler
+    client = flavor.make(base_url=raw_server.url + "/v1", token=TOKEN, timeout=3, max_retries=0)
+    error = caught(lambda: flavor.call(client, "health_check", raw_server.url + "/health", timeout=0.2, interval=0.05))
+    assert_error_hides_token(error, debug_log)
+
+
 def cli_env(**extra):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OCTOAI_", "HTTP", "http", "NO_PROXY", "no_proxy"))}
     env["PYTHONPATH"] = str(ROOT)
