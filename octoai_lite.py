@@ -79,13 +79,10 @@ if TYPE_CHECKING:  # typing costs 3.5 ms to import; annotations are strings here
         Optional,
         Tuple,
         Type,
-        TypedDict,
         TypeVar,
         Union,
     )
     from typing import overload as _overload
-
-    from typing_extensions import Unpack
 
     _Env = Mapping[str, str]
     _PoolKey = Tuple[str, str, int, Optional[str]]
@@ -93,6 +90,8 @@ if TYPE_CHECKING:  # typing costs 3.5 ms to import; annotations are strings here
     _ClientT = TypeVar("_ClientT", bound="_BaseClient")
     _SelfT = TypeVar("_SelfT")
     _MapFn = Optional[Callable[[Any], Any]]
+    _Object = Optional[Mapping[str, Any]]
+    _Headers = Optional[Mapping[str, Optional[str]]]
     _CompletionT = TypeVar("_CompletionT")
     _StreamT = TypeVar("_StreamT")
 
@@ -3423,56 +3422,36 @@ the connection's failure.
 
 
 if TYPE_CHECKING:
-
-    class _ChatParams(TypedDict, total=False):
-        """The keyword arguments `create` takes besides model, messages and stream."""
-
-        max_tokens: Optional[int]
-        temperature: Optional[float]
-        top_p: Optional[float]
-        stop: Union[str, List[str], None]
-        frequency_penalty: Optional[float]
-        presence_penalty: Optional[float]
-        response_format: Optional[Mapping[str, Any]]
-        tools: Optional[List[Mapping[str, Any]]]
-        tool_choice: Union[str, Mapping[str, Any], None]
-        parallel_tool_calls: Optional[bool]
-        functions: Optional[List[Mapping[str, Any]]]
-        function_call: Union[str, Mapping[str, Any], None]
-        seed: Optional[int]
-        n: Optional[int]
-        logprobs: Optional[bool]
-        top_logprobs: Optional[int]
-        logit_bias: Optional[Mapping[str, float]]
-        stream_options: Optional[Mapping[str, Any]]
-        user: Optional[str]
-        top_k: Optional[int]
-        min_p: Optional[float]
-        repetition_penalty: Optional[float]
-        extra_headers: Optional[Mapping[str, Optional[str]]]
-        extra_query: Optional[Mapping[str, Any]]
-        extra_body: Optional[Mapping[str, Any]]
-        timeout: Optional[float]
-        max_retries: Optional[int]
-        deadline: Optional[float]
-
+    # Every other keyword (tools, seed, n, stream_options...) goes into the body as given: **more.
     class _CreateTypes(Generic[_CompletionT, _StreamT]):
         """`create`'s signature for type checkers: a stream when ``stream=True``, else a completion."""
 
         @_overload
         def create(
             self, *, model: Union[str, TextModel], messages: Iterable[Any], stream: Literal[False] = False,
-            **params: Unpack[_ChatParams],
+            max_tokens: Optional[int] = None, temperature: Optional[float] = None, top_p: Optional[float] = None,
+            stop: Union[str, List[str], None] = None, frequency_penalty: Optional[float] = None,
+            presence_penalty: Optional[float] = None, response_format: _Object = None, extra_headers: _Headers = None,
+            extra_query: _Object = None, extra_body: _Object = None, timeout: Optional[float] = None,
+            max_retries: Optional[int] = None, deadline: Optional[float] = None, **more: Any,
         ) -> _CompletionT: ...  # fmt: skip
         @_overload
         def create(
             self, *, model: Union[str, TextModel], messages: Iterable[Any], stream: Literal[True],
-            **params: Unpack[_ChatParams],
+            max_tokens: Optional[int] = None, temperature: Optional[float] = None, top_p: Optional[float] = None,
+            stop: Union[str, List[str], None] = None, frequency_penalty: Optional[float] = None,
+            presence_penalty: Optional[float] = None, response_format: _Object = None, extra_headers: _Headers = None,
+            extra_query: _Object = None, extra_body: _Object = None, timeout: Optional[float] = None,
+            max_retries: Optional[int] = None, deadline: Optional[float] = None, **more: Any,
         ) -> _StreamT: ...  # fmt: skip
         @_overload
         def create(
             self, *, model: Union[str, TextModel], messages: Iterable[Any], stream: bool,
-            **params: Unpack[_ChatParams],
+            max_tokens: Optional[int] = None, temperature: Optional[float] = None, top_p: Optional[float] = None,
+            stop: Union[str, List[str], None] = None, frequency_penalty: Optional[float] = None,
+            presence_penalty: Optional[float] = None, response_format: _Object = None, extra_headers: _Headers = None,
+            extra_query: _Object = None, extra_body: _Object = None, timeout: Optional[float] = None,
+            max_retries: Optional[int] = None, deadline: Optional[float] = None, **more: Any,
         ) -> Union[_CompletionT, _StreamT]: ...  # fmt: skip
         def create(self, **arguments: Any) -> Any: ...
 
