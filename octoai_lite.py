@@ -535,13 +535,9 @@ class ChoiceDelta(ChatMessage):
     content: str = _filler(str)
     _SEED_FIELDS = frozenset({"role", "content"})
 
-    @classmethod
-    def from_dict(cls: Type[_MessageT], data: Dict[str, Any]) -> _MessageT:
-        """Build from the server's JSON object."""
-        delta = super().from_dict(data)
-        if delta.content is None:
-            delta.content = ""
-        return delta
+    def __post_init__(self) -> None:
+        if self.content is None:  # what the server sends for "no text" (or leaves out)
+            self.content = ""
 
 
 @dataclasses.dataclass
@@ -2030,18 +2026,20 @@ class _Route:
             raise OctoAIConnectionError(f"the proxy refused a tunnel to {self.where}: {exchange.status}")
 
 
-def _call_timeout(timeout_s: float, deadline_at: Optional[float], where: str) -> float:
-    """The wait allowed for the next step: `timeout_s`, shortened by the call's deadline."""
+def _next_wait(timeout_s: float, deadline_at: Optional[float]) -> Optional[float]:
+    """The wait allowed for the next step: `timeout_s`, shortened by the call's deadline; None once it passed."""
     if deadline_at is None:
         return timeout_s
     remaining = deadline_at - time.monotonic()
-    if remaining <= 0:
-        raise OctoAITimeoutError(f"the call's deadline passed before the answer from {where}")
-    return min(timeout_s, remaining)
+    return min(timeout_s, remaining) if remaining > 0 else None
 
 
 def _wait_s(request: _Request, route: _Route) -> float:
-    return _call_timeout(request.timeout_s, request.deadline_at, route.where)
+    """The wait allowed for a pool slot or a connect."""
+    wait = _next_wait(request.timeout_s, request.deadline_at)
+    if wait is None:
+        raise OctoAITimeoutError(f"the call's deadline passed before the answer from {route.where}")
+    return wait
 
 
 def _is_redirect(status: int, headers: Mapping[str, str]) -> bool:
@@ -2255,12 +2253,10 @@ class _ResponseBase:
 
     def _read_timeout(self) -> float:
         """How long the next read may wait: the timeout, or what is left of the deadline."""
-        if self._deadline_at is None:
-            return self._timeout_s
-        remaining = self._deadline_at - time.monotonic()
-        if remaining <= 0:
+        wait = _next_wait(self._timeout_s, self._deadline_at)
+        if wait is None:
             raise self._deadline_error()
-        return min(self._timeout_s, remaining)
+        return wait
 
     # -- failures
 
