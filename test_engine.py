@@ -17,7 +17,7 @@ import time
 import pytest
 
 import octoai_lite
-from conftest import MESSAGES, chat_events, chunk, completion_body, delta_text, reset, sse_event
+from conftest import MESSAGES, chat_events, chunk, completion_body, delta_text, reply, reset, sse_event
 from octoai_lite import (
     AuthenticationError,
     OctoAIClientError,
@@ -722,3 +722,61 @@ def test_a_freed_slot_wakes_a_waiter_for_that_host(server, make_client):
         for waiter in waiters:
             waiter.join(5)
         assert set(took) == {"a", "b"}
+
+
+def test_an_unasked_101_never_leaves_its_connection_for_reuse(raw_server, flavor):
+    def handler(sock, server):
+        while server.read_request(sock) is not None:
+            if len(server.requests) == 1:
+                sock.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n")
+            else:
+                sock.sendall(answer("after"))
+
+    raw_server.handler = handler
+    client = raw_client(flavor, raw_server)
+    with pytest.raises(OctoAIError):
+        flavor.chat(client)
+    assert content(flavor.chat(client)) == "after"
+    assert raw_server.accepted == 2
+
+
+def test_a_callers_accept_encoding_replaces_the_default(raw_server, flavor):
+    raw_server.handler = keep_alive(lambda n: [answer("ok")])
+    client = raw_client(flavor, raw_server)
+    flavor.chat(client, extra_headers={"Accept-Encoding": "br"})
+    flavor.chat(client)
+    (first, _), (second, _) = raw_server.requests
+    assert [line for line in first.lower().split(b"\r\n") if line.startswith(b"accept-encoding")] == [b"accept-encoding: br"]
+    assert b"accept-encoding: identity" in second.lower().split(b"\r\n")
+
+
+def test_redirects_are_counted_per_attempt(server, flavor):
+    """Three redirects then a 503, three redirects then the answer: six in all, never five in one attempt."""
+    hop = reply(307, "", headers={"Location": "/v1/chat/completions"})
+    server.script += [hop] * 3 + [reply(503, {"error": {"message": "busy"}}, headers={"retry-after-ms": "1"})]
+    server.script += [hop] * 3 + [reply(200, completion_body("there"))]
+    client = flavor.make(max_retries=1)
+    assert content(flavor.chat(client)) == "there"
+    assert len(server.requests) == 8
+
+
+def test_the_deadline_bounds_a_proxy_that_trickles_the_tunnel(raw_server, flavor, monkeypatch):
+    def trickling_proxy(sock, server):
+        read_head_only(sock)  # the CONNECT, answered a byte every 0.2 s for 3 s
+        for byte in (b"HTTP/1.1 200 Connection established" + b" " * 100)[:15]:
+            sock.sendall(bytes([byte]))
+            time.sleep(0.2)
+
+    raw_server.handler = trickling_proxy
+    monkeypatch.setenv("HTTPS_PROXY", raw_server.url)
+    client = flavor.make(base_url="https://127.0.0.1:9/v1", timeout=5, deadline=1)
+    started = time.monotonic()
+    with pytest.raises(OctoAITimeoutError):
+        flavor.chat(client)
+    assert time.monotonic() - started < 1.6
+
+
+def test_an_international_host_goes_out_in_its_ascii_form():
+    route = octoai_lite._Route("http://bücher.example:8080/v1 x/ü", {})
+    assert route.host_header == "xn--bcher-kva.example:8080"
+    assert route.target == "/v1%20x/%C3%BC"
