@@ -136,7 +136,7 @@ __version__ = "0.1.0"
 # module is imported only once something else has imported it (only then
 # may a record have somewhere to go) or OCTOAI_LOG asks for it: importing
 # it here would cost a sixth of this module's import time.
-_DEBUG, _INFO, _WARNING = 10, 20, 30  # logging's level numbers
+_DEBUG, _INFO = 10, 20  # logging's level numbers
 
 
 def _logger() -> Any:
@@ -203,6 +203,29 @@ _URL_SAFE = "/%:@!$&'()*+,;=?-._~"  # what a URL's path and query keep as they a
 _MAX_CACHED_ROUTES = 256  # URLs whose parsed route a client remembers
 _DONE_GRACE_S = 1.0  # after [DONE], how long the rest of the body may take
 _HEALTH_CHECK_INTERVAL_S = 1.0
+
+# What a call is doing when it waits, for messages ("timed out connecting to
+# host:port"); a failure in the last two may come after the server acted.
+_PHASES = types.MappingProxyType(
+    {
+        "pool": "waiting for a free connection to",
+        "connect": "connecting to",
+        "tunnel": "opening a tunnel to",
+        "tls": "in the TLS handshake with",
+        "send": "sending the request to",
+        "wait": "waiting for the answer from",
+        "body": "reading the answer from",
+    }
+)
+_SENT_NOTE = " (the request was sent: the server may have received it)"
+_REASONS = types.MappingProxyType(
+    {
+        400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+        408: "Request Timeout", 409: "Conflict", 413: "Content Too Large", 415: "Unsupported Media Type",
+        422: "Unprocessable Entity", 429: "Too Many Requests", 500: "Internal Server Error", 501: "Not Implemented",
+        502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
+    }
+)  # fmt: skip
 
 
 # =============================================================================
@@ -293,9 +316,13 @@ class OctoAIConnectionError(OctoAIError):
 
     ``request_sent`` is True when the request had gone out whole before the
     failure, so the server may have acted on it; such a POST is not re-sent.
+    ``stale`` is True when it met a pooled connection that the server had
+    closed while idle (no byte of an answer came): the retry policy (4d)
+    decides whether the request may go out again on another.
     """
 
     request_sent = False
+    stale = False
 
 
 class OctoAITimeoutError(OctoAIConnectionError):
@@ -856,24 +883,42 @@ def _build_headers(
     return _merge_headers(base, default_headers, extra_headers)
 
 
-class _Request:
-    """One call's request and settings, ready for the retry loop."""
+@dataclasses.dataclass(frozen=True)
+class _Call:
+    """One call as the caller made it: the request, and the bounds it runs under.
 
-    def __init__(
-        self, method: str, url: str, headers: Dict[str, str], data: Optional[bytes], timeout_s: float,
-        deadline_at: Optional[float], retries: int, base_url: Optional[str], token: Optional[str],
-    ) -> None:  # fmt: skip
-        self.method = method
-        self.url = url
-        self.headers = headers
-        self.data = data
-        self.timeout_s = timeout_s
-        self.deadline_at = deadline_at
-        self.retries = retries
-        self.base_url = base_url  # for the 404 hint, when the URL was built from base_url
-        self.token = token  # to keep out of log lines
-        self.hops = 0  # redirects followed in this attempt
-        self.response: Any = None  # the latest attempt's response, set by the transport
+    Immutable, and built by keyword; the transport reads it, never writes
+    it. `wait` is the one deadline rule: every phase of every attempt (pool,
+    connect, tunnel, TLS, write, head, body) asks it just before it waits,
+    and the retry policy checks its sleeps against `deadline_at` (4d).
+    """
+
+    method: str
+    url: str
+    headers: Mapping[str, str]
+    body: Optional[bytes]
+    timeout_s: float  # connect and each read
+    deadline_at: Optional[float]  # time.monotonic() by which the whole call ends
+    retries: int
+    base_url: Optional[str]  # for the 404 hint, when the URL was built from base_url
+    token: Optional[str]  # to keep out of errors and log lines
+    retry_every_s: Optional[float] = None  # health_check: a 5xx or a failed connection is tried again this often
+
+    def wait(self, phase: str, where: str, now: float) -> float:
+        """Seconds the next wait in `phase` may take: the timeout, cut to what is left of the deadline."""
+        if self.deadline_at is None:
+            return self.timeout_s
+        if now >= self.deadline_at:
+            raise self.deadline_error(phase, where)
+        return min(self.timeout_s, self.deadline_at - now)
+
+    def deadline_error(self, phase: str, where: str) -> OctoAITimeoutError:
+        sent = phase in ("wait", "body")
+        error = OctoAITimeoutError(
+            f"the call's deadline passed {_PHASES[phase]} {where}" + (_SENT_NOTE if phase == "wait" else "")
+        )
+        error.request_sent = sent
+        return error
 
 
 def _join_url(base: str, path: str, query: Optional[Mapping[str, Any]] = None) -> str:
@@ -1290,11 +1335,49 @@ def _build_chat_request(arguments: Mapping[str, Any]) -> Tuple[Dict[str, Any], b
     return body, stream, options
 
 
-# -- 4d. Retry policy ---------------------------------------------------------
-# A value computed from the attempt and the answer, apart from the sleeping
-# (urllib3's Retry, openai's _should_retry). Connection failures reach it
-# only when they are safe to repeat: before the request went out, or for an
-# idempotent method.
+# -- 4d. Redirects ------------------------------------------------------------
+
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+
+
+def _origin(url: str) -> Tuple[str, str, Optional[int]]:
+    parts = urlsplit(url)
+    default_port = 443 if parts.scheme == "https" else 80
+    return parts.scheme, (parts.hostname or "").lower(), parts.port or default_port
+
+
+def _redirect_target(method: str, url: str, status: int, headers: Mapping[str, str]) -> str:
+    """Where to follow a redirect; raises `OctoAIClientError` where following would be wrong.
+
+    307 and 308 keep the method and body; 301/302/303 would turn a POST into
+    a GET of something else, so only GETs follow them. Nothing is followed to
+    another origin, so the token is never sent there.
+    """
+    location = headers.get("location", "")
+    target = urljoin(url, location)
+    why = ""
+    if status not in (307, 308) and method not in _IDEMPOTENT_METHODS:
+        why = f"a {method} cannot follow a {status} without turning into a GET"
+    elif _origin(target) != _origin(url):
+        why = "it leads to another origin, where the token must not go"
+    if why:
+        raise OctoAIClientError(
+            f"{status} redirect to {target} not followed: {why}; set base_url to the new address",
+            status_code=status,
+            headers=headers,
+            request_id=_request_id(headers),
+        )
+    return target
+
+
+def _is_redirect(status: int, headers: Mapping[str, str]) -> bool:
+    return status in _REDIRECT_STATUSES and "location" in headers
+
+
+# -- 4e. Retry policy: one judge of every attempt's outcome -------------------
+# What follows one try of a call is decided here alone, apart from the
+# sleeping (urllib3's Retry, openai's _should_retry): send it again at once
+# on another connection, follow a redirect, wait and try again, or raise.
 
 
 def _seconds(text: str, scale: float = 1.0) -> Optional[float]:
@@ -1337,7 +1420,7 @@ def _retry_delay(
     error_code: Optional[str] = None,
     now: float,
     rand: float,
-    initial_s: float = _BACKOFF_INITIAL_S,
+    initial_s: float,
 ) -> Optional[float]:
     """Seconds to wait before retrying, or None not to retry.
 
@@ -1359,40 +1442,64 @@ def _retry_delay(
     backoff = min(initial_s * 2.0**attempt, _BACKOFF_MAX_S)
     return backoff * (1.0 - 0.25 * rand)  # jitter: 75% to 100% of the backoff
 
+@dataclasses.dataclass(frozen=True)
+class _Attempt:
+    """The next try of a call: where it goes, what came before it, and the wait before it."""
 
-# -- 4e. Redirects ------------------------------------------------------------
-
-_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-
-
-def _origin(url: str) -> Tuple[str, str, Optional[int]]:
-    parts = urlsplit(url)
-    default_port = 443 if parts.scheme == "https" else 80
-    return parts.scheme, (parts.hostname or "").lower(), parts.port or default_port
+    url: str
+    retries: int = 0  # failed tries waited for so far
+    hops: int = 0  # redirects followed since the last of them
+    wait_s: float = 0.0
 
 
-def _redirect_target(method: str, url: str, status: int, headers: Mapping[str, str]) -> str:
-    """Where to follow a redirect; raises `OctoAIClientError` where following would be wrong.
+def _judge(
+    call: _Call, attempt: _Attempt, outcome: Any, *, now: float, clock: float, rand: Callable[[], float]
+) -> Optional[_Attempt]:
+    """What follows one try whose `outcome` is an answer (status, headers, error_body) or an OctoAIError.
 
-    307 and 308 keep the method and body; 301/302/303 would turn a POST into
-    a GET of something else, so only GETs follow them. Nothing is followed to
-    another origin, so the token is never sent there.
+    None: the answer is the call's. Otherwise the next attempt: at once for
+    a dead pooled connection (uncounted) or a redirect, after `wait_s` for a
+    retry. Raises the error when nothing is left to try: a POST that went
+    out whole is never sent again (DESIGN.md, Retries), and no sleep may
+    end past the deadline. `now` is the wall clock (for Retry-After dates),
+    `clock` the monotonic one, `rand()` a number in [0, 1) for the jitter.
     """
-    location = headers.get("location", "")
-    target = urljoin(url, location)
-    why = ""
-    if status not in (307, 308) and method not in _IDEMPOTENT_METHODS:
-        why = f"a {method} cannot follow a {status} without turning into a GET"
-    elif _origin(target) != _origin(url):
-        why = "it leads to another origin, where the token must not go"
-    if why:
-        raise OctoAIClientError(
-            f"{status} redirect to {target} not followed: {why}; set base_url to the new address",
-            status_code=status,
-            headers=headers,
-            request_id=_request_id(headers),
-        )
-    return target
+    status: Optional[int] = None
+    headers: Mapping[str, str] = {}
+    if isinstance(outcome, OctoAIError):
+        error = outcome
+        if not isinstance(error, OctoAIConnectionError):
+            raise error  # the answer broke the protocol: asking again will not mend it
+        if error.request_sent and call.method not in _IDEMPOTENT_METHODS:
+            raise error
+        if error.stale:
+            return dataclasses.replace(attempt, wait_s=0.0)
+    else:
+        status, headers = outcome.status, outcome.headers
+        if _is_redirect(status, headers):
+            target = _redirect_target(call.method, attempt.url, status, headers)
+            if attempt.hops >= _MAX_REDIRECTS:
+                raise OctoAIClientError(f"more than {_MAX_REDIRECTS} redirects, the last to {target}")
+            return dataclasses.replace(attempt, url=target, hops=attempt.hops + 1, wait_s=0.0)
+        if status < 300:
+            return None
+        error = _error_from_response(status, headers, outcome.error_body, token=call.token, base_url=call.base_url)
+        error.retry_after = _parse_retry_after(headers, now)
+    delay: Optional[float] = None
+    if call.retry_every_s is not None:  # health_check: a 5xx or no answer, again until the deadline
+        if status is None or status >= 500:
+            delay = call.retry_every_s
+            if status is not None and call.deadline_at is not None and clock + delay >= call.deadline_at:
+                return None  # out of time: the last 5xx is the answer
+    elif attempt.retries < call.retries:
+        code = _error_code(error.body)
+        delay = _retry_delay(
+            attempt.retries, status=status, headers=headers, error_code=code, now=now, rand=rand(),
+            initial_s=_BACKOFF_INITIAL_S,
+        )  # fmt: skip
+    if delay is None or (call.deadline_at is not None and clock + delay >= call.deadline_at):
+        raise error
+    return _Attempt(call.url, attempt.retries + 1, 0, delay)
 
 
 # -- 4f. Folding stream chunks ------------------------------------------------
@@ -1574,15 +1681,6 @@ _DIGITS = re.compile(r"[0-9]{1,18}")  # not str.isdigit, which takes "²"
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 _MAX_INTERIM_ANSWERS = 8  # 100 Continue, 103 Early Hints... before the real one
 _MAX_CHUNK_LINE_BYTES = 4096  # a chunk-size or trailer line (h11: the same)
-_SENT_NOTE = " (the request was sent: the server may have received it)"
-_REASONS = types.MappingProxyType(
-    {
-        400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-        408: "Request Timeout", 409: "Conflict", 413: "Content Too Large", 415: "Unsupported Media Type",
-        422: "Unprocessable Entity", 429: "Too Many Requests", 500: "Internal Server Error", 501: "Not Implemented",
-        502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
-    }
-)  # fmt: skip
 
 
 def _build_request(method: str, target: str, host: str, headers: Mapping[str, str], body: Optional[bytes]) -> bytes:
@@ -1828,10 +1926,10 @@ class _Body:
         self.over = self._size > self.limit
         return not self.over
 
-    def value(self, truncate: bool, where: str) -> bytes:
-        if self.over and not truncate:
+    def value(self, where: str) -> bytes:
+        if self.over:
             raise OctoAIValidationError(f"the answer from {where} is larger than {self.limit} bytes")
-        return b"".join(self._chunks)[: self.limit]
+        return b"".join(self._chunks)
 
 
 # =============================================================================
@@ -1935,16 +2033,6 @@ def _is_dropped(sock: Any) -> bool:
         return True  # an idle HTTP connection has nothing to say: readable means gone
 
 
-_PHASES = types.MappingProxyType(
-    {
-        "connect": "connecting to",
-        "send": "sending the request to",
-        "wait": "waiting for the answer from",
-        "body": "reading the answer from",
-    }
-)
-
-
 def _translate_error(exc: BaseException, phase: str, where: str) -> OctoAIConnectionError:
     """The OctoAIConnectionError (or OctoAITimeoutError) for a socket or TLS failure in `phase`."""
     doing = _PHASES[phase]
@@ -1975,6 +2063,15 @@ def _translate_error(exc: BaseException, phase: str, where: str) -> OctoAIConnec
         error = OctoAIConnectionError(f"error {doing} {where}: {type(exc).__name__}: {exc}{note}", exc)
     error.request_sent = phase in ("wait", "body")
     return error
+
+
+def _failure(exc: BaseException, phase: str, where: str, call: _Call) -> BaseException:
+    """What a low-level failure in `phase` means: a wait the deadline cut short says so."""
+    if isinstance(exc, socket.timeout) and call.deadline_at is not None and time.monotonic() >= call.deadline_at:
+        return call.deadline_error(phase, where)
+    if isinstance(exc, OSError):
+        return _translate_error(exc, phase, where)
+    return exc  # the exchange's own errors; and interrupts, cancellations, bugs as they are
 
 
 class _Route:
@@ -2026,24 +2123,29 @@ class _Route:
             raise OctoAIConnectionError(f"the proxy refused a tunnel to {self.where}: {exchange.status}")
 
 
-def _next_wait(timeout_s: float, deadline_at: Optional[float]) -> Optional[float]:
-    """The wait allowed for the next step: `timeout_s`, shortened by the call's deadline; None once it passed."""
-    if deadline_at is None:
-        return timeout_s
-    remaining = deadline_at - time.monotonic()
-    return min(timeout_s, remaining) if remaining > 0 else None
+def _opening(
+    route: _Route, call: _Call, context: Optional[ssl.SSLContext]
+) -> Generator[Tuple[str, Any, float], bytes, None]:
+    """The steps that open a connection along `route`, for either flavour to take in turn.
 
-
-def _wait_s(request: _Request, route: _Route) -> float:
-    """The wait allowed for a pool slot or a connect."""
-    wait = _next_wait(request.timeout_s, request.deadline_at)
-    if wait is None:
-        raise OctoAITimeoutError(f"the call's deadline passed before the answer from {route.where}")
-    return wait
-
-
-def _is_redirect(status: int, headers: Mapping[str, str]) -> bool:
-    return status in _REDIRECT_STATUSES and "location" in headers
+    Each is (step, argument, wait), its wait asked of the call just before
+    it: "connect" to (host, port); through a proxy to an https URL, "trade"
+    the CONNECT request for bytes (then b"" to read on) until the proxy's
+    answer is in; then "tls" with (context, host name). What a "trade"
+    receives comes back through the generator's `send`.
+    """
+    where = route.where
+    yield "connect", (route.connect_host, route.connect_port), call.wait("connect", where, time.monotonic())
+    if context is None:
+        return
+    if route.proxy:
+        exchange = route.tunnel()
+        data = exchange.request
+        while not exchange.head():
+            exchange.feed((yield "trade", data, call.wait("tunnel", where, time.monotonic())))
+            data = b""
+        route.check_tunnel(exchange)
+    yield "tls", (context, route.host), call.wait("tls", where, time.monotonic())
 
 
 class _PoolBook:
@@ -2097,16 +2199,22 @@ class _PoolBook:
             conn.close()
         self._open[key] -= 1
 
-    def _claim(self, key: _PoolKey, remaining_s: float, wait_s: float) -> Tuple[Any, float]:
-        """(an idle connection or None for a new one, 0.0), or (None, seconds to wait for a slot)."""
-        conn, reserved = self._take(key)
-        if reserved:
-            return conn, 0.0
-        if remaining_s <= 0:
-            raise OctoAITimeoutError(
-                f"all {self.max_connections} connections to {key[1]}:{key[2]} stayed busy for {wait_s:g} s"
-            )
-        return None, remaining_s
+    def _slot(self, route: _Route, call: _Call) -> Generator[float, None, Any]:
+        """The wait for a connection, for either flavour: yields how long to wait for a freed slot; returns
+        an idle connection, or None with a slot reserved for a new one. Call it under the pool's lock."""
+        wait_s = call.wait("pool", route.where, time.monotonic())
+        give_up_at = time.monotonic() + wait_s
+        while True:
+            conn, reserved = self._take(route.key)
+            if reserved:
+                return conn
+            now = time.monotonic()
+            if now >= give_up_at:
+                call.wait("pool", route.where, now)  # the deadline's error, if that is what ran out
+                raise OctoAITimeoutError(
+                    f"all {self.max_connections} connections to {route.host}:{route.port} stayed busy for {wait_s:g} s"
+                )
+            yield give_up_at - now
 
     def _close_idle(self) -> None:
         self._closed = True
@@ -2126,7 +2234,7 @@ class _PoolBook:
 
 
 class _ResponseBase:
-    """One exchange on one pooled connection, from the request's bytes to the answer's end.
+    """One try of a call on one pooled connection, from the request's bytes to the answer's end.
 
     Whoever holds it reads it to the end (the connection then goes back to
     the pool) or calls `close()`, from any thread: a read blocked in another
@@ -2136,25 +2244,22 @@ class _ResponseBase:
     below return values for threads and awaitables for asyncio.
     """
 
-    def __init__(self, pool: Any, route: _Route, conn: Any, request: _Request) -> None:
-        request.response = self
+    def __init__(self, pool: Any, route: _Route, conn: Any, call: _Call) -> None:
         self.url = route.url
         self.error_body = b""  # an error answer's body, read by `start` (up to a limit)
         self.closed_early = False  # closed by its holder before the answer ended
-        self.stale = False  # sent on a reused connection that proved dead: to go out again on another
         self._pool = pool
         self._key = route.key
         self.where = route.where
         self._conn = conn
         self._held = [conn]  # list.pop() is atomic: the connection is given back once, whoever is first
         try:
-            data = route.request(request.method, request.headers, request.data)
+            data = route.request(call.method, call.headers, call.body)
         except BaseException:
             pool.release(route.key, conn, True)  # nothing went out on it
             raise
-        self._exchange = _Exchange(request.method, data, route.where)
-        self._timeout_s = request.timeout_s
-        self._deadline_at = request.deadline_at
+        self._exchange = _Exchange(call.method, data, route.where)
+        self._call = call  # its bounds: every wait asks `_call.wait`
         self._written = False
         self._send_error: Optional[BaseException] = None
         self._quiet = False  # reading the rest of an answer already complete: a failure loses nothing
@@ -2184,9 +2289,9 @@ class _ResponseBase:
         """The next part of the body as it arrives; b"" at the end (the connection is then released)."""
         return self._drive(self._piece, b"")
 
-    def read(self, limit: int = _MAX_BODY_BYTES, *, truncate: bool = False) -> Any:
-        """The whole body; past `limit` bytes raise, or with `truncate` keep the start."""
-        body = _Body(limit)
+    def read(self) -> Any:
+        """The whole body; raises past `_MAX_BODY_BYTES`."""
+        body = _Body(_MAX_BODY_BYTES)
 
         def whole() -> Optional[bytes]:
             while True:
@@ -2196,15 +2301,15 @@ class _ResponseBase:
                 if not body.add(piece):
                     if body.over:
                         self._abort()
-                    return body.value(truncate, self.where)
+                    return body.value(self.where)
 
         return self._drive(whole, b"")
 
     def grace(self, grace_s: float) -> None:
         """Let the rest of an answer already complete for its holder take `grace_s` in all; a failure loses nothing."""
-        give_up_at = time.monotonic() + grace_s
-        self._timeout_s = min(self._timeout_s, grace_s)
-        self._deadline_at = give_up_at if self._deadline_at is None else min(self._deadline_at, give_up_at)
+        call, give_up_at = self._call, time.monotonic() + grace_s
+        deadline_at = give_up_at if call.deadline_at is None else min(call.deadline_at, give_up_at)
+        self._call = dataclasses.replace(call, timeout_s=min(call.timeout_s, grace_s), deadline_at=deadline_at)
         self._quiet = True
 
     # -- goals for the pump: each returns None while it needs more bytes
@@ -2240,7 +2345,7 @@ class _ResponseBase:
 
     def _write(self) -> None:
         try:
-            self._conn.send(self._exchange.request, self._read_timeout())
+            self._conn.send(self._exchange.request, self._wait())
         except (OSError, OctoAIError) as exc:
             # The server may have answered early (401, 413) and closed
             # without reading the body: what it said is read next.
@@ -2251,12 +2356,9 @@ class _ResponseBase:
         if self._written and self._send_error is None and not self._conn.writing:
             self._exchange.sent = True
 
-    def _read_timeout(self) -> float:
-        """How long the next read may wait: the timeout, or what is left of the deadline."""
-        wait = _next_wait(self._timeout_s, self._deadline_at)
-        if wait is None:
-            raise self._deadline_error()
-        return wait
+    def _wait(self) -> float:
+        """How long the next write or read may wait."""
+        return self._call.wait(self._exchange.phase, self.where, time.monotonic())
 
     # -- failures
 
@@ -2269,7 +2371,7 @@ class _ResponseBase:
             return False
         error = self._failed(exc)
         if error is None:
-            return True  # closed by its holder, a dead reused connection, or the rest of a complete answer
+            return True  # closed by its holder, or the rest of a complete answer
         if error is exc:
             return False
         raise error from exc
@@ -2284,22 +2386,9 @@ class _ResponseBase:
         exchange = self._exchange
         if self._send_error is not None and exchange.phase != "body":
             exc = self._send_error  # the write failed and no answer came: that is the story
-        error = exc
-        if isinstance(exc, socket.timeout) and self._deadline_at is not None and time.monotonic() >= self._deadline_at:
-            error = self._deadline_error()
-        elif isinstance(exc, OSError):
-            error = _translate_error(exc, exchange.phase, self.where)
-        if self._conn.reused and _may_resend(error, exchange):
-            self.stale = True
-            return None
-        return error  # the exchange's own errors; and interrupts, cancellations, bugs as they are
-
-    def _deadline_error(self) -> OctoAITimeoutError:
-        phase = self._exchange.phase
-        error = OctoAITimeoutError(
-            f"the call's deadline passed {_PHASES[phase]} {self.where}" + (_SENT_NOTE if phase == "wait" else "")
-        )
-        error.request_sent = phase != "send"
+        error = _failure(exc, exchange.phase, self.where, self._call)
+        if type(error) is OctoAIConnectionError and self._conn.reused and not exchange.received:
+            error.stale = True  # a pooled connection the server closed while it was idle
         return error
 
     def _release(self) -> None:
@@ -2329,21 +2418,6 @@ class _ResponseBase:
         self._pool.release(self._key, conn, False)
 
 
-def _may_resend(error: BaseException, exchange: _Exchange) -> bool:
-    """Whether a failure on a reused connection shows that it was dead, so the request may go out again.
-
-    Only when nothing says the server acted on it: no answer byte came, and
-    the write failed or the method is idempotent. A POST that went out whole
-    is not sent again (DESIGN.md, Retries).
-    """
-    return (
-        isinstance(error, OctoAIConnectionError)
-        and not isinstance(error, OctoAITimeoutError)
-        and not exchange.received
-        and (not exchange.sent or exchange.method in _IDEMPOTENT_METHODS)
-    )
-
-
 class _TransportBase:
     """The settings both transports share, the one TLS context of a client, and where requests go."""
 
@@ -2366,27 +2440,6 @@ class _TransportBase:
                 self._route_cache[url] = route
         return route
 
-    def _routes(self, request: _Request) -> Iterator[_Route]:
-        """Where a request goes, attempt by attempt: its URL; again after a dead reused connection; each redirect."""
-        route = self.route(request.url)
-        request.hops = 0
-        while True:
-            yield route
-            response = request.response
-            if response.stale:
-                continue
-            if not _is_redirect(response.status, response.headers):
-                return
-            response.close()
-            request.hops += 1
-            target = _redirect_target(request.method, response.url, response.status, response.headers)
-            _log(
-                _DEBUG, "following %d redirect to %s", response.status, _redact(_redact_userinfo(target), request.token)
-            )
-            if request.hops > _MAX_REDIRECTS:
-                raise OctoAIClientError(f"more than {_MAX_REDIRECTS} redirects, the last to {target}")
-            route = self.route(target)
-
     def ssl_context(self) -> ssl.SSLContext:
         # Made on first HTTPS use (loading CAs costs milliseconds), once per client.
         with self._lock:
@@ -2394,11 +2447,9 @@ class _TransportBase:
                 self._context = _ssl_context(self._verify, self._env)
             return self._context
 
-    def _connect_failed(self, exc: BaseException, route: _Route, pool: Any) -> BaseException:
+    def _connect_failed(self, exc: BaseException, route: _Route, call: _Call, pool: Any, step: str) -> BaseException:
         pool.release(route.key, None, False)
-        if isinstance(exc, OSError):
-            return _translate_error(exc, "connect", route.where)
-        return exc
+        return _failure(exc, {"trade": "tunnel"}.get(step, step), route.where, call)
 
     def close(self) -> None:
         """Close the idle pooled connections; busy ones close when released."""
@@ -2423,8 +2474,8 @@ class _TransportBase:
 class _Connection:
     """A blocking socket, plain or TLS. `close` may come from another thread: it wakes a blocked read."""
 
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
+    def __init__(self) -> None:
+        self.sock: socket.socket = None  # type: ignore[assignment]  # until `connect`
         self.pid = os.getpid()
         self.reused = False
         self.writing = False  # sendall returns once everything is written
@@ -2435,6 +2486,22 @@ class _Connection:
             self.sock.settimeout(timeout_s)
             self._timeout_s = timeout_s
 
+    # -- the steps of `_opening`
+    def connect(self, address: Tuple[str, int], timeout_s: float) -> None:
+        self.sock = socket.create_connection(address, timeout_s)
+        self._timeout_s = timeout_s
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def trade(self, data: bytes, timeout_s: float) -> bytes:
+        if data:
+            self.send(data, timeout_s)
+        return self.receive(timeout_s)
+
+    def tls(self, how: Tuple[ssl.SSLContext, str], timeout_s: float) -> None:
+        self._settimeout(timeout_s)  # the handshake's own bound
+        self.sock = how[0].wrap_socket(self.sock, server_hostname=how[1])
+
+    # -- the exchange's
     def send(self, data: bytes, timeout_s: float) -> None:
         self._settimeout(timeout_s)
         self.sock.sendall(data)
@@ -2448,6 +2515,8 @@ class _Connection:
         return _is_dropped(self.sock)
 
     def close(self) -> None:
+        if self.sock is None:
+            return
         if self.pid == os.getpid():  # after a fork, the parent still uses the socket: close our descriptor only
             try:
                 self.sock.shutdown(socket.SHUT_RDWR)  # wakes a recv() blocked in another thread
@@ -2477,16 +2546,15 @@ class _ConnectionPool(_PoolBook):
             cond = self._slot_freed[key] = threading.Condition(self._lock)
         return cond
 
-    def acquire(self, route: _Route, request: _Request) -> Optional[_Connection]:
-        """An idle connection, or None with a slot reserved for a new one."""
-        key, wait_s = route.key, _wait_s(request, route)
-        give_up_at = time.monotonic() + wait_s
+    def acquire(self, route: _Route, call: _Call) -> Optional[_Connection]:
+        """An idle connection, or None with a slot reserved for a new one (see `_slot`)."""
+        slot = self._slot(route, call)
         with self._lock:
-            while True:
-                conn, wait = self._claim(key, give_up_at - time.monotonic(), wait_s)
-                if not wait:
-                    return conn  # type: ignore[no-any-return]
-                self._waiters(key).wait(wait)
+            try:
+                while True:
+                    self._waiters(route.key).wait(next(slot))
+            except StopIteration as got:
+                return got.value  # type: ignore[no-any-return]
 
     def release(self, key: _PoolKey, conn: Optional[_Connection], reusable: bool) -> None:
         """Give a connection back: kept if reusable, else closed and its slot freed."""
@@ -2506,7 +2574,7 @@ class _Response(_ResponseBase):
 
     def _drive(self, goal: Callable[[], Any], fallback: Any) -> Any:
         with self:
-            return _pump(self._conn, self._exchange, goal, self._read_timeout)
+            return _pump(self._conn, self._exchange, goal, self._wait)
         return fallback  # ended quietly (see __exit__)
 
 
@@ -2520,32 +2588,26 @@ class _Transport(_TransportBase):
     def pools(self) -> List[_ConnectionPool]:
         return [self.pool]
 
-    def send(self, request: _Request) -> _Response:
-        """Send one request, following safe redirects; return the response, whatever its status."""
-        for route in self._routes(request):
-            conn = self.pool.acquire(route, request) or self._connect(route, request)
-            _Response(self.pool, route, conn, request).start()
-        return request.response  # type: ignore[no-any-return]
+    def send(self, call: _Call, url: str) -> _Response:
+        """One try of `call` at `url`: the answer's head (and an error answer's body), or the typed failure."""
+        route = self.route(url)
+        conn = self.pool.acquire(route, call) or self._connect(route, call)
+        response = _Response(self.pool, route, conn, call)
+        response.start()
+        return response
 
-    def _connect(self, route: _Route, request: _Request) -> _Connection:
-        sock: Optional[socket.socket] = None
+    def _connect(self, route: _Route, call: _Call) -> _Connection:
+        conn, step = _Connection(), "connect"
         try:
-            timeout_s = _wait_s(request, route)
-            sock = socket.create_connection((route.connect_host, route.connect_port), timeout_s)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if route.scheme == "https":
-                if route.proxy:
-                    tunnel, exchange = _Connection(sock), route.tunnel()
-                    tunnel.send(exchange.request, timeout_s)
-                    route.check_tunnel(
-                        _pump(tunnel, exchange, exchange.head, lambda: _wait_s(request, route)) and exchange
-                    )
-                sock = self.ssl_context().wrap_socket(sock, server_hostname=route.host)
-            return _Connection(sock)
+            steps = _opening(route, call, self.ssl_context() if route.scheme == "https" else None)
+            step, argument, wait_s = next(steps)
+            while True:
+                step, argument, wait_s = steps.send(getattr(conn, step)(argument, wait_s))
+        except StopIteration:
+            return conn
         except BaseException as exc:
-            if sock is not None:
-                sock.close()
-            raise self._connect_failed(exc, route, self.pool) from exc
+            conn.close()
+            raise self._connect_failed(exc, route, call, self.pool, step) from exc
 
 
 # -- 5b. asyncio ---------------------------------------------------------------
@@ -2612,7 +2674,25 @@ class _AsyncConnection:
         if self._waiter is not None:
             _settle(self._waiter, None)
 
-    # -- used by the transport
+    # -- the steps of `_opening`
+    async def connect(self, address: Tuple[str, int], timeout_s: float) -> None:
+        import asyncio
+
+        await asyncio.wait_for(self.loop.create_connection(lambda: self, *address), timeout_s)  # type: ignore[type-var]
+
+    async def trade(self, data: bytes, timeout_s: float) -> bytes:
+        if data:
+            self.send(data, timeout_s)
+        return await self.receive(timeout_s)
+
+    async def tls(self, how: Tuple[ssl.SSLContext, str], timeout_s: float) -> None:
+        import asyncio
+
+        starting = self.loop.start_tls(self.transport, self, how[0], server_hostname=how[1])  # type: ignore[arg-type]
+        self.transport = await asyncio.wait_for(starting, timeout_s)
+        self.transport.set_write_buffer_limits(high=0)
+
+    # -- the exchange's
     def is_gone(self) -> bool:
         """Closed, or holding bytes nobody asked for (the loop may not have seen them yet)."""
         if self._eof or self.transport is None or self.transport.is_closing() or self._chunks:
@@ -2695,30 +2775,29 @@ class _AsyncPool(_PoolBook):
         finally:
             self.close()
 
-    async def acquire(self, route: _Route, request: _Request) -> Optional[_AsyncConnection]:
-        """An idle connection, or None with a slot reserved for a new one."""
+    async def acquire(self, route: _Route, call: _Call) -> Optional[_AsyncConnection]:
+        """An idle connection, or None with a slot reserved for a new one (see `_slot`)."""
         import asyncio
 
-        key, wait_s = route.key, _wait_s(request, route)
-        loop = asyncio.get_running_loop()
-        give_up_at = loop.time() + wait_s
-        while True:
-            conn, wait = self._claim(key, give_up_at - loop.time(), wait_s)
-            if not wait:
-                return conn  # type: ignore[no-any-return]
-            waiter: "asyncio.Future[None]" = loop.create_future()
-            waiters = self._waiters.setdefault(key, [])
-            waiters.append(waiter)
-            timer = loop.call_later(wait, _settle, waiter, None)
-            try:
-                await waiter
-            except BaseException:
-                self._wake_one(key)  # a wakeup meant for this cancelled task goes to the next one
-                raise
-            finally:
-                timer.cancel()
-                if waiter in waiters:
-                    waiters.remove(waiter)
+        loop, key, slot = asyncio.get_running_loop(), route.key, self._slot(route, call)
+        try:
+            while True:
+                wait_s = next(slot)
+                waiter: "asyncio.Future[None]" = loop.create_future()
+                waiters = self._waiters.setdefault(key, [])
+                waiters.append(waiter)
+                timer = loop.call_later(wait_s, _settle, waiter, None)
+                try:
+                    await waiter
+                except BaseException:
+                    self._wake_one(key)  # a wakeup meant for this cancelled task goes to the next one
+                    raise
+                finally:
+                    timer.cancel()
+                    if waiter in waiters:
+                        waiters.remove(waiter)
+        except StopIteration as got:
+            return got.value  # type: ignore[no-any-return]
 
     def _wake_one(self, key: _PoolKey) -> None:
         waiters = self._waiters.get(key, [])
@@ -2746,7 +2825,7 @@ class _AsyncResponse(_ResponseBase):
 
     async def _drive(self, goal: Callable[[], Any], fallback: Any) -> Any:
         with self:
-            return await _apump(self._conn, self._exchange, goal, self._read_timeout)
+            return await _apump(self._conn, self._exchange, goal, self._wait)
         return fallback  # ended quietly (see __exit__)
 
 
@@ -2791,51 +2870,29 @@ class _AsyncTransport(_TransportBase):
             else:
                 loop.call_soon_threadsafe(pool.close)
 
-    async def send(self, request: _Request) -> _AsyncResponse:
-        """Send one request, following safe redirects; return the response, whatever its status."""
-        pool = self.pool
-        for route in self._routes(request):
-            conn = await pool.acquire(route, request) or await self._connect(route, request, pool)
-            await _AsyncResponse(pool, route, conn, request).start()
-        return request.response  # type: ignore[no-any-return]
+    async def send(self, call: _Call, url: str) -> _AsyncResponse:
+        """One try of `call` at `url`: the answer's head (and an error answer's body), or the typed failure."""
+        pool, route = self.pool, self.route(url)
+        conn = await pool.acquire(route, call) or await self._connect(route, call, pool)
+        response = _AsyncResponse(pool, route, conn, call)
+        await response.start()
+        return response
 
-    async def _connect(self, route: _Route, request: _Request, pool: _AsyncPool) -> _AsyncConnection:
+    async def _connect(self, route: _Route, call: _Call, pool: _AsyncPool) -> _AsyncConnection:
         import asyncio
 
-        loop = asyncio.get_running_loop()
-        context = self.ssl_context() if route.scheme == "https" else None
-        tunnel = context is not None and route.proxy is not None
-        made: Optional[_AsyncConnection] = None
+        conn, step = _AsyncConnection(asyncio.get_running_loop()), "connect"
         try:
-            timeout_s = _wait_s(request, route)
-            factory: Callable[[], Any] = lambda: _AsyncConnection(loop)  # noqa: E731
-            _, made = await asyncio.wait_for(
-                loop.create_connection(
-                    factory,
-                    route.connect_host,
-                    route.connect_port,
-                    ssl=None if tunnel else context,
-                    server_hostname=route.host if context is not None and not tunnel else None,
-                ),
-                timeout_s,
-            )
-            conn: _AsyncConnection = made  # type: ignore[assignment]
-            if tunnel:
-                exchange = route.tunnel()
-                conn.send(exchange.request, timeout_s)
-                route.check_tunnel(
-                    await _apump(conn, exchange, exchange.head, lambda: _wait_s(request, route)) and exchange
-                )
-                conn.transport = await asyncio.wait_for(
-                    loop.start_tls(conn.transport, conn, context, server_hostname=route.host),  # type: ignore[arg-type]
-                    timeout_s,
-                )
+            steps = _opening(route, call, self.ssl_context() if route.scheme == "https" else None)
+            step, argument, wait_s = next(steps)
+            while True:
+                step, argument, wait_s = steps.send(await getattr(conn, step)(argument, wait_s))
+        except StopIteration:
             return conn
         except BaseException as exc:
-            if made is not None:
-                made.close()
+            conn.close()
             failure = socket.timeout("timed out") if isinstance(exc, asyncio.TimeoutError) else exc
-            raise self._connect_failed(failure, route, pool) from exc
+            raise self._connect_failed(failure, route, call, pool, step) from exc
 
 
 # =============================================================================
@@ -2871,7 +2928,7 @@ class _PayloadReader:
                 return ()
             if self._json.over:
                 self.response._abort()
-            body = self._json.value(False, self.response.where)
+            body = self._json.value(self.response.where)
             raise _stream_answered_with_json(body, self.response.headers, self._token)
         if not data:
             if not self._events.done and not self.response.closed_early:
@@ -3099,82 +3156,6 @@ def _with_async_header(options: Dict[str, Any]) -> Dict[str, Any]:
     return {**options, "extra_headers": _merge_headers({"X-OctoAI-Async": "1"}, options.get("extra_headers"))}
 
 
-class _Retry:
-    """One call's attempts. Around each: a failure worth another try is kept, with its delay; any other is raised."""
-
-    def __init__(self, client: "_BaseClient", request: _Request) -> None:
-        self.request = request
-        self.delay = 0.0
-        self._client = client
-        self._attempt = 0
-        self._started = 0.0
-
-    def check(self, response: _ResponseBase) -> Any:
-        """The response if it is a success; else raise the typed error for it."""
-        client, request = self._client, self.request
-        client._log_answer(request, response.status, response.headers, self._started)
-        if response.status < 300:
-            return response
-        error = _error_from_response(
-            response.status, response.headers, response.error_body, token=client._token, base_url=request.base_url
-        )
-        error.retry_after = _parse_retry_after(response.headers, time.time())
-        raise error
-
-    def __enter__(self) -> "_Retry":
-        self._started = time.monotonic()
-        return self
-
-    def __exit__(self, kind: Any, exc: Optional[BaseException], traceback: Any) -> bool:
-        if not isinstance(exc, OctoAIError):
-            return False
-        _scrub(exc, self._client._token)  # redirects and framing errors quote the server too
-        delay = self._next_delay(exc)
-        if delay is None:
-            return False
-        self.delay = delay
-        self._attempt += 1
-        return True
-
-    def _next_delay(self, error: OctoAIError) -> Optional[float]:
-        """Seconds to wait before the next try; None, or the error raised, when there is none."""
-        if isinstance(error, OctoAIConnectionError):
-            return self._client._after_connection_error(error, self.request, self._attempt)
-        if error.status_code is not None:
-            return self._client._after_error_status(error, self.request, self._attempt)
-        return None
-
-
-class _HealthCheck(_Retry):
-    """`health_check`'s attempts: a 5xx or a failed connection is tried again every `interval` until `timeout`.
-
-    The last 5xx's status is the answer; a 4xx, or a connection that never
-    answered, is raised.
-    """
-
-    def __init__(self, client: "_BaseClient", url: str, timeout_s: float, interval_s: float) -> None:
-        super().__init__(client, client._prepare("GET", url, None, max_retries=0))
-        self._give_up_at = time.monotonic() + timeout_s
-        self._interval_s = interval_s
-
-    def _time_left(self) -> bool:
-        return time.monotonic() + self._interval_s < self._give_up_at
-
-    def __enter__(self) -> "_Retry":
-        self.request.timeout_s = max(0.01, min(self._client.timeout, self._give_up_at - time.monotonic()))
-        return super().__enter__()
-
-    def check(self, response: _ResponseBase) -> Any:
-        if response.status < 500 or self._time_left():
-            return super().check(response)
-        return response
-
-    def _next_delay(self, error: OctoAIError) -> Optional[float]:
-        if isinstance(error, (OctoAIServerError, OctoAIConnectionError)) and self._time_left():
-            return self._interval_s
-        return None
-
-
 def _check_seconds(name: str, value: Any) -> float:
     """A timeout or deadline argument: a finite number of seconds above 0."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -3237,12 +3218,9 @@ class _BaseClient:
             _check_count("max_connections", max_connections, 1),
             _check_count("max_idle_connections", max_idle_connections, 0),
         )
-        self._transport = self._make_transport(verify_ssl, env, limits)
+        self._transport = self._transport_class(verify_ssl, env, limits)
         self._owns_transport = True
         self._bind()
-
-    def _make_transport(self, verify: Union[bool, str, "os.PathLike[str]"], env: _Env, limits: Tuple[int, int]) -> Any:
-        return self._transport_class(verify, env, limits)
 
     def _bind(self) -> None:
         self.chat = self._chat_class(self._completions_class(self))
@@ -3278,10 +3256,47 @@ class _BaseClient:
 
     def _send(self, method: str, url: str, body: Any, **options: Any) -> Any:
         """Send with retries; return a 2xx response or raise the typed error (awaitable for AsyncClient)."""
-        return self._run(_Retry(self, self._prepare(method, url, body, **options)))
+        return self._run(self._prepare(method, url, body, **options))
 
-    def _run(self, retry: _Retry) -> Any:
+    def _run(self, call: _Call) -> Any:
+        """Each client's loop: try, let `_next` judge, sleep, try again."""
         raise NotImplementedError
+
+    def _health_call(self, url: str, timeout: float, interval: float) -> _Call:
+        return dataclasses.replace(
+            self._prepare("GET", url, None, deadline=_check_seconds("timeout", timeout)),
+            retry_every_s=_check_seconds("interval", interval),
+        )
+
+    def _next(self, call: _Call, attempt: _Attempt, outcome: Any, started: float) -> Optional[_Attempt]:
+        """Judge one try (4e): None when `outcome` is the answer, else the next attempt; raises the error.
+
+        What is not the answer is closed; what is raised has the token taken out.
+        """
+        answer = not isinstance(outcome, OctoAIError)
+        if answer:
+            self._log_answer(call, attempt.url, outcome.status, outcome.headers, started)
+        try:
+            following = _judge(call, attempt, outcome, now=time.time(), clock=time.monotonic(), rand=_random)
+        except OctoAIError as error:
+            if answer:
+                outcome.close()  # a redirect not followed: its body is not wanted
+            raise _scrub(error, call.token) from error.__cause__  # redirects and framing errors quote the server too
+        if following is None:
+            return None
+        if answer:
+            outcome.close()
+        if following.retries > attempt.retries:
+            reason = f"{outcome.status} {_REASONS.get(outcome.status, '')}".rstrip() if answer else str(outcome)
+            _log(
+                _INFO, "retrying %s %s in %.2f s (retry %d of %d): %s", call.method,
+                _redact(_redact_userinfo(call.url), call.token), following.wait_s, following.retries, call.retries,
+                _redact(reason, call.token),
+            )  # fmt: skip
+        elif following.hops > attempt.hops:
+            target = _redact(_redact_userinfo(following.url), call.token)
+            _log(_DEBUG, "following %d redirect to %s", outcome.status, target)
+        return following
 
     def close(self) -> None:
         """Close the pooled connections (a `with_options` copy leaves them to its original)."""
@@ -3316,7 +3331,7 @@ class _BaseClient:
         timeout: Optional[float] = None,
         max_retries: Optional[int] = None,
         deadline: Optional[float] = None,
-    ) -> _Request:
+    ) -> _Call:
         """Apply the per-call options every public method takes; check them before anything is sent."""
         if extra_body and body is not None:
             body = {**body, **extra_body}
@@ -3338,69 +3353,30 @@ class _BaseClient:
             )
         timeout_s = self.timeout if timeout is None else _check_seconds("timeout", timeout)
         deadline = self.deadline if deadline is None else _check_seconds("deadline", deadline)
-        return _Request(
-            method,
-            url,
-            headers,
-            data,
-            timeout_s,
-            None if deadline is None else time.monotonic() + deadline,
-            self.max_retries if max_retries is None else _check_count("max_retries", max_retries, 0),
-            self.base_url if url.startswith(self.base_url.split("?")[0] + "/") else None,
-            self._token,
+        return _Call(
+            method=method,
+            url=url,
+            headers=headers,
+            body=data,
+            timeout_s=timeout_s,
+            deadline_at=None if deadline is None else time.monotonic() + deadline,
+            retries=self.max_retries if max_retries is None else _check_count("max_retries", max_retries, 0),
+            base_url=self.base_url if url.startswith(self.base_url.split("?")[0] + "/") else None,
+            token=self._token,
         )
 
-    def _log_answer(self, request: _Request, status: int, headers: Mapping[str, str], started: float) -> None:
+    def _log_answer(self, call: _Call, url: str, status: int, headers: Mapping[str, str], started: float) -> None:
         if _log_enabled(_DEBUG):
             request_id = _redact(_request_id(headers) or "", self._token)  # a server may echo anything
             _log(
                 _DEBUG,
                 "%s %s -> %d in %.1f ms%s",
-                request.method,
-                _redact(_redact_userinfo(request.url), self._token),
+                call.method,
+                _redact(_redact_userinfo(url), self._token),
                 status,
                 (time.monotonic() - started) * 1000,
                 f" [request id: {request_id}]" if request_id else "",
             )
-
-    def _after_connection_error(self, error: OctoAIConnectionError, request: _Request, attempt: int) -> float:
-        """Seconds to wait before trying again, or raise `error`."""
-        # Safe to repeat: nothing went out, or the method is idempotent.
-        safe = not error.request_sent or request.method in _IDEMPOTENT_METHODS
-        delay = None
-        if safe and attempt < request.retries:
-            delay = _retry_delay(attempt, now=time.time(), rand=_random(), initial_s=_BACKOFF_INITIAL_S)
-        return self._retry_wait(error, delay, request, attempt)
-
-    def _after_error_status(self, error: OctoAIError, request: _Request, attempt: int) -> float:
-        """Seconds to wait before trying again, or raise the typed error for this answer."""
-        delay = None
-        if attempt < request.retries:
-            delay = _retry_delay(
-                attempt,
-                status=error.status_code,
-                headers=error.headers,
-                error_code=_error_code(error.body),
-                now=time.time(),
-                rand=_random(),
-                initial_s=_BACKOFF_INITIAL_S,
-            )
-        return self._retry_wait(error, delay, request, attempt)
-
-    def _retry_wait(self, error: OctoAIError, delay: Optional[float], request: _Request, attempt: int) -> float:
-        if delay is None or (request.deadline_at is not None and time.monotonic() + delay >= request.deadline_at):
-            raise error
-        _log(
-            _INFO,
-            "retrying %s %s in %.2f s (retry %d of %d): %s",
-            request.method,
-            _redact(_redact_userinfo(request.url), self._token),
-            delay,
-            attempt + 1,
-            request.retries,
-            error,
-        )
-        return delay
 
 
 _CREATE_DOC = """Create a chat completion; with ``stream=True`` return a `Stream`
@@ -3527,11 +3503,18 @@ class Client(_BaseClient, _Closing):
     def _chat_answer(self, response: _Response, stream: bool) -> Union[ChatCompletion, Stream]:
         return Stream(response, self._token) if stream else self._completion(response.read(), response)
 
-    def _run(self, retry: _Retry) -> _Response:
-        while True:
-            with retry:
-                return retry.check(self._transport.send(retry.request))  # type: ignore[no-any-return]
-            time.sleep(retry.delay)
+    def _run(self, call: _Call) -> _Response:
+        attempt: Optional[_Attempt] = _Attempt(call.url)
+        while attempt is not None:
+            if attempt.wait_s:
+                time.sleep(attempt.wait_s)
+            started = time.monotonic()
+            try:
+                outcome: Any = self._transport.send(call, attempt.url)
+            except OctoAIError as error:
+                outcome = error
+            attempt = self._next(call, attempt, outcome, started)
+        return outcome  # type: ignore[no-any-return]
 
     # -- the generic inference API of the original SDK ----------------------
 
@@ -3571,7 +3554,7 @@ class Client(_BaseClient, _Closing):
         Returns the last status code; raises the typed error for a 4xx, and
         the last connection error if the server never answered.
         """
-        response = self._run(_HealthCheck(self, endpoint_url, timeout, interval))
+        response = self._run(self._health_call(endpoint_url, timeout, interval))
         response.close()  # only its status matters
         return response.status
 
@@ -3658,17 +3641,24 @@ class AsyncClient(_BaseClient, _AsyncClosing):
         self, endpoint_url: str, timeout: float = DEFAULT_TIMEOUT, *, interval: float = _HEALTH_CHECK_INTERVAL_S
     ) -> int:
         """See `Client.health_check`."""
-        response = await self._run(_HealthCheck(self, endpoint_url, timeout, interval))
+        response = await self._run(self._health_call(endpoint_url, timeout, interval))
         response.close()
         return response.status
 
-    async def _run(self, retry: _Retry) -> _AsyncResponse:
+    async def _run(self, call: _Call) -> _AsyncResponse:
         import asyncio
 
-        while True:
-            with retry:
-                return retry.check(await self._transport.send(retry.request))  # type: ignore[no-any-return]
-            await asyncio.sleep(retry.delay)
+        attempt: Optional[_Attempt] = _Attempt(call.url)
+        while attempt is not None:
+            if attempt.wait_s:
+                await asyncio.sleep(attempt.wait_s)
+            started = time.monotonic()
+            try:
+                outcome: Any = await self._transport.send(call, attempt.url)
+            except OctoAIError as error:
+                outcome = error
+            attempt = self._next(call, attempt, outcome, started)
+        return outcome  # type: ignore[no-any-return]
 
 
 # The original SDK's module layout, for `import octoai_lite as octoai`:
