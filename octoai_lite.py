@@ -16,22 +16,32 @@ Quick start::
 Map of the file (each section uses only the ones above it)::
 
     1 Constants     2 Errors      3 Data types (TextModel, response dataclasses)
-    4 Protocol, pure: 4a SSE  4b requests  4c responses and errors  4d retry policy
-                      4e redirects  4f folding stream chunks  4g one HTTP/1.1 exchange
+    4 Protocol, pure: 4a SSE  4b requests and the `_Call`  4c responses and errors
+                      4d redirects  4e retry policy (`_judge`)  4f folding stream chunks
+                      4g one HTTP/1.1 exchange
     5 Transport, the only code that touches sockets: proxies, TLS, pools, and
                       the pumps that move bytes: 5a threads, 5b asyncio
     6 Client API: Stream, Client, AsyncStream, AsyncClient (chat.completions,
                       models, infer*, health_check), sharing one _BaseClient
     7 Command line
 
-Life of a streamed call: `create` builds the body (4b) and `_BaseClient._send`
-a `_Request`; the retry loop (`_Retry`, 4d's policy) hands it to the
-transport, which takes a pooled connection or opens one (5) and makes an
-`_Exchange` (4g): request bytes out, the answer's head and body pieces in.
-The transport only pumps bytes into it. The `Stream` then feeds body pieces
-to the `SSEDecoder` (4a), turns each event into a chunk (4c) and folds it for
-`get_final_completion` (4f). Sync and async share all of this; what each
-writes for itself is a few lines of pumping.
+Life of a call, with `deadline` and `max_retries` followed from `create` to
+the socket: `create` builds the body (4b); `_BaseClient._prepare` checks
+the options and makes one immutable `_Call` (deadline -> `deadline_at`,
+max_retries -> `retries`). The client's `_run` loop hands it to the
+transport's `send(call, url)`, which makes one try: `_slot` waits for a
+pool slot, `_opening` connects (tunnel and TLS too), and an `_Exchange`
+(4g) takes the request bytes out and the answer's head in; each of those
+waits asks `_Call.wait` just before it waits. `send` returns the answer or
+raises a typed failure saying whether the request went out. `_next` then
+asks `_judge` (4e) what follows: the answer, a resend on another connection,
+a redirect, a sleep and a retry (counted against `retries`, never past
+`deadline_at`), or the error. A `Stream` feeds body pieces (read under the
+same `_Call.wait`) to the `SSEDecoder` (4a), turns each event into a chunk
+(4c) and folds it for `get_final_completion` (4f). Every rule is written
+once; what each flavour writes for itself is how it waits: its connection
+class, the pumps (`_pump`, `_apump`), the pool's lock or futures, the
+`_run` loop, and the awaiting twins of the public methods.
 
 Limits: a Client is safe to share between threads, an AsyncClient between
 event loops. `timeout` (seconds) bounds connecting and every single read;
@@ -821,7 +831,7 @@ class SSEDecoder:
         return event
 
 
-# -- 4b. Building requests ----------------------------------------------------
+# -- 4b. Building requests, and the call ---------------------------------------
 
 
 def _model_name(model: Union[str, TextModel]) -> str:
@@ -1230,41 +1240,6 @@ def _payload_from_event(event: ServerSentEvent, headers: Mapping[str, str], toke
     if event.event == "error" or (isinstance(payload, dict) and payload.get("error")):
         raise _error_from_payload(payload, headers, token=token)
     return payload
-
-
-class _EventPayloads:
-    """The JSON payloads of an event-stream body, by the rules of a chat stream.
-
-    Feed it the body as it arrives; `done` turns True at `[DONE]`. Call `end`
-    when the body ends without one.
-    """
-
-    def __init__(self, headers: Mapping[str, str], token: Optional[str]) -> None:
-        self._decoder = SSEDecoder()
-        self._headers = headers
-        self._token = token
-        self.count = 0
-        self.done = False
-
-    def payloads(self, data: bytes) -> Iterator[Any]:
-        """Each payload the bytes completed; raises the server's error where it stands."""
-        for event in self._decoder.feed(data):
-            payload = _payload_from_event(event, self._headers, self._token)
-            if payload is None:
-                self.done = True
-                return
-            self.count += 1
-            yield payload
-
-    def end(self) -> None:
-        """At a clean end of the body: raise if the stream never said anything."""
-        unterminated = self._decoder.close()
-        if unterminated is not None and unterminated.data == "[DONE]":
-            return  # llama.cpp ends with "data: [DONE]" and no blank line after it
-        if self.count == 0:
-            raise OctoAIValidationError(
-                "the stream ended before any event arrived (a server may do this when the prompt is too long)"
-            )
 
 
 def _stream_answered_with_json(body: bytes, headers: Mapping[str, str], token: Optional[str]) -> OctoAIError:
@@ -1935,11 +1910,13 @@ class _Body:
 # =============================================================================
 # 5. Transport: the only code that touches sockets
 # =============================================================================
-# Two flavours, threads (blocking sockets) and asyncio, that only move bytes:
-# every request is an `_Exchange` (4g), which decides everything, pumped by a
-# few lines per flavour. Low-level failures are translated in one place,
-# `_ResponseBase._failed`. A connection goes back to the pool only when its
-# exchange says it is reusable.
+# Two flavours, threads (blocking sockets) and asyncio, that only move bytes.
+# A transport's `send(call, url)` makes one try on one URL and reports it:
+# the answer, or a typed failure (what to do next is 4e's). Opening a
+# connection is one list of steps (`_opening`), waiting for a slot one rule
+# (`_PoolBook._slot`), every request an `_Exchange` (4g); low-level failures
+# are translated in one place (`_failure`). A connection goes back to the
+# pool only when its exchange says it is reusable.
 
 
 def _env_get(env: _Env, name: str) -> Optional[str]:
@@ -2166,7 +2143,7 @@ class _PoolBook:
         self._closed = False
         self._pid = os.getpid()
 
-    def _take(self, key: _PoolKey) -> Tuple[Any, bool]:
+    def _reserve(self, key: _PoolKey) -> Tuple[Any, bool]:
         """(an idle connection or None, whether the caller may go on: None means open a new one)."""
         if self._pid != os.getpid():
             for inherited in self._idle.values():
@@ -2205,7 +2182,7 @@ class _PoolBook:
         wait_s = call.wait("pool", route.where, time.monotonic())
         give_up_at = time.monotonic() + wait_s
         while True:
-            conn, reserved = self._take(route.key)
+            conn, reserved = self._reserve(route.key)
             if reserved:
                 return conn
             now = time.monotonic()
@@ -2898,31 +2875,35 @@ class _AsyncTransport(_TransportBase):
 # =============================================================================
 # 6. Client API
 # =============================================================================
-# The shells around the pure pieces: build a request, send it through the
-# retry loop, turn the answer into objects. Client and AsyncClient share
-# every decision through _BaseClient; only the loops that wait differ. A
-# stream is never retried once an event has been handed out.
+# The shells around the pure pieces: make a `_Call`, try it until `_judge`
+# (4e) says the answer is in, turn the answer into objects. Client and
+# AsyncClient share every decision through _BaseClient; only their `_run`
+# loops, which sleep, differ. A stream is never retried once an event has
+# been handed out.
 
 
 class _PayloadReader:
-    """The JSON payloads of a streamed answer, for the sync and async iterators alike.
+    """The JSON payloads of a streamed answer, by the rules of a chat stream, for both iterators.
 
-    `take(data)` gives the payloads a read completed (through `convert`), and
-    None once the body is over. After `[DONE]` the answer is complete: the
-    rest of the body may take `_DONE_GRACE_S` in all, and a failure then
-    loses nothing (see `_ResponseBase.grace`). As a context manager around
-    the iteration, it closes the response on any exit.
+    `payloads(data)` gives those a read completed (through `convert`), and
+    None once the body is over; the server's error is raised where it
+    stands. After `[DONE]` the answer is complete: the rest of the body may
+    take `_DONE_GRACE_S` in all, and a failure then loses nothing (see
+    `_ResponseBase.grace`). As a context manager around the iteration, it
+    closes the response on any exit.
     """
 
     def __init__(self, response: _ResponseBase, token: Optional[str], convert: Callable[[Any], Any]) -> None:
         self.response = response
         self._token = token
         self._convert = convert
-        self._events = _EventPayloads(response.headers, token)
+        self._decoder = SSEDecoder()
+        self._count = 0  # payloads handed out
+        self._done = False  # [DONE] arrived
         self._json = _Body(_MAX_BODY_BYTES) if response.content_type == "application/json" else None
         self.error: Optional[OctoAIError] = None  # what ended the iteration, if it failed
 
-    def take(self, data: bytes) -> Optional[Iterable[Any]]:
+    def payloads(self, data: bytes) -> Optional[Iterable[Any]]:
         if self._json is not None:  # a plain JSON answer to a streaming request
             if self._json.add(data):
                 return ()
@@ -2931,18 +2912,32 @@ class _PayloadReader:
             body = self._json.value(self.response.where)
             raise _stream_answered_with_json(body, self.response.headers, self._token)
         if not data:
-            if not self._events.done and not self.response.closed_early:
-                self._events.end()
+            if not self._done and not self.response.closed_early:
+                self._end()
             return None
-        return () if self._events.done else self._converted(data)
+        return () if self._done else self._converted(data)
 
     def _converted(self, data: bytes) -> Iterator[Any]:
-        for payload in self._events.payloads(data):
+        for event in self._decoder.feed(data):
+            payload = _payload_from_event(event, self.response.headers, self._token)
+            if payload is None:
+                self._done = True
+                self.response.grace(_DONE_GRACE_S)
+                return
             if self.response.closed_early:
                 return  # closed by its holder: nothing more is handed out
+            self._count += 1
             yield self._convert(payload)
-        if self._events.done:
-            self.response.grace(_DONE_GRACE_S)
+
+    def _end(self) -> None:
+        """At a clean end of the body without `[DONE]`: raise if the stream never said anything."""
+        unterminated = self._decoder.close()
+        if unterminated is not None and unterminated.data == "[DONE]":
+            return  # llama.cpp ends with "data: [DONE]" and no blank line after it
+        if self._count == 0:
+            raise OctoAIValidationError(
+                "the stream ended before any event arrived (a server may do this when the prompt is too long)"
+            )
 
     def __enter__(self) -> "_PayloadReader":
         return self
@@ -2955,13 +2950,13 @@ class _PayloadReader:
 
 def _iter_payloads(reader: _PayloadReader) -> Generator[Any, None, None]:
     with reader:
-        while (items := reader.take(reader.response.read_chunk())) is not None:
+        while (items := reader.payloads(reader.response.read_chunk())) is not None:
             yield from items
 
 
 async def _aiter_payloads(reader: _PayloadReader) -> AsyncGenerator[Any, None]:
     with reader:
-        while (items := reader.take(await reader.response.read_chunk())) is not None:
+        while (items := reader.payloads(await reader.response.read_chunk())) is not None:
             for item in items:
                 yield item
 
