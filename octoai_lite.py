@@ -115,9 +115,15 @@ __all__ = [
     "OctoAIClientError",
     "OctoAIConnectionError",
     "OctoAIError",
+    "OctoAILengthError",
+    "OctoAIParseError",
+    "OctoAIRefusalError",
     "OctoAIServerError",
     "OctoAITimeoutError",
     "OctoAIValidationError",
+    "ParsedChatCompletion",
+    "ParsedChatMessage",
+    "ParsedChoice",
     "PermissionDeniedError",
     "RateLimitError",
     "SSEDecoder",
@@ -217,6 +223,9 @@ _HEALTH_CHECK_INTERVAL_S = 1.0
 #   │   ├── UnprocessableEntityError 422 └── RateLimitError 429
 #   ├── OctoAIServerError            5xx
 #   ├── OctoAIValidationError        a response or stream not shaped as the protocol says
+#   │   └── OctoAIParseError         parse(): the answer is not the object asked for
+#   │       ├── OctoAIRefusalError   the model refused (or a content filter stopped it)
+#   │       └── OctoAILengthError    the answer was cut at max_tokens
 #   └── OctoAIConnectionError        refused, reset, DNS, TLS, truncated body
 #       └── OctoAITimeoutError
 
@@ -286,6 +295,27 @@ class OctoAIServerError(OctoAIError):
 
 class OctoAIValidationError(OctoAIError):
     """A response or stream that is not what the protocol says."""
+
+
+class OctoAIParseError(OctoAIValidationError):
+    """`parse`: the answer is not JSON, or not of the schema asked for.
+
+    ``text`` is the model's raw text (the refusal, for `OctoAIRefusalError`),
+    ``path`` where the answer broke the schema (``$.items[2].price``; None
+    for the other failures), ``completion`` the `ChatCompletion` received.
+    """
+
+    text: Optional[str] = None
+    path: Optional[str] = None
+    completion: Optional[ChatCompletion] = None
+
+
+class OctoAIRefusalError(OctoAIParseError):
+    """`parse`: the model refused (``message.refusal``), or the server's content filter stopped the answer."""
+
+
+class OctoAILengthError(OctoAIParseError):
+    """`parse`: the answer was cut short (``finish_reason == "length"``): raise max_tokens."""
 
 
 class OctoAIConnectionError(OctoAIError):
@@ -1832,6 +1862,292 @@ class _Body:
         if self.over and not truncate:
             raise OctoAIValidationError(f"the answer from {where} is larger than {self.limit} bytes")
         return b"".join(self._chunks)[: self.limit]
+
+
+# -- 4h. Structured output ----------------------------------------------------
+# `parse` asks for a strict `json_schema` answer (never `json_object`, which
+# LM Studio refuses) and checks it here. A dataclass or TypedDict becomes a
+# schema: every field required, no other property; str, int, float, bool,
+# None, Any, Optional/Union, List, Dict[str, X], Literal, Enum and nested
+# dataclasses. The answer is checked against it, or the caller's own schema,
+# in this subset: type (a name or a list; "integer" is a JSON number with no
+# fraction, never a bool nor 1.0), enum, const, properties, required,
+# additionalProperties, items, anyOf, and "$ref": "#/..." ($defs). Other
+# keywords (minimum, pattern, format...) go to the server unchecked here.
+# Nothing is coerced; a valid answer then becomes the caller's dataclass.
+
+if TYPE_CHECKING:
+    from typing import Generic as _Generic
+
+    _ParsedT = TypeVar("_ParsedT")
+else:
+
+    class _Generic:  # typing.Generic's subscript, without importing typing at run time
+        def __class_getitem__(cls, item):
+            return cls
+
+
+class ParsedChatMessage(ChatMessage, _Generic["_ParsedT"]):
+    """A `ChatMessage` with `parsed`, the answer as the type `parse` was given (not in `==` or `dict()`)."""
+
+    parsed: _ParsedT
+
+    def __repr__(self) -> str:
+        return f"{super().__repr__()[:-1]}, parsed={self.parsed!r})"
+
+
+class ParsedChoice(Choice, _Generic["_ParsedT"]):
+    """A `Choice` whose `message` is a `ParsedChatMessage`."""
+
+    message: ParsedChatMessage[_ParsedT]
+
+
+class ParsedChatCompletion(ChatCompletion, _Generic["_ParsedT"]):
+    """What `parse` returns: a `ChatCompletion` whose every choice has ``message.parsed``."""
+
+    choices: List[ParsedChoice[_ParsedT]]  # type: ignore[assignment]
+
+
+# JSON's types as Python's json module reads them; bool before int, since True is an int to isinstance.
+_JSON_TYPES: Tuple[Tuple[type, str], ...] = tuple(
+    zip((type(None), bool, int, float, str, list, dict), "null boolean integer number string array object".split())
+)
+_SCALAR_SCHEMAS = types.MappingProxyType(dict(_JSON_TYPES[:5]))
+
+
+def _json_type(value: Any) -> str:
+    return next((name for kind, name in _JSON_TYPES if isinstance(value, kind)), type(value).__name__)
+
+
+def _json_equal(a: Any, b: Any) -> bool:
+    """JSON's equality (for enum and const): 1 == 1.0, but true != 1."""
+    kinds = {_json_type(a), _json_type(b)}
+    if kinds <= {"integer", "number"}:
+        return bool(a == b)
+    if len(kinds) > 1:
+        return False
+    if isinstance(a, list):
+        return len(a) == len(b) and all(map(_json_equal, a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_json_equal(a[key], b[key]) for key in a)
+    return bool(a == b)
+
+
+def _is_typeddict(kind: Any) -> bool:
+    return isinstance(kind, type) and issubclass(kind, dict) and hasattr(kind, "__total__")
+
+
+def _hints(kind: Any) -> Dict[str, Any]:
+    import typing  # only parse() pays for it
+
+    try:
+        return typing.get_type_hints(kind)
+    except Exception as exc:  # a string annotation naming what the class's module does not have
+        raise TypeError(f"cannot read the annotations of {kind.__name__}: {exc}") from exc
+
+
+def _is_union(origin: Any) -> bool:
+    import typing
+
+    return origin is typing.Union or origin is getattr(types, "UnionType", typing.Union)  # X | None: 3.10+
+
+
+def _schema_of(kind: Any, seen: Tuple[Any, ...] = ()) -> Dict[str, Any]:
+    """The JSON Schema of an annotation; TypeError for what JSON cannot carry."""
+    import typing
+
+    if kind in _SCALAR_SCHEMAS:
+        return {"type": _SCALAR_SCHEMAS[kind]}
+    if kind is typing.Any or kind is object:
+        return {}
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        return {"enum": [member.value for member in kind]}
+    if isinstance(kind, type) and (dataclasses.is_dataclass(kind) or _is_typeddict(kind)):
+        if kind in seen:
+            raise TypeError(f"{kind.__name__} contains itself: parse() takes no recursive types")
+        hints = _hints(kind)
+        names = [f.name for f in dataclasses.fields(kind) if f.init] if dataclasses.is_dataclass(kind) else list(hints)
+        required = getattr(kind, "__required_keys__", names if getattr(kind, "__total__", True) else ())
+        return {
+            "type": "object",
+            "properties": {name: _schema_of(hints[name], seen + (kind,)) for name in names},
+            "required": [name for name in names if name in required],
+            "additionalProperties": False,
+        }
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is typing.Literal:
+        return {"enum": list(args)}
+    if _is_union(origin):
+        options = [_schema_of(arg, seen) for arg in args]
+        simple = all(list(option) == ["type"] for option in options)
+        return {"type": [option["type"] for option in options]} if simple else {"anyOf": options}
+    if kind is list or origin is list:
+        return {"type": "array", "items": _schema_of(args[0], seen)} if args else {"type": "array"}
+    if (kind is dict or origin is dict) and (not args or args[0] is str):
+        return {"type": "object", "additionalProperties": _schema_of(args[1], seen)} if args else {"type": "object"}
+    raise TypeError(f"parse() cannot express {kind!r} in JSON Schema")
+
+
+def _resolve(root: Any, ref: str) -> Any:
+    """The schema a local `$ref` ("#/$defs/Item", a JSON Pointer) points to."""
+    try:
+        if not ref.startswith("#"):
+            raise ValueError
+        target = root
+        for part in ref[1:].split("/")[1:]:
+            part = unquote(part).replace("~1", "/").replace("~0", "~")
+            target = target[int(part)] if isinstance(target, list) else target[part]
+        return target
+    except (LookupError, ValueError, TypeError):
+        raise ValueError(f"the schema's $ref {ref!r} points to nothing in the schema") from None
+
+
+def _member(path: str, name: str) -> str:
+    return f"{path}.{name}" if name.isidentifier() else f"{path}[{json.dumps(name)}]"
+
+
+def _schema_problem(schema: Any, value: Any, root: Any, path: str = "$") -> Optional[Tuple[str, str]]:
+    """(where, what) `value` breaks `schema` in the subset above, or None when it fits."""
+    if schema is False:
+        return path, "no value is allowed here"
+    if not isinstance(schema, dict):
+        return None  # true, or a form outside the subset
+    if isinstance(schema.get("$ref"), str):
+        problem = _schema_problem(_resolve(root, schema["$ref"]), value, root, path)
+        if problem:
+            return problem
+    got, kinds = _json_type(value), schema.get("type")
+    if kinds is not None:
+        kinds = [kinds] if isinstance(kinds, str) else kinds
+        if not any(kind == got or (kind, got) == ("number", "integer") for kind in kinds):
+            return path, f"expected {' or '.join(map(str, kinds))}, got {got}"
+    if "const" in schema and not _json_equal(value, schema["const"]):
+        return path, f"expected {json.dumps(schema['const'])}, got {_cut(json.dumps(value), 80)}"
+    if "enum" in schema and not any(_json_equal(value, option) for option in schema["enum"]):
+        return path, f"expected one of {_cut(json.dumps(schema['enum']), 200)}, got {_cut(json.dumps(value), 80)}"
+    options = schema.get("anyOf")
+    if isinstance(options, list) and options:
+        found = [problem for problem in (_schema_problem(option, value, root, path) for option in options) if problem]
+        if len(found) == len(options):  # none fits: the option that got deepest explains it best
+            deepest, tail = max(found, key=lambda problem: len(problem[0])), f", got {got}"
+            wanted = [what[9 : -len(tail)] for _, what in found if what.startswith("expected ") and what.endswith(tail)]
+            if deepest[0] != path or len(wanted) < len(found):
+                return deepest
+            return path, f"expected {' or '.join(wanted)}{tail}"  # "expected object or null, got string"
+    if got == "array" and "items" in schema:
+        for number, item in enumerate(value):
+            problem = _schema_problem(schema["items"], item, root, f"{path}[{number}]")
+            if problem:
+                return problem
+    if got == "object":
+        missing = [name for name in schema.get("required", ()) if name not in value]
+        if missing:
+            return path, f"missing required property {json.dumps(missing[0])}"
+        properties, others = schema.get("properties") or {}, schema.get("additionalProperties", True)
+        for name, item in value.items():
+            if name not in properties and others is False:
+                return path, f"unexpected property {json.dumps(name)}"
+            problem = _schema_problem(properties.get(name, others), item, root, _member(path, name))
+            if problem:
+                return problem
+    return None
+
+
+def _build(kind: Any, value: Any) -> Any:
+    """A value that fits `kind`'s schema as `kind`: dataclasses and enums made, recursively; JSON otherwise."""
+    import typing
+
+    if isinstance(kind, type) and dataclasses.is_dataclass(kind):
+        hints = _hints(kind)
+        return kind(**{f.name: _build(hints[f.name], value[f.name]) for f in dataclasses.fields(kind) if f.init})
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        return kind(value)
+    if kind is float:
+        return float(value)  # JSON's 2 is a number too
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if _is_typeddict(kind) or (origin is dict and args):
+        hints = _hints(kind) if _is_typeddict(kind) else {}
+        return {name: _build(hints.get(name, args[1] if args else None), item) for name, item in value.items()}
+    if origin is list and args:
+        return [_build(args[0], item) for item in value]
+    if _is_union(origin):
+        fits = (arg for arg in args if _schema_problem(_schema_of(arg), value, None) is None)
+        return _build(next(fits), value)
+    return value
+
+
+def _not_json(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+class _Output:
+    """What `parse` was asked for: the `response_format` to send, and how to read each choice."""
+
+    def __init__(self, asked: Any) -> None:
+        self.kind = None if isinstance(asked, dict) else asked  # None: parsed stays a dict
+        if isinstance(asked, dict) and asked.get("type") == "json_schema":  # a whole response_format, sent as given
+            given = asked.get("json_schema")
+            self.schema, self.response_format = given.get("schema") if isinstance(given, dict) else None, asked
+        else:
+            if isinstance(asked, dict) and asked.get("type") not in ("json_object", "text"):
+                self.schema, name = asked, str(asked.get("title") or "response")
+            elif isinstance(asked, type) and (dataclasses.is_dataclass(asked) or _is_typeddict(asked)):
+                self.schema, name = _schema_of(asked), asked.__name__
+            else:
+                raise TypeError(f"parse() takes a dataclass, a TypedDict or a JSON Schema dict, not {asked!r}")
+            name = re.sub(r"[^A-Za-z0-9_-]", "_", name)[:64]  # OpenAI's rule for a schema's name
+            format = {"name": name, "schema": self.schema, "strict": True}
+            self.response_format = {"type": "json_schema", "json_schema": format}
+        if not isinstance(self.schema, dict):
+            raise TypeError("parse(): the response_format holds no JSON Schema")
+
+    def read(self, completion: ChatCompletion) -> ParsedChatCompletion[Any]:
+        """The completion with each choice's `parsed`; raises `OctoAIParseError` (or a subclass) if one fails."""
+        choices = []
+        for choice in completion.choices:
+            message = _recast(choice.message, ParsedChatMessage, parsed=self._parsed(choice, completion))
+            choices.append(_recast(choice, ParsedChoice, message=message))
+        return _recast(completion, ParsedChatCompletion, choices=choices)
+
+    def _parsed(self, choice: Choice, completion: ChatCompletion) -> Any:
+        text, reason = choice.message.content, choice.finish_reason
+
+        def failed(cls: Type[OctoAIParseError], what: str, path: Optional[str] = None) -> OctoAIParseError:
+            where = f"choice {choice.index}: " if len(completion.choices) > 1 else ""
+            shown = f"; the answer: {_preview(text, None)!r}" if text and cls is not OctoAIRefusalError else ""
+            error = cls(f"structured output: {where}{what}{shown}")
+            error.text, error.path, error.completion = text, path, completion
+            return error
+
+        if choice.message.refusal:
+            error = failed(OctoAIRefusalError, f"the model refused: {_preview(choice.message.refusal, None)}")
+            error.text = choice.message.refusal
+            raise error
+        if reason in ("length", "content_filter"):
+            cls = OctoAILengthError if reason == "length" else OctoAIRefusalError
+            raise failed(cls, f"the answer was cut short (finish_reason {reason!r})")
+        if text is None:
+            raise failed(OctoAIParseError, f"the answer has no content (finish_reason {reason!r})")
+        try:
+            value = json.loads(text, parse_constant=_not_json)
+        except (ValueError, RecursionError) as exc:
+            raise failed(OctoAIParseError, f"the answer is not JSON ({exc})") from None
+        problem = _schema_problem(self.schema, value, self.schema)
+        if problem is None and self.kind is None and not isinstance(value, dict):
+            problem = "$", f"expected object, got {_json_type(value)}"  # parsed is a dict
+        if problem:
+            raise failed(OctoAIParseError, f"{problem[0]}: {problem[1]}", problem[0])
+        try:
+            return _build(self.kind, value)
+        except (TypeError, ValueError, OverflowError) as exc:  # the dataclass's own __post_init__ checks, say
+            raise failed(OctoAIParseError, f"{getattr(self.kind, '__name__', '')} refused the answer: {exc}") from exc
+
+
+def _recast(obj: Any, cls: Type[_SelfT], **changes: Any) -> _SelfT:
+    """`obj`'s attributes, and `changes`, on a new `cls` (a subclass of obj's class that adds no fields)."""
+    new = cls.__new__(cls)
+    new.__dict__.update(obj.__dict__, **changes)
+    return new
 
 
 # =============================================================================
@@ -3466,6 +3782,27 @@ else:
 
         create.__doc__ = _CREATE_DOC
 
+        def parse(self, *, response_format, **arguments):
+            """Ask for an answer of a type: a dataclass, a TypedDict or a JSON Schema (awaited, for an AsyncClient).
+
+            Sends `create`'s arguments with a strict ``json_schema``
+            response_format made from ``response_format``, checks the answer
+            against that schema (section 4h says which keywords) and returns a
+            `ParsedChatCompletion`: ``choices[i].message.parsed`` is an
+            instance of the dataclass, or a dict. Raises `OctoAIRefusalError`,
+            `OctoAILengthError` or `OctoAIParseError` (``.text``, ``.path``)
+            when an answer is not one; TypeError, before anything is sent,
+            for a type JSON Schema cannot express.
+            """
+            output = _Output(response_format)
+            if arguments.get("stream"):
+                raise TypeError("parse() does not stream; use create(stream=True) and parse the text yourself")
+            answer = self.create(response_format=output.response_format, **arguments)
+            return output.read(answer) if isinstance(answer, ChatCompletion) else _then(answer, output.read)
+
+    async def _then(awaitable, then):
+        return then(await awaitable)
+
 
 class _Namespace:
     """A part of a client's API: ``client.chat``, ``client.chat.completions``, ``client.models``."""
@@ -3476,6 +3813,18 @@ class _Namespace:
 
 class _Completions(_CreateTypes["ChatCompletion", "Stream"], _Namespace):
     """``client.chat.completions``."""
+
+    if TYPE_CHECKING:  # `parse`'s types: `parsed` is the caller's type (the code is _CreateTypes')
+
+        @_overload
+        def parse(
+            self, *, model: Union[str, TextModel], messages: Iterable[Any], response_format: Type[_ParsedT], **more: Any
+        ) -> ParsedChatCompletion[_ParsedT]: ...
+        @_overload
+        def parse(
+            self, *, model: Union[str, TextModel], messages: Iterable[Any], response_format: _Object, **more: Any
+        ) -> ParsedChatCompletion[Dict[str, Any]]: ...
+        def parse(self, **arguments: Any) -> Any: ...
 
 
 class _Chat:
@@ -3578,6 +3927,18 @@ class Client(_BaseClient, _Closing):
 
 class _AsyncCompletions(_CreateTypes["Awaitable[ChatCompletion]", "Awaitable[AsyncStream]"], _Namespace):
     """``client.chat.completions`` of an AsyncClient."""
+
+    if TYPE_CHECKING:
+
+        @_overload
+        async def parse(
+            self, *, model: Union[str, TextModel], messages: Iterable[Any], response_format: Type[_ParsedT], **more: Any
+        ) -> ParsedChatCompletion[_ParsedT]: ...
+        @_overload
+        async def parse(
+            self, *, model: Union[str, TextModel], messages: Iterable[Any], response_format: _Object, **more: Any
+        ) -> ParsedChatCompletion[Dict[str, Any]]: ...
+        async def parse(self, **arguments: Any) -> Any: ...
 
 
 class _AsyncChat(_Chat):
