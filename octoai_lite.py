@@ -2123,9 +2123,10 @@ class _Output:
             error = failed(OctoAIRefusalError, f"the model refused: {_preview(choice.message.refusal, None)}")
             error.text = choice.message.refusal
             raise error
-        if reason in ("length", "content_filter"):
-            cls = OctoAILengthError if reason == "length" else OctoAIRefusalError
-            raise failed(cls, f"the answer was cut short (finish_reason {reason!r})")
+        if reason == "length":
+            raise failed(OctoAILengthError, "the answer was cut short (finish_reason 'length')")
+        if reason == "content_filter":
+            raise failed(OctoAIRefusalError, "the server's content filter stopped the answer")
         if text is None:
             raise failed(OctoAIParseError, f"the answer has no content (finish_reason {reason!r})")
         try:
