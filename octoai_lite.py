@@ -18,6 +18,7 @@ Map of the file (each section uses only the ones above it)::
     1 Constants     2 Errors      3 Data types (TextModel, response dataclasses)
     4 Protocol, pure: 4a SSE  4b requests  4c responses and errors  4d retry policy
                       4e redirects  4f folding stream chunks  4g one HTTP/1.1 exchange
+                      4h structured output (schemas from types, checking answers)
     5 Transport, the only code that touches sockets: proxies, TLS, pools, and
                       the pumps that move bytes: 5a threads, 5b asyncio
     6 Client API: Stream, Client, AsyncStream, AsyncClient (chat.completions,
@@ -298,11 +299,9 @@ class OctoAIValidationError(OctoAIError):
 
 
 class OctoAIParseError(OctoAIValidationError):
-    """`parse`: the answer is not JSON, or not of the schema asked for.
+    """`parse`: the answer is not JSON, or not of the schema (``path``: where, ``$.items[2].price``).
 
-    ``text`` is the model's raw text (the refusal, for `OctoAIRefusalError`),
-    ``path`` where the answer broke the schema (``$.items[2].price``; None
-    for the other failures), ``completion`` the `ChatCompletion` received.
+    ``text`` is the model's raw text (or refusal); ``completion`` the `ChatCompletion` received.
     """
 
     text: Optional[str] = None
@@ -1865,16 +1864,14 @@ class _Body:
 
 
 # -- 4h. Structured output ----------------------------------------------------
-# `parse` asks for a strict `json_schema` answer (never `json_object`, which
-# LM Studio refuses) and checks it here. A dataclass or TypedDict becomes a
-# schema: every field required, no other property; str, int, float, bool,
-# None, Any, Optional/Union, List, Dict[str, X], Literal, Enum and nested
-# dataclasses. The answer is checked against it, or the caller's own schema,
-# in this subset: type (a name or a list; "integer" is a JSON number with no
-# fraction, never a bool nor 1.0), enum, const, properties, required,
-# additionalProperties, items, anyOf, and "$ref": "#/..." ($defs). Other
-# keywords (minimum, pattern, format...) go to the server unchecked here.
-# Nothing is coerced; a valid answer then becomes the caller's dataclass.
+# `parse` asks for a strict `json_schema` answer (never `json_object`: LM
+# Studio refuses it). A dataclass or TypedDict becomes a schema with every
+# field required and no other property. The answer is checked against that
+# schema, or the caller's, in this subset, coercing nothing: type (a name or
+# a list; "integer" is neither 1.0 nor true), enum and const (equal as JSON
+# text), properties, required, additionalProperties, items and anyOf; other
+# keywords ($ref, minimum, pattern...) are the server's to enforce. Then the
+# dataclass is built.
 
 if TYPE_CHECKING:
     from typing import Generic as _Generic
@@ -1888,7 +1885,7 @@ else:
 
 
 class ParsedChatMessage(ChatMessage, _Generic["_ParsedT"]):
-    """A `ChatMessage` with `parsed`, the answer as the type `parse` was given (not in `==` or `dict()`)."""
+    """A `ChatMessage` with `parsed`, the answer as the type asked for (in `repr`; not in `==` or `dict()`)."""
 
     parsed: _ParsedT
 
@@ -1908,7 +1905,7 @@ class ParsedChatCompletion(ChatCompletion, _Generic["_ParsedT"]):
     choices: List[ParsedChoice[_ParsedT]]  # type: ignore[assignment]
 
 
-# JSON's types as Python's json module reads them; bool before int, since True is an int to isinstance.
+# JSON's types as the json module reads them (bool first: True is an int to isinstance).
 _JSON_TYPES: Tuple[Tuple[type, str], ...] = tuple(
     zip((type(None), bool, int, float, str, list, dict), "null boolean integer number string array object".split())
 )
@@ -1919,229 +1916,167 @@ def _json_type(value: Any) -> str:
     return next((name for kind, name in _JSON_TYPES if isinstance(value, kind)), type(value).__name__)
 
 
-def _json_equal(a: Any, b: Any) -> bool:
-    """JSON's equality (for enum and const): 1 == 1.0, but true != 1."""
-    kinds = {_json_type(a), _json_type(b)}
-    if kinds <= {"integer", "number"}:
-        return bool(a == b)
-    if len(kinds) > 1:
-        return False
-    if isinstance(a, list):
-        return len(a) == len(b) and all(map(_json_equal, a, b))
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_json_equal(a[key], b[key]) for key in a)
-    return bool(a == b)
-
-
-def _is_typeddict(kind: Any) -> bool:
-    return isinstance(kind, type) and issubclass(kind, dict) and hasattr(kind, "__total__")
-
-
-def _hints(kind: Any) -> Dict[str, Any]:
+def _annotation(kind: Any) -> Tuple[Any, Tuple[Any, ...]]:
+    """An annotation's list, dict, "union", "literal", object (for Any) or None, and its arguments."""
     import typing  # only parse() pays for it
 
-    try:
-        return typing.get_type_hints(kind)
-    except Exception as exc:  # a string annotation naming what the class's module does not have
-        raise TypeError(f"cannot read the annotations of {kind.__name__}: {exc}") from exc
+    origin = typing.get_origin(kind)
+    if origin is typing.Union or origin is getattr(types, "UnionType", typing.Union):  # X | Y: 3.10+
+        return "union", typing.get_args(kind)
+    if kind is typing.Any or kind in (list, dict, object):
+        return object if kind is typing.Any else kind, ()
+    return "literal" if origin is typing.Literal else origin, typing.get_args(kind)
 
 
-def _is_union(origin: Any) -> bool:
+def _is_record(kind: Any) -> bool:
+    """A dataclass or a TypedDict (the class)."""
+    typed_dict = isinstance(kind, type) and issubclass(kind, dict) and hasattr(kind, "__total__")
+    return typed_dict or isinstance(kind, type) and dataclasses.is_dataclass(kind)
+
+
+def _fields_of(kind: Any) -> Tuple[Dict[str, Any], List[str]]:
     import typing
 
-    return origin is typing.Union or origin is getattr(types, "UnionType", typing.Union)  # X | None: 3.10+
+    hints = typing.get_type_hints(kind)  # resolves string annotations (PEP 563) in the class's module
+    names = [f.name for f in dataclasses.fields(kind) if f.init] if dataclasses.is_dataclass(kind) else list(hints)
+    return hints, names
 
 
 def _schema_of(kind: Any, seen: Tuple[Any, ...] = ()) -> Dict[str, Any]:
     """The JSON Schema of an annotation; TypeError for what JSON cannot carry."""
-    import typing
-
+    origin, args = _annotation(kind)
     if kind in _SCALAR_SCHEMAS:
         return {"type": _SCALAR_SCHEMAS[kind]}
-    if kind is typing.Any or kind is object:
-        return {}
     if isinstance(kind, type) and issubclass(kind, enum.Enum):
         return {"enum": [member.value for member in kind]}
-    if isinstance(kind, type) and (dataclasses.is_dataclass(kind) or _is_typeddict(kind)):
+    if _is_record(kind):
         if kind in seen:
             raise TypeError(f"{kind.__name__} contains itself: parse() takes no recursive types")
-        hints = _hints(kind)
-        names = [f.name for f in dataclasses.fields(kind) if f.init] if dataclasses.is_dataclass(kind) else list(hints)
+        hints, names = _fields_of(kind)
         required = getattr(kind, "__required_keys__", names if getattr(kind, "__total__", True) else ())
-        return {
-            "type": "object",
-            "properties": {name: _schema_of(hints[name], seen + (kind,)) for name in names},
-            "required": [name for name in names if name in required],
-            "additionalProperties": False,
-        }
-    origin, args = typing.get_origin(kind), typing.get_args(kind)
-    if origin is typing.Literal:
+        properties = {name: _schema_of(hints[name], seen + (kind,)) for name in names}
+        required = [name for name in names if name in required]
+        return {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
+    if origin == "literal":
         return {"enum": list(args)}
-    if _is_union(origin):
+    if origin == "union":
         options = [_schema_of(arg, seen) for arg in args]
         simple = all(list(option) == ["type"] for option in options)
         return {"type": [option["type"] for option in options]} if simple else {"anyOf": options}
-    if kind is list or origin is list:
-        return {"type": "array", "items": _schema_of(args[0], seen)} if args else {"type": "array"}
-    if (kind is dict or origin is dict) and (not args or args[0] is str):
-        return {"type": "object", "additionalProperties": _schema_of(args[1], seen)} if args else {"type": "object"}
+    if origin is list:
+        return {"type": "array", **({"items": _schema_of(args[0], seen)} if args else {})}
+    if origin is dict and (not args or args[0] is str):
+        return {"type": "object", **({"additionalProperties": _schema_of(args[1], seen)} if args else {})}
+    if origin is object:
+        return {}
     raise TypeError(f"parse() cannot express {kind!r} in JSON Schema")
-
-
-def _resolve(root: Any, ref: str) -> Any:
-    """The schema a local `$ref` ("#/$defs/Item", a JSON Pointer) points to."""
-    try:
-        if not ref.startswith("#"):
-            raise ValueError
-        target = root
-        for part in ref[1:].split("/")[1:]:
-            part = unquote(part).replace("~1", "/").replace("~0", "~")
-            target = target[int(part)] if isinstance(target, list) else target[part]
-        return target
-    except (LookupError, ValueError, TypeError):
-        raise ValueError(f"the schema's $ref {ref!r} points to nothing in the schema") from None
 
 
 def _member(path: str, name: str) -> str:
     return f"{path}.{name}" if name.isidentifier() else f"{path}[{json.dumps(name)}]"
 
 
-def _schema_problem(schema: Any, value: Any, root: Any, path: str = "$") -> Optional[Tuple[str, str]]:
+def _schema_problem(schema: Any, value: Any, path: str = "$") -> Optional[Tuple[str, str]]:
     """(where, what) `value` breaks `schema` in the subset above, or None when it fits."""
-    if schema is False:
-        return path, "no value is allowed here"
-    if not isinstance(schema, dict):
-        return None  # true, or a form outside the subset
-    if isinstance(schema.get("$ref"), str):
-        problem = _schema_problem(_resolve(root, schema["$ref"]), value, root, path)
-        if problem:
-            return problem
+    if not isinstance(schema, dict):  # true, false, or a form outside the subset
+        return (path, "no value is allowed here") if schema is False else None
     got, kinds = _json_type(value), schema.get("type")
-    if kinds is not None:
-        kinds = [kinds] if isinstance(kinds, str) else kinds
-        if not any(kind == got or (kind, got) == ("number", "integer") for kind in kinds):
-            return path, f"expected {' or '.join(map(str, kinds))}, got {got}"
-    if "const" in schema and not _json_equal(value, schema["const"]):
-        return path, f"expected {json.dumps(schema['const'])}, got {_cut(json.dumps(value), 80)}"
-    if "enum" in schema and not any(_json_equal(value, option) for option in schema["enum"]):
-        return path, f"expected one of {_cut(json.dumps(schema['enum']), 200)}, got {_cut(json.dumps(value), 80)}"
+    kinds = [kinds] if isinstance(kinds, str) else kinds
+    allowed = [schema["const"]] if "const" in schema else schema.get("enum")
+    if isinstance(kinds, list) and not any(kind == got or (kind, got) == ("number", "integer") for kind in kinds):
+        return path, f"expected {' or '.join(map(str, kinds))}, got {got}"
+    if isinstance(allowed, list) and _json_text(value) not in [_json_text(option) for option in allowed]:
+        return path, f"expected one of {_cut(_json_text(allowed), 200)}, got {_cut(_json_text(value), 80)}"
     options = schema.get("anyOf")
     if isinstance(options, list) and options:
-        found = [problem for problem in (_schema_problem(option, value, root, path) for option in options) if problem]
-        if len(found) == len(options):  # none fits: the option that got deepest explains it best
+        found = [problem for problem in (_schema_problem(option, value, path) for option in options) if problem]
+        if len(found) == len(options):  # none fits: the one that got deepest explains best
             deepest, tail = max(found, key=lambda problem: len(problem[0])), f", got {got}"
             wanted = [what[9 : -len(tail)] for _, what in found if what.startswith("expected ") and what.endswith(tail)]
-            if deepest[0] != path or len(wanted) < len(found):
-                return deepest
-            return path, f"expected {' or '.join(wanted)}{tail}"  # "expected object or null, got string"
+            return (path, f"expected {' or '.join(wanted)}{tail}") if len(wanted) == len(found) else deepest
     if got == "array" and "items" in schema:
-        for number, item in enumerate(value):
-            problem = _schema_problem(schema["items"], item, root, f"{path}[{number}]")
-            if problem:
-                return problem
-    if got == "object":
+        parts = [(schema["items"], item, f"{path}[{number}]") for number, item in enumerate(value)]
+    elif got == "object":
         missing = [name for name in schema.get("required", ()) if name not in value]
+        properties, others = schema.get("properties") or {}, schema.get("additionalProperties", True)
+        unknown = [name for name in value if name not in properties] if others is False else []
         if missing:
             return path, f"missing required property {json.dumps(missing[0])}"
-        properties, others = schema.get("properties") or {}, schema.get("additionalProperties", True)
-        for name, item in value.items():
-            if name not in properties and others is False:
-                return path, f"unexpected property {json.dumps(name)}"
-            problem = _schema_problem(properties.get(name, others), item, root, _member(path, name))
-            if problem:
-                return problem
-    return None
+        if unknown:
+            return path, f"unexpected property {json.dumps(unknown[0])}"
+        parts = [(properties.get(name, others), item, _member(path, name)) for name, item in value.items()]
+    else:
+        return None
+    return next(filter(None, (_schema_problem(part, item, where) for part, item, where in parts)), None)
 
 
 def _build(kind: Any, value: Any) -> Any:
-    """A value that fits `kind`'s schema as `kind`: dataclasses and enums made, recursively; JSON otherwise."""
-    import typing
-
-    if isinstance(kind, type) and dataclasses.is_dataclass(kind):
-        hints = _hints(kind)
-        return kind(**{f.name: _build(hints[f.name], value[f.name]) for f in dataclasses.fields(kind) if f.init})
-    if isinstance(kind, type) and issubclass(kind, enum.Enum):
-        return kind(value)
-    if kind is float:
-        return float(value)  # JSON's 2 is a number too
-    origin, args = typing.get_origin(kind), typing.get_args(kind)
-    if _is_typeddict(kind) or (origin is dict and args):
-        hints = _hints(kind) if _is_typeddict(kind) else {}
-        return {name: _build(hints.get(name, args[1] if args else None), item) for name, item in value.items()}
+    """A value that fits `kind`'s schema as `kind`: dataclasses, enums and floats made, recursively."""
+    origin, args = _annotation(kind)
+    if _is_record(kind):
+        hints, names = _fields_of(kind)
+        built = {name: _build(hints[name], value[name]) for name in names if name in value}
+        return kind(**built) if dataclasses.is_dataclass(kind) else built  # type: ignore[operator]
+    if kind is float or isinstance(kind, type) and issubclass(kind, enum.Enum):
+        return kind(value)  # float: JSON's 2 is a number too
     if origin is list and args:
         return [_build(args[0], item) for item in value]
-    if _is_union(origin):
-        fits = (arg for arg in args if _schema_problem(_schema_of(arg), value, None) is None)
-        return _build(next(fits), value)
+    if origin is dict and args:
+        return {name: _build(args[1], item) for name, item in value.items()}
+    if origin == "union":
+        return _build(next(arg for arg in args if _schema_problem(_schema_of(arg), value) is None), value)
     return value
+
+
+def _response_format(asked: Any) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """(the strict response_format to send for `asked`, its schema); TypeError for what is neither type nor schema."""
+    if isinstance(asked, dict) and asked.get("type") not in ("json_object", "json_schema", "text"):
+        schema, name = asked, str(asked.get("title") or "response")
+    elif _is_record(asked):
+        schema, name = _schema_of(asked), asked.__name__
+    else:
+        raise TypeError(f"parse() takes a dataclass, a TypedDict or a JSON Schema dict, not {asked!r}")
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", name)[:64]  # OpenAI's rule for a schema's name
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}, schema
 
 
 def _not_json(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
-class _Output:
-    """What `parse` was asked for: the `response_format` to send, and how to read each choice."""
+def _parsed_answer(choice: Choice, completion: ChatCompletion, asked: Any, schema: Dict[str, Any]) -> Any:
+    """One choice's answer as `asked`; raises `OctoAIParseError` or a subclass."""
+    message, reason = choice.message, choice.finish_reason
+    text = message.refusal or message.content
 
-    def __init__(self, asked: Any) -> None:
-        self.kind = None if isinstance(asked, dict) else asked  # None: parsed stays a dict
-        if isinstance(asked, dict) and asked.get("type") == "json_schema":  # a whole response_format, sent as given
-            given = asked.get("json_schema")
-            self.schema, self.response_format = given.get("schema") if isinstance(given, dict) else None, asked
-        else:
-            if isinstance(asked, dict) and asked.get("type") not in ("json_object", "text"):
-                self.schema, name = asked, str(asked.get("title") or "response")
-            elif isinstance(asked, type) and (dataclasses.is_dataclass(asked) or _is_typeddict(asked)):
-                self.schema, name = _schema_of(asked), asked.__name__
-            else:
-                raise TypeError(f"parse() takes a dataclass, a TypedDict or a JSON Schema dict, not {asked!r}")
-            name = re.sub(r"[^A-Za-z0-9_-]", "_", name)[:64]  # OpenAI's rule for a schema's name
-            format = {"name": name, "schema": self.schema, "strict": True}
-            self.response_format = {"type": "json_schema", "json_schema": format}
-        if not isinstance(self.schema, dict):
-            raise TypeError("parse(): the response_format holds no JSON Schema")
+    def failed(cls: Type[OctoAIParseError], what: str, path: Optional[str] = None) -> OctoAIParseError:
+        where = f"choice {choice.index}: " if len(completion.choices) > 1 else ""
+        shown = f"; the answer: {_preview(text, None)!r}" if text and cls is not OctoAIRefusalError else ""
+        error = cls(f"structured output: {where}{what}{shown}")
+        error.text, error.path, error.completion = text, path, completion
+        return error
 
-    def read(self, completion: ChatCompletion) -> ParsedChatCompletion[Any]:
-        """The completion with each choice's `parsed`; raises `OctoAIParseError` (or a subclass) if one fails."""
-        choices = []
-        for choice in completion.choices:
-            message = _recast(choice.message, ParsedChatMessage, parsed=self._parsed(choice, completion))
-            choices.append(_recast(choice, ParsedChoice, message=message))
-        return _recast(completion, ParsedChatCompletion, choices=choices)
-
-    def _parsed(self, choice: Choice, completion: ChatCompletion) -> Any:
-        text, reason = choice.message.content, choice.finish_reason
-
-        def failed(cls: Type[OctoAIParseError], what: str, path: Optional[str] = None) -> OctoAIParseError:
-            where = f"choice {choice.index}: " if len(completion.choices) > 1 else ""
-            shown = f"; the answer: {_preview(text, None)!r}" if text and cls is not OctoAIRefusalError else ""
-            error = cls(f"structured output: {where}{what}{shown}")
-            error.text, error.path, error.completion = text, path, completion
-            return error
-
-        if choice.message.refusal:
-            error = failed(OctoAIRefusalError, f"the model refused: {_preview(choice.message.refusal, None)}")
-            error.text = choice.message.refusal
-            raise error
-        if reason == "length":
-            raise failed(OctoAILengthError, "the answer was cut short (finish_reason 'length')")
-        if reason == "content_filter":
-            raise failed(OctoAIRefusalError, "the server's content filter stopped the answer")
-        if text is None:
-            raise failed(OctoAIParseError, f"the answer has no content (finish_reason {reason!r})")
-        try:
-            value = json.loads(text, parse_constant=_not_json)
-        except (ValueError, RecursionError) as exc:
-            raise failed(OctoAIParseError, f"the answer is not JSON ({exc})") from None
-        problem = _schema_problem(self.schema, value, self.schema)
-        if problem is None and self.kind is None and not isinstance(value, dict):
-            problem = "$", f"expected object, got {_json_type(value)}"  # parsed is a dict
-        if problem:
-            raise failed(OctoAIParseError, f"{problem[0]}: {problem[1]}", problem[0])
-        try:
-            return _build(self.kind, value)
-        except (TypeError, ValueError, OverflowError) as exc:  # the dataclass's own __post_init__ checks, say
-            raise failed(OctoAIParseError, f"{getattr(self.kind, '__name__', '')} refused the answer: {exc}") from exc
+    if message.refusal:
+        raise failed(OctoAIRefusalError, f"the model refused: {_preview(message.refusal, None)}")
+    if reason == "length":
+        raise failed(OctoAILengthError, "the answer was cut short (finish_reason 'length')")
+    if reason == "content_filter":
+        raise failed(OctoAIRefusalError, "the server's content filter stopped the answer")
+    if text is None:
+        raise failed(OctoAIParseError, f"the answer has no content (finish_reason {reason!r})")
+    try:
+        value = json.loads(text, parse_constant=_not_json)
+    except (ValueError, RecursionError) as exc:
+        raise failed(OctoAIParseError, f"the answer is not JSON ({exc})") from None
+    problem = _schema_problem(schema, value)
+    if problem is None and isinstance(asked, dict) and not isinstance(value, dict):
+        problem = "$", f"expected object, got {_json_type(value)}"  # parsed is a dict
+    if problem:
+        raise failed(OctoAIParseError, f"{problem[0]}: {problem[1]}", problem[0])
+    try:
+        return _build(asked, value)
+    except (TypeError, ValueError, OverflowError) as exc:  # a dataclass's own checks in __post_init__, say
+        raise failed(OctoAIParseError, f"{asked.__name__} refused the answer: {exc}") from exc
 
 
 def _recast(obj: Any, cls: Type[_SelfT], **changes: Any) -> _SelfT:
@@ -2149,6 +2084,14 @@ def _recast(obj: Any, cls: Type[_SelfT], **changes: Any) -> _SelfT:
     new = cls.__new__(cls)
     new.__dict__.update(obj.__dict__, **changes)
     return new
+
+
+def _parsed_completion(completion: ChatCompletion, asked: Any, schema: Dict[str, Any]) -> ParsedChatCompletion[Any]:
+    choices = []
+    for choice in completion.choices:
+        message = _recast(choice.message, ParsedChatMessage, parsed=_parsed_answer(choice, completion, asked, schema))
+        choices.append(_recast(choice, ParsedChoice, message=message))
+    return _recast(completion, ParsedChatCompletion, choices=choices)
 
 
 # =============================================================================
@@ -3786,23 +3729,20 @@ else:
         def parse(self, *, response_format, **arguments):
             """Ask for an answer of a type: a dataclass, a TypedDict or a JSON Schema (awaited, for an AsyncClient).
 
-            Sends `create`'s arguments with a strict ``json_schema``
-            response_format made from ``response_format``, checks the answer
-            against that schema (section 4h says which keywords) and returns a
-            `ParsedChatCompletion`: ``choices[i].message.parsed`` is an
-            instance of the dataclass, or a dict. Raises `OctoAIRefusalError`,
-            `OctoAILengthError` or `OctoAIParseError` (``.text``, ``.path``)
-            when an answer is not one; TypeError, before anything is sent,
-            for a type JSON Schema cannot express.
+            `create` with a strict ``json_schema`` response_format; ``choices[i].message.parsed``
+            is the answer, checked (section 4h), as the dataclass or a dict. Raises
+            `OctoAIParseError` or a subclass for an answer that is not one.
             """
-            output = _Output(response_format)
             if arguments.get("stream"):
-                raise TypeError("parse() does not stream; use create(stream=True) and parse the text yourself")
-            answer = self.create(response_format=output.response_format, **arguments)
-            return output.read(answer) if isinstance(answer, ChatCompletion) else _then(answer, output.read)
+                raise TypeError("parse() does not stream")
+            sent, schema = _response_format(response_format)
+            answer = self.create(response_format=sent, **arguments)
+            if isinstance(answer, ChatCompletion):
+                return _parsed_completion(answer, response_format, schema)
+            return _parsed_later(answer, response_format, schema)
 
-    async def _then(awaitable, then):
-        return then(await awaitable)
+    async def _parsed_later(answer, asked, schema):
+        return _parsed_completion(await answer, asked, schema)
 
 
 class _Namespace:
@@ -3864,7 +3804,8 @@ class Client(_BaseClient, _Closing):
     ``timeout``, ``max_retries`` and ``deadline``.
 
     The API: ``client.chat.completions.create(model=..., messages=...)``
-    (``stream=True`` for a `Stream`), ``client.models.list()``, and the
+    (``stream=True`` for a `Stream`), ``client.chat.completions.parse(...,
+    response_format=YourDataclass)``, ``client.models.list()``, and the
     methods below.
     """
 

@@ -122,11 +122,11 @@ class Review(TypedDict, total=False):
     stars: int
 
 
+SIGHT_SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
 CITY_SCHEMA = {
     "title": "City guide",
     "type": "object",
-    "$defs": {"sight": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}},
-    "properties": {"city": {"type": "string"}, "sights": {"type": "array", "items": {"$ref": "#/$defs/sight"}}},
+    "properties": {"city": {"type": "string"}, "sights": {"type": "array", "items": SIGHT_SCHEMA}},
     "required": ["city", "sights"],
     "additionalProperties": False,
 }
@@ -218,14 +218,7 @@ def test_a_json_schema_is_sent_as_given_and_checked(flavor, server):
     server.script.append(answer('{"city": "Seattle", "sights": [{"name": 1}]}'))
     with pytest.raises(OctoAIParseError) as caught:
         parse(flavor, response_format=CITY_SCHEMA)
-    assert caught.value.path == "$.sights[0].name"  # through the $ref
-
-
-def test_a_whole_response_format_is_sent_unchanged(flavor, server):
-    given = {"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "object"}, "strict": False}}
-    server.script.append(answer("{}"))
-    assert parse(flavor, response_format=given).choices[0].message.parsed == {}
-    assert sent_format(server) == given
+    assert caught.value.path == "$.sights[0].name"
 
 
 def test_every_choice_is_parsed(flavor, server):
@@ -244,7 +237,7 @@ FAILURES = {
                "the answer was cut short (finish_reason 'length')"),
     "content filter": ("", {"finish_reason": "content_filter"}, OctoAIRefusalError, None,
                        "the server's content filter stopped the answer"),
-    "invalid JSON": ('{"id": 7,}', {}, OctoAIParseError, None, "the answer is not JSON (Expecting property name"),
+    "invalid JSON": ('{"id": 7,}', {}, OctoAIParseError, None, "the answer is not JSON ("),  # json's words change with versions
     "prose": ("Sure! Here it is.", {}, OctoAIParseError, None, "the answer is not JSON (Expecting value"),
     "NaN": ('{"id": NaN}', {}, OctoAIParseError, None, "the answer is not JSON (NaN is not JSON)"),
     "schema violation": ('{"id": "7"}', {}, OctoAIParseError, "$", '$: missing required property "status"'),
@@ -321,7 +314,7 @@ class Pair:
         (int, "takes a dataclass, a TypedDict or a JSON Schema dict, not <class 'int'>"),
         (ORDER, "not Order("),  # an instance, not the class
         ({"type": "json_object"}, "not {'type': 'json_object'}"),
-        ({"type": "json_schema", "json_schema": {"name": "x"}}, "holds no JSON Schema"),
+        ({"type": "json_schema", "json_schema": {"name": "x"}}, "not {'type': 'json_schema'"),  # the schema itself, please
         (Node, "Node contains itself"),
         (Pair, "cannot express <class 'tuple'>"),
     ],
@@ -384,9 +377,10 @@ class Unknown:
     thing: NoSuchName  # noqa: F821  (a string annotation that names nothing)
 
 
-def test_annotations_that_name_nothing_are_a_type_error():
-    with pytest.raises(TypeError, match="cannot read the annotations of Unknown: name 'NoSuchName' is not defined"):
-        octoai_lite._schema_of(Unknown)
+def test_annotations_that_name_nothing_fail_before_sending(flavor, server):
+    with pytest.raises(NameError, match="NoSuchName"):
+        parse(flavor, response_format=Unknown)
+    assert server.requests == []
 
 
 @dataclasses.dataclass
@@ -411,7 +405,7 @@ def test_pep_604_unions():
 
 
 def problem(schema, value):
-    return octoai_lite._schema_problem(schema, value, schema)
+    return octoai_lite._schema_problem(schema, value)
 
 
 @pytest.mark.parametrize(
@@ -426,11 +420,12 @@ def problem(schema, value):
         ({"type": ["string", "null"]}, None, None),
         ({"type": ["string", "null"]}, 3, ("$", "expected string or null, got integer")),
         ({"type": "array", "items": {"type": "string"}}, ["a", 2], ("$[1]", "expected string, got integer")),
-        ({"enum": [1, "a"]}, 1.0, None),
+        ({"enum": [1, "a"]}, 1, None),
+        ({"enum": [1, "a"]}, 1.0, ("$", 'expected one of [1, "a"], got 1.0')),  # compared as JSON text
         ({"enum": [1, "a"]}, True, ("$", 'expected one of [1, "a"], got true')),
-        ({"enum": [[1, {"a": True}]]}, [1.0, {"a": True}], None),
+        ({"enum": [[1, {"a": True}]]}, [1, {"a": True}], None),
         ({"enum": [[1, {"a": True}]]}, [1, {"a": 1}], ("$", 'expected one of [[1, {"a": true}]], got [1, {"a": 1}]')),
-        ({"const": False}, 0, ("$", "expected false, got 0")),
+        ({"const": False}, 0, ("$", "expected one of [false], got 0")),
         ({"const": None}, None, None),
         ({"properties": {"a b": {"type": "string"}}}, {"a b": 1}, ('$["a b"]', "expected string, got integer")),
         ({"properties": {"a": {}}, "additionalProperties": False}, {"a": 1, "b": 2}, ("$", 'unexpected property "b"')),
@@ -441,8 +436,8 @@ def problem(schema, value):
          ("$.a", "expected string, got integer")),  # the option that got furthest explains best
         ({"anyOf": [{"type": "integer"}, {"enum": ["x"]}]}, "y", ("$", "expected integer, got string")),
         ({"anyOf": [{"type": "integer"}, {"type": "string"}]}, "y", None),
-        ({"$defs": {"a~/b": {"type": "integer"}}, "items": {"$ref": "#/$defs/a~0~1b"}}, [1, "2"], ("$[1]", "expected integer, got string")),
-        ({"items": [{"type": "string"}]}, [1], None),  # outside the subset: not checked
+        ({"$defs": {"a": {"type": "integer"}}, "items": {"$ref": "#/$defs/a"}}, ["2"], None),  # outside the subset:
+        ({"items": [{"type": "string"}]}, [1], None),  # not checked here (the server enforces the schema)
         (True, 1, None),
         (False, 1, ("$", "no value is allowed here")),
         ({}, {"anything": [1]}, None),
@@ -450,12 +445,6 @@ def problem(schema, value):
 )  # fmt: skip
 def test_validator(schema, value, found):
     assert problem(schema, value) == found
-
-
-def test_a_ref_to_nothing_is_the_schema_s_fault():
-    for ref in ("#/$defs/missing", "other.json#/a", "#/items/x"):
-        with pytest.raises(ValueError, match="points to nothing"):
-            problem({"items": [], "properties": {"a": {"$ref": ref}}}, {"a": 1})
 
 
 # Schemas in the subset, and JSON values that fit them.
