@@ -18,7 +18,7 @@ Map of the file (each section uses only the ones above it)::
     1 Constants     2 Errors      3 Data types (TextModel, response dataclasses)
     4 Protocol, pure: 4a SSE  4b requests and the `_Call`  4c responses and errors
                       4d redirects  4e retry policy (`_judge`)  4f folding stream chunks
-                      4g one HTTP/1.1 exchange
+                      4g one HTTP/1.1 exchange  4h structured output (schemas from types)
     5 Transport, the only code that touches sockets: proxies, TLS, pools, and
                       the pumps that move bytes: 5a threads, 5b asyncio
     6 Client API: Stream, Client, AsyncStream, AsyncClient (chat.completions,
@@ -125,9 +125,15 @@ __all__ = [
     "OctoAIClientError",
     "OctoAIConnectionError",
     "OctoAIError",
+    "OctoAILengthError",
+    "OctoAIParseError",
+    "OctoAIRefusalError",
     "OctoAIServerError",
     "OctoAITimeoutError",
     "OctoAIValidationError",
+    "ParsedChatCompletion",
+    "ParsedChatMessage",
+    "ParsedChoice",
     "PermissionDeniedError",
     "RateLimitError",
     "SSEDecoder",
@@ -250,6 +256,9 @@ _REASONS = types.MappingProxyType(
 #   │   ├── UnprocessableEntityError 422 └── RateLimitError 429
 #   ├── OctoAIServerError            5xx
 #   ├── OctoAIValidationError        a response or stream not shaped as the protocol says
+#   │   └── OctoAIParseError         parse(): the answer is not the object asked for
+#   │       ├── OctoAIRefusalError   the model refused (or a content filter stopped it)
+#   │       └── OctoAILengthError    the answer was cut at max_tokens
 #   └── OctoAIConnectionError        refused, reset, DNS, TLS, truncated body
 #       └── OctoAITimeoutError
 
@@ -319,6 +328,25 @@ class OctoAIServerError(OctoAIError):
 
 class OctoAIValidationError(OctoAIError):
     """A response or stream that is not what the protocol says."""
+
+
+class OctoAIParseError(OctoAIValidationError):
+    """`parse`: the answer is not JSON, or not of the schema (``path``: where, ``$.items[2].price``).
+
+    ``text`` is the model's raw text (or refusal); ``completion`` the `ChatCompletion` received.
+    """
+
+    text: Optional[str] = None
+    path: Optional[str] = None
+    completion: Optional[ChatCompletion] = None
+
+
+class OctoAIRefusalError(OctoAIParseError):
+    """`parse`: the model refused (``message.refusal``), or the server's content filter stopped the answer."""
+
+
+class OctoAILengthError(OctoAIParseError):
+    """`parse`: the answer was cut short (``finish_reason == "length"``): raise max_tokens."""
 
 
 class OctoAIConnectionError(OctoAIError):
@@ -1907,6 +1935,237 @@ class _Body:
         return b"".join(self._chunks)
 
 
+# -- 4h. Structured output ----------------------------------------------------
+# `parse` asks for a strict `json_schema` answer (never `json_object`: LM
+# Studio refuses it). A dataclass or TypedDict becomes a schema with every
+# field required and no other property. The answer is checked against that
+# schema, or the caller's, in this subset, coercing nothing: type (a name or
+# a list; "integer" is neither 1.0 nor true), enum and const (equal as JSON
+# text), properties, required, additionalProperties, items and anyOf; other
+# keywords ($ref, minimum, pattern...) are the server's to enforce. Then the
+# dataclass is built.
+
+if TYPE_CHECKING:
+    from typing import Generic as _Generic
+
+    _ParsedT = TypeVar("_ParsedT")
+else:
+
+    class _Generic:  # typing.Generic's subscript, without importing typing at run time
+        def __class_getitem__(cls, item):
+            return cls
+
+
+class ParsedChatMessage(ChatMessage, _Generic["_ParsedT"]):
+    """A `ChatMessage` with `parsed`, the answer as the type asked for (in `repr`; not in `==` or `dict()`)."""
+
+    parsed: _ParsedT
+
+    def __repr__(self) -> str:
+        return f"{super().__repr__()[:-1]}, parsed={self.parsed!r})"
+
+
+class ParsedChoice(Choice, _Generic["_ParsedT"]):
+    """A `Choice` whose `message` is a `ParsedChatMessage`."""
+
+    message: ParsedChatMessage[_ParsedT]
+
+
+class ParsedChatCompletion(ChatCompletion, _Generic["_ParsedT"]):
+    """What `parse` returns: a `ChatCompletion` whose every choice has ``message.parsed``."""
+
+    choices: List[ParsedChoice[_ParsedT]]  # type: ignore[assignment]
+
+
+# JSON's types as the json module reads them (bool first: True is an int to isinstance).
+_JSON_TYPES: Tuple[Tuple[type, str], ...] = tuple(
+    zip((type(None), bool, int, float, str, list, dict), "null boolean integer number string array object".split())
+)
+_SCALAR_SCHEMAS = types.MappingProxyType(dict(_JSON_TYPES[:5]))
+
+
+def _json_type(value: Any) -> str:
+    return next((name for kind, name in _JSON_TYPES if isinstance(value, kind)), type(value).__name__)
+
+
+def _annotation(kind: Any) -> Tuple[Any, Tuple[Any, ...]]:
+    """An annotation's list, dict, "union", "literal", object (for Any) or None, and its arguments."""
+    import typing  # only parse() pays for it
+
+    origin = typing.get_origin(kind)
+    if origin is typing.Union or origin is getattr(types, "UnionType", typing.Union):  # X | Y: 3.10+
+        return "union", typing.get_args(kind)
+    if kind is typing.Any or kind in (list, dict, object):
+        return object if kind is typing.Any else kind, ()
+    return "literal" if origin is typing.Literal else origin, typing.get_args(kind)
+
+
+def _is_record(kind: Any) -> bool:
+    """A dataclass or a TypedDict (the class)."""
+    typed_dict = isinstance(kind, type) and issubclass(kind, dict) and hasattr(kind, "__total__")
+    return typed_dict or isinstance(kind, type) and dataclasses.is_dataclass(kind)
+
+
+def _fields_of(kind: Any) -> Tuple[Dict[str, Any], List[str]]:
+    import typing
+
+    hints = typing.get_type_hints(kind)  # resolves string annotations (PEP 563) in the class's module
+    names = [f.name for f in dataclasses.fields(kind) if f.init] if dataclasses.is_dataclass(kind) else list(hints)
+    return hints, names
+
+
+def _schema_of(kind: Any, seen: Tuple[Any, ...] = ()) -> Dict[str, Any]:
+    """The JSON Schema of an annotation; TypeError for what JSON cannot carry."""
+    origin, args = _annotation(kind)
+    if kind in _SCALAR_SCHEMAS:
+        return {"type": _SCALAR_SCHEMAS[kind]}
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        return {"enum": [member.value for member in kind]}
+    if _is_record(kind):
+        if kind in seen:
+            raise TypeError(f"{kind.__name__} contains itself: parse() takes no recursive types")
+        hints, names = _fields_of(kind)
+        required = getattr(kind, "__required_keys__", names if getattr(kind, "__total__", True) else ())
+        properties = {name: _schema_of(hints[name], seen + (kind,)) for name in names}
+        required = [name for name in names if name in required]
+        return {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
+    if origin == "literal":
+        return {"enum": list(args)}
+    if origin == "union":
+        options = [_schema_of(arg, seen) for arg in args]
+        simple = all(list(option) == ["type"] for option in options)
+        return {"type": [option["type"] for option in options]} if simple else {"anyOf": options}
+    if origin is list:
+        return {"type": "array", **({"items": _schema_of(args[0], seen)} if args else {})}
+    if origin is dict and (not args or args[0] is str):
+        return {"type": "object", **({"additionalProperties": _schema_of(args[1], seen)} if args else {})}
+    if origin is object:
+        return {}
+    raise TypeError(f"parse() cannot express {kind!r} in JSON Schema")
+
+
+def _member(path: str, name: str) -> str:
+    return f"{path}.{name}" if name.isidentifier() else f"{path}[{json.dumps(name)}]"
+
+
+def _schema_problem(schema: Any, value: Any, path: str = "$") -> Optional[Tuple[str, str]]:
+    """(where, what) `value` breaks `schema` in the subset above, or None when it fits."""
+    if not isinstance(schema, dict):  # true, false, or a form outside the subset
+        return (path, "no value is allowed here") if schema is False else None
+    got, kinds = _json_type(value), schema.get("type")
+    kinds = [kinds] if isinstance(kinds, str) else kinds
+    allowed = [schema["const"]] if "const" in schema else schema.get("enum")
+    if isinstance(kinds, list) and not any(kind == got or (kind, got) == ("number", "integer") for kind in kinds):
+        return path, f"expected {' or '.join(map(str, kinds))}, got {got}"
+    if isinstance(allowed, list) and _json_text(value) not in [_json_text(option) for option in allowed]:
+        return path, f"expected one of {_cut(_json_text(allowed), 200)}, got {_cut(_json_text(value), 80)}"
+    options = schema.get("anyOf")
+    if isinstance(options, list) and options:
+        found = [problem for problem in (_schema_problem(option, value, path) for option in options) if problem]
+        if len(found) == len(options):  # none fits: the one that got deepest explains best
+            deepest, tail = max(found, key=lambda problem: len(problem[0])), f", got {got}"
+            wanted = [what[9 : -len(tail)] for _, what in found if what.startswith("expected ") and what.endswith(tail)]
+            return (path, f"expected {' or '.join(wanted)}{tail}") if len(wanted) == len(found) else deepest
+    if got == "array" and "items" in schema:
+        parts = [(schema["items"], item, f"{path}[{number}]") for number, item in enumerate(value)]
+    elif got == "object":
+        missing = [name for name in schema.get("required", ()) if name not in value]
+        properties, others = schema.get("properties") or {}, schema.get("additionalProperties", True)
+        unknown = [name for name in value if name not in properties] if others is False else []
+        if missing:
+            return path, f"missing required property {json.dumps(missing[0])}"
+        if unknown:
+            return path, f"unexpected property {json.dumps(unknown[0])}"
+        parts = [(properties.get(name, others), item, _member(path, name)) for name, item in value.items()]
+    else:
+        return None
+    return next(filter(None, (_schema_problem(part, item, where) for part, item, where in parts)), None)
+
+
+def _build(kind: Any, value: Any) -> Any:
+    """A value that fits `kind`'s schema as `kind`: dataclasses, enums and floats made, recursively."""
+    origin, args = _annotation(kind)
+    if _is_record(kind):
+        hints, names = _fields_of(kind)
+        built = {name: _build(hints[name], value[name]) for name in names if name in value}
+        return kind(**built) if dataclasses.is_dataclass(kind) else built  # type: ignore[operator]
+    if kind is float or isinstance(kind, type) and issubclass(kind, enum.Enum):
+        return kind(value)  # float: JSON's 2 is a number too
+    if origin is list and args:
+        return [_build(args[0], item) for item in value]
+    if origin is dict and args:
+        return {name: _build(args[1], item) for name, item in value.items()}
+    if origin == "union":
+        return _build(next(arg for arg in args if _schema_problem(_schema_of(arg), value) is None), value)
+    return value
+
+
+def _response_format(asked: Any) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """(the strict response_format to send for `asked`, its schema); TypeError for what is neither type nor schema."""
+    if isinstance(asked, dict) and asked.get("type") not in ("json_object", "json_schema", "text"):
+        schema, name = asked, str(asked.get("title") or "response")
+    elif _is_record(asked):
+        schema, name = _schema_of(asked), asked.__name__
+    else:
+        raise TypeError(f"parse() takes a dataclass, a TypedDict or a JSON Schema dict, not {asked!r}")
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", name)[:64]  # OpenAI's rule for a schema's name
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}, schema
+
+
+def _not_json(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _parsed_answer(choice: Choice, completion: ChatCompletion, asked: Any, schema: Dict[str, Any]) -> Any:
+    """One choice's answer as `asked`; raises `OctoAIParseError` or a subclass."""
+    message, reason = choice.message, choice.finish_reason
+    text = message.refusal or message.content
+
+    def failed(cls: Type[OctoAIParseError], what: str, path: Optional[str] = None) -> OctoAIParseError:
+        where = f"choice {choice.index}: " if len(completion.choices) > 1 else ""
+        shown = f"; the answer: {_preview(text, None)!r}" if text and cls is not OctoAIRefusalError else ""
+        error = cls(f"structured output: {where}{what}{shown}")
+        error.text, error.path, error.completion = text, path, completion
+        return error
+
+    if message.refusal:
+        raise failed(OctoAIRefusalError, f"the model refused: {_preview(message.refusal, None)}")
+    if reason == "length":
+        raise failed(OctoAILengthError, "the answer was cut short (finish_reason 'length')")
+    if reason == "content_filter":
+        raise failed(OctoAIRefusalError, "the server's content filter stopped the answer")
+    if text is None:
+        raise failed(OctoAIParseError, f"the answer has no content (finish_reason {reason!r})")
+    try:
+        value = json.loads(text, parse_constant=_not_json)
+    except (ValueError, RecursionError) as exc:
+        raise failed(OctoAIParseError, f"the answer is not JSON ({exc})") from None
+    problem = _schema_problem(schema, value)
+    if problem is None and isinstance(asked, dict) and not isinstance(value, dict):
+        problem = "$", f"expected object, got {_json_type(value)}"  # parsed is a dict
+    if problem:
+        raise failed(OctoAIParseError, f"{problem[0]}: {problem[1]}", problem[0])
+    try:
+        return _build(asked, value)
+    except (TypeError, ValueError, OverflowError) as exc:  # a dataclass's own checks in __post_init__, say
+        raise failed(OctoAIParseError, f"{asked.__name__} refused the answer: {exc}") from exc
+
+
+def _recast(obj: Any, cls: Type[_SelfT], **changes: Any) -> _SelfT:
+    """`obj`'s attributes, and `changes`, on a new `cls` (a subclass of obj's class that adds no fields)."""
+    new = cls.__new__(cls)
+    new.__dict__.update(obj.__dict__, **changes)
+    return new
+
+
+def _parsed_completion(completion: ChatCompletion, asked: Any, schema: Dict[str, Any]) -> ParsedChatCompletion[Any]:
+    choices = []
+    for choice in completion.choices:
+        message = _recast(choice.message, ParsedChatMessage, parsed=_parsed_answer(choice, completion, asked, schema))
+        choices.append(_recast(choice, ParsedChoice, message=message))
+    return _recast(completion, ParsedChatCompletion, choices=choices)
+
+
 # =============================================================================
 # 5. Transport: the only code that touches sockets
 # =============================================================================
@@ -3437,6 +3696,24 @@ else:
 
         create.__doc__ = _CREATE_DOC
 
+        def parse(self, *, response_format, **arguments):
+            """Ask for an answer of a type: a dataclass, a TypedDict or a JSON Schema (awaited, for an AsyncClient).
+
+            `create` with a strict ``json_schema`` response_format; ``choices[i].message.parsed``
+            is the answer, checked (section 4h), as the dataclass or a dict. Raises
+            `OctoAIParseError` or a subclass for an answer that is not one.
+            """
+            if arguments.get("stream"):
+                raise TypeError("parse() does not stream")
+            sent, schema = _response_format(response_format)
+            answer = self.create(response_format=sent, **arguments)
+            if isinstance(answer, ChatCompletion):
+                return _parsed_completion(answer, response_format, schema)
+            return _parsed_later(answer, response_format, schema)
+
+    async def _parsed_later(answer, asked, schema):
+        return _parsed_completion(await answer, asked, schema)
+
 
 class _Namespace:
     """A part of a client's API: ``client.chat``, ``client.chat.completions``, ``client.models``."""
@@ -3447,6 +3724,18 @@ class _Namespace:
 
 class _Completions(_CreateTypes["ChatCompletion", "Stream"], _Namespace):
     """``client.chat.completions``."""
+
+    if TYPE_CHECKING:  # `parse`'s types: `parsed` is the caller's type (the code is _CreateTypes')
+
+        @_overload
+        def parse(
+            self, *, model: Union[str, TextModel], messages: Iterable[Any], response_format: Type[_ParsedT], **more: Any
+        ) -> ParsedChatCompletion[_ParsedT]: ...
+        @_overload
+        def parse(
+            self, *, model: Union[str, TextModel], messages: Iterable[Any], response_format: _Object, **more: Any
+        ) -> ParsedChatCompletion[Dict[str, Any]]: ...
+        def parse(self, **arguments: Any) -> Any: ...
 
 
 class _Chat:
@@ -3485,7 +3774,8 @@ class Client(_BaseClient, _Closing):
     ``timeout``, ``max_retries`` and ``deadline``.
 
     The API: ``client.chat.completions.create(model=..., messages=...)``
-    (``stream=True`` for a `Stream`), ``client.models.list()``, and the
+    (``stream=True`` for a `Stream`), ``client.chat.completions.parse(...,
+    response_format=YourDataclass)``, ``client.models.list()``, and the
     methods below.
     """
 
@@ -3556,6 +3846,18 @@ class Client(_BaseClient, _Closing):
 
 class _AsyncCompletions(_CreateTypes["Awaitable[ChatCompletion]", "Awaitable[AsyncStream]"], _Namespace):
     """``client.chat.completions`` of an AsyncClient."""
+
+    if TYPE_CHECKING:
+
+        @_overload
+        async def parse(
+            self, *, model: Union[str, TextModel], messages: Iterable[Any], response_format: Type[_ParsedT], **more: Any
+        ) -> ParsedChatCompletion[_ParsedT]: ...
+        @_overload
+        async def parse(
+            self, *, model: Union[str, TextModel], messages: Iterable[Any], response_format: _Object, **more: Any
+        ) -> ParsedChatCompletion[Dict[str, Any]]: ...
+        async def parse(self, **arguments: Any) -> Any: ...
 
 
 class _AsyncChat(_Chat):

@@ -8,6 +8,7 @@ the test server and a dummy OCTOAI_TOKEN, and must exit 0 without printing
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -35,6 +36,11 @@ TOOL_CALL = {
     "type": "function",
     "function": {"name": "get_weather", "arguments": '{"city": "Seattle"}'},
 }
+GUIDE = {  # what parse(response_format=Guide) gets back
+    "city": "Seattle",
+    "population": 755078,
+    "sights": [{"name": "Space Needle", "kind": "landmark"}, {"name": "Discovery Park", "kind": "park"}],
+}
 
 
 def block_env(server, home):
@@ -60,6 +66,10 @@ def test_block_runs_as_written(server, tmp_path, line, code):
         body = completion_body()
         body["choices"] = [{"index": 0, "message": message, "finish_reason": "tool_calls"}]
         server.script.append(reply(body=body))
+    if ".parse(" in code:
+        body = completion_body(json.dumps(GUIDE))
+        body["choices"][0]["finish_reason"] = "stop"
+        server.script.append(reply(body=body))
     script = tmp_path / f"readme_line_{line}.py"
     script.write_text(code, encoding="utf-8")
     result = subprocess.run(
@@ -76,6 +86,9 @@ def test_block_runs_as_written(server, tmp_path, line, code):
     assert "None" not in result.stdout, result.stdout
     if "tools=" in code:
         assert result.stdout == "get_weather {'city': 'Seattle'}\n"
+    if ".parse(" in code:
+        assert result.stdout == "Seattle ['Space Needle', 'Discovery Park']\n"
+        assert server.requests[0].json()["response_format"]["json_schema"]["name"] == "Guide"
     if "stream=True" in code and "async" not in code:
         # The streamed text, exactly: the role-only first chunk and the finish chunk add nothing.
         assert result.stdout.startswith("".join(WORDS)), result.stdout

@@ -11,7 +11,7 @@ instead: mypy then only asks that they fit.
 import asyncio
 import dataclasses
 import json
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Literal, Optional, TypedDict
 
 import octoai_lite
 import octoai_lite as octoai
@@ -35,9 +35,15 @@ from octoai_lite import (
     OctoAIClientError,
     OctoAIConnectionError,
     OctoAIError,
+    OctoAILengthError,
+    OctoAIParseError,
+    OctoAIRefusalError,
     OctoAIServerError,
     OctoAITimeoutError,
     OctoAIValidationError,
+    ParsedChatCompletion,
+    ParsedChatMessage,
+    ParsedChoice,
     PermissionDeniedError,
     RateLimitError,
     ServerSentEvent,
@@ -229,6 +235,62 @@ def errors() -> None:
         client.close()
 
 
+@dataclasses.dataclass
+class Point:
+    x: float
+    y: float
+    label: Optional[str]
+    kind: Literal["start", "end"]
+
+
+@dataclasses.dataclass
+class Path:
+    points: List[Point]
+
+
+class Movie(TypedDict):
+    title: str
+    year: int
+
+
+def structured_output() -> None:
+    # parse: `parsed` has the type asked for, dataclass or TypedDict; a JSON Schema dict gives a dict.
+    with Client() as client:
+        completion = client.chat.completions.parse(model="m", messages=MESSAGES, response_format=Path, max_tokens=200)
+        reveal_type(completion)  # expect: octoai_lite.ParsedChatCompletion[user_script.Path]
+        reveal_type(completion.choices[0])  # expect: octoai_lite.ParsedChoice[user_script.Path]
+        reveal_type(completion.choices[0].message)  # expect: octoai_lite.ParsedChatMessage[user_script.Path]
+        reveal_type(completion.choices[0].message.parsed)  # expect: user_script.Path
+        reveal_type(completion.choices[0].message.parsed.points[0].label)  # expect: builtins.str | None
+        reveal_type(completion.choices[0].message.content)  # expect: builtins.str | None
+        reveal_type(completion.usage)  # expect: octoai_lite.CompletionUsage | None
+        plain: ChatCompletion = completion
+        movie = client.chat.completions.parse(model="m", messages=MESSAGES, response_format=Movie)
+        reveal_type(movie.choices[0].message.parsed["year"])  # expect: builtins.int
+        schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+        reveal_type(client.chat.completions.parse(model="m", messages=MESSAGES, response_format=schema).choices[0].message.parsed)  # expect: builtins.dict[builtins.str, Any]
+        parts: List[Any] = [ParsedChatCompletion, ParsedChoice, ParsedChatMessage, plain]
+        try:
+            client.chat.completions.parse(model="m", messages=MESSAGES, response_format=Point)
+        except (OctoAIRefusalError, OctoAILengthError) as exc:
+            reveal_type(exc.text)  # expect: builtins.str | None
+        except OctoAIParseError as exc:
+            reveal_type(exc.path)  # expect: builtins.str | None
+            reveal_type(exc.completion)  # expect: octoai_lite.ChatCompletion | None
+        print(parts)
+
+
+async def async_structured_output() -> None:
+    async with AsyncClient() as client:
+        completion = await client.chat.completions.parse(model="m", messages=MESSAGES, response_format=Path)
+        reveal_type(completion)  # expect: octoai_lite.ParsedChatCompletion[user_script.Path]
+        reveal_type(completion.choices[0].message.parsed)  # expect: user_script.Path
+        movie = await client.chat.completions.parse(model="m", messages=MESSAGES, response_format=Movie)
+        reveal_type(movie.choices[0].message.parsed["title"])  # expect: builtins.str
+        typed: Movie = movie.choices[0].message.parsed  # the TypedDict itself (mypy 1 and 2 spell it apart)
+        print(typed)
+
+
 def server_sent_events() -> None:
     decoder = SSEDecoder()
     events: List[ServerSentEvent] = decoder.feed(b"data: 1\n\n")
@@ -305,6 +367,8 @@ def run_everything() -> None:
     sync_chat(True)
     sync_inference()
     errors()
+    structured_output()
+    asyncio.run(async_structured_output())
     server_sent_events()
     command_line()
     asyncio.run(async_chat(False))
