@@ -1617,9 +1617,9 @@ class _Text:
 
     __slots__ = ("_blocks", "_pieces")
 
-    def __init__(self) -> None:
+    def __init__(self, first: str = "") -> None:
         self._blocks: List[str] = []
-        self._pieces: List[str] = []
+        self._pieces: List[str] = [first] if first else []
 
     def add(self, piece: Any) -> None:
         text = _text(piece)  # a str, or content parts; anything else as its JSON
@@ -1657,7 +1657,8 @@ class _ChunkFolder:
         top = self._top
         if not top:
             top.update((key, value) for key, value in chunk.items() if key not in ("choices", "usage", "object"))
-        self._usage = _usage_of(chunk) or self._usage  # an empty one too leaves the last
+        if "usage" in chunk or "x_groq" in chunk:
+            self._usage = _usage_of(chunk) or self._usage  # an empty one leaves the last
         choices = chunk.get("choices")
         for choice in choices if isinstance(choices, list) else ():
             if not isinstance(choice, dict):
@@ -1710,10 +1711,13 @@ class _ChunkFolder:
         if isinstance(name, str) and name:
             function["name"] = name
         if arguments is not None:
-            text = function.get("arguments")
+            piece, text = arguments if isinstance(arguments, str) else _json_text(arguments), function.get("arguments")
             if text is None:
-                text = function["arguments"] = _Text()
-            text.add(arguments if isinstance(arguments, str) else _json_text(arguments))
+                function["arguments"] = piece  # most calls come whole: a str, not a _Text, is cheaper
+            else:
+                if isinstance(text, str):
+                    text = function["arguments"] = _Text(text)
+                text.add(piece)
 
     @staticmethod
     def _add_tool_calls(state: Dict[str, Any], fragments: List[Any]) -> None:
@@ -1781,8 +1785,8 @@ class _ChunkFolder:
 
 
 def _folded_function(function: Dict[str, Any]) -> Dict[str, Any]:
-    arguments = function.get("arguments")
-    return dict(function, arguments="" if arguments is None else arguments.value())
+    arguments = function.get("arguments") or ""
+    return dict(function, arguments=arguments if isinstance(arguments, str) else arguments.value())
 
 
 # -- 4g. One HTTP/1.1 exchange ------------------------------------------------
