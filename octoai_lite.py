@@ -83,6 +83,7 @@ if TYPE_CHECKING:  # typing costs 3.5 ms to import; annotations are strings here
         TypeVar,
         Union,
     )
+    from typing import Generic as _Of
     from typing import overload as _overload
 
     _Env = Mapping[str, str]
@@ -97,6 +98,13 @@ if TYPE_CHECKING:  # typing costs 3.5 ms to import; annotations are strings here
     _CompletionT = TypeVar("_CompletionT")
     _Prompt = Union[str, List[str], List[int], List[List[int]]]  # text, or token ids
     _StreamT = TypeVar("_StreamT")
+    _ChunkT = TypeVar("_ChunkT", bound="_Completion")
+else:
+
+    class _Of:  # typing.Generic for type checkers; at run time X[...] is just X
+        def __class_getitem__(cls, item):
+            return cls
+
 
 __all__ = [
     "AsyncClient",
@@ -700,10 +708,12 @@ class _Completion(_Answer, _Model):
         _CHOICE: ClassVar[Any]  # the class of a choice
         _KIND: ClassVar[str]  # `object` of a folded answer
 
+        def _first_text(self) -> str: ...  # the text choice 0 adds
+
     @classmethod
     def from_dict(cls: Type[_ResultT], data: Dict[str, Any]) -> _ResultT:
         """Build from the server's JSON object, leniently: whatever its shape, this does not raise."""
-        usage, choices = _usage_of(data), data.get("choices")
+        usage, choices = data.get("usage") if "x_groq" not in data else _usage_of(data), data.get("choices")
         return cls(
             _str_or_none(data.get("id")),
             [cls._CHOICE.from_dict(choice) for choice in choices if isinstance(choice, dict)]
@@ -713,7 +723,7 @@ class _Completion(_Answer, _Model):
             _str_or_none(data.get("model")),
             _str_or_none(data.get("object")),
             _str_or_none(data.get("system_fingerprint")),
-            CompletionUsage.from_dict(usage) if usage is not None else None,
+            CompletionUsage.from_dict(usage) if isinstance(usage, dict) else None,
             data,
         )
 
@@ -1676,26 +1686,18 @@ class _ChunkFolder:
                 if key == "logprobs" and isinstance(value, dict):
                     self._add_logprobs(state["choice"], value)
                 elif key == "text":
-                    self._add_text(state, key, value)
+                    (state["texts"].get(key) or state["texts"].setdefault(key, _Text())).add(value)
                 else:
                     state["choice"][key] = value
 
     @staticmethod
-    def _add_text(state: Dict[str, Any], key: str, value: Any) -> None:
-        texts = state["texts"]
-        text = texts.get(key)
-        if text is None:
-            text = texts[key] = _Text()
-        text.add(value)
-
-    @staticmethod
     def _add_delta(state: Dict[str, Any], delta: Mapping[str, Any]) -> None:
-        message = state["message"]
+        message, texts = state["message"], state["texts"]
         for key, value in delta.items():
             if value is None:
                 continue
             if key in _FOLDED_TEXTS:
-                _ChunkFolder._add_text(state, key, value)
+                (texts.get(key) or texts.setdefault(key, _Text())).add(value)
             elif key == "tool_calls":
                 if isinstance(value, list):
                     _ChunkFolder._add_tool_calls(state, value)
@@ -3209,13 +3211,6 @@ class _StreamBase(_Answer):
             response.close()
 
 
-_TEXT_STREAM_DOC = """Only the non-empty text of choice 0, as it arrives.
-
-Role-only, empty and usage-only chunks are skipped; the stream still
-folds what it reads, so `get_final_completion()` works after it.
-"""
-
-
 class _EventStream(_StreamBase, _Closing):
     """Iterate the JSON payloads of an event-stream answer; owns the response until closed."""
 
@@ -3232,22 +3227,25 @@ class _EventStream(_StreamBase, _Closing):
         self._close()
 
 
-class _ChunkStream(_EventStream):
-    """What `Stream` and `CompletionStream` share."""
+class _ChunkStream(_EventStream, _Of["_ChunkT"]):
+    """What `Stream` and `CompletionStream` share: chunks, their text, their folding."""
+
+    def __next__(self) -> _ChunkT:
+        return next(self._items)  # type: ignore[no-any-return]
 
     @property
     def text_stream(self) -> Iterator[str]:
+        """Only the non-empty text of choice 0 (no role-only, empty or usage chunks); the stream still folds."""
         return (text for chunk in self if (text := chunk._first_text()))
 
-    text_stream.__doc__ = _TEXT_STREAM_DOC
-
-    def _read_all(self) -> Any:
+    def get_final_completion(self) -> _ChunkT:
+        """Read the rest of the stream and return the whole answer as one completion."""
         for _ in self:
             pass
-        return self._final()
+        return self._final()  # type: ignore[no-any-return]
 
 
-class Stream(_ChunkStream):
+class Stream(_ChunkStream["ChatCompletion"]):
     """Chat completion chunks as the server sends them.
 
     Iterate it for `ChatCompletion` chunks (``chunk.choices[0].delta.content``),
@@ -3260,25 +3258,11 @@ class Stream(_ChunkStream):
 
     _result = ChatCompletion
 
-    def __next__(self) -> ChatCompletion:
-        return next(self._items)  # type: ignore[no-any-return]
 
-    def get_final_completion(self) -> ChatCompletion:
-        """Read the rest of the stream and return the whole answer as one completion."""
-        return self._read_all()  # type: ignore[no-any-return]
-
-
-class CompletionStream(_ChunkStream):
+class CompletionStream(_ChunkStream["Completion"]):
     """Legacy text completion chunks (``choices[i].text``); otherwise as `Stream`."""
 
     _result = Completion
-
-    def __next__(self) -> Completion:
-        return next(self._items)  # type: ignore[no-any-return]
-
-    def get_final_completion(self) -> Completion:
-        """Read the rest of the stream and return the whole answer as one completion."""
-        return self._read_all()  # type: ignore[no-any-return]
 
 
 class _AsyncEventStream(_StreamBase, _AsyncClosing):
@@ -3301,50 +3285,39 @@ class _AsyncEventStream(_StreamBase, _AsyncClosing):
     close = aclose
 
 
-class _AsyncChunkStream(_AsyncEventStream):
+class _AsyncChunkStream(_AsyncEventStream, _Of["_ChunkT"]):
     """What `AsyncStream` and `AsyncCompletionStream` share."""
+
+    async def __anext__(self) -> _ChunkT:
+        return await self._items.__anext__()  # type: ignore[no-any-return]
 
     @property
     def text_stream(self) -> AsyncIterator[str]:
+        """Only the non-empty text of choice 0 (no role-only, empty or usage chunks); the stream still folds."""
         return self._texts()
-
-    text_stream.__doc__ = _TEXT_STREAM_DOC
 
     async def _texts(self) -> AsyncGenerator[str, None]:
         async for chunk in self:
             if text := chunk._first_text():
                 yield text
 
-    async def _read_all(self) -> Any:
+    async def get_final_completion(self) -> _ChunkT:
+        """Read the rest of the stream and return the whole answer as one completion."""
         async for _ in self:
             pass
-        return self._final()
+        return self._final()  # type: ignore[no-any-return]
 
 
-class AsyncStream(_AsyncChunkStream):
+class AsyncStream(_AsyncChunkStream["ChatCompletion"]):
     """Chat completion chunks for ``async for``; see `Stream`."""
 
     _result = ChatCompletion
 
-    async def __anext__(self) -> ChatCompletion:
-        return await self._items.__anext__()  # type: ignore[no-any-return]
 
-    async def get_final_completion(self) -> ChatCompletion:
-        """Read the rest of the stream and return the whole answer as one completion."""
-        return await self._read_all()  # type: ignore[no-any-return]
-
-
-class AsyncCompletionStream(_AsyncChunkStream):
+class AsyncCompletionStream(_AsyncChunkStream["Completion"]):
     """Legacy text completion chunks for ``async for``; see `CompletionStream`."""
 
     _result = Completion
-
-    async def __anext__(self) -> Completion:
-        return await self._items.__anext__()  # type: ignore[no-any-return]
-
-    async def get_final_completion(self) -> Completion:
-        """Read the rest of the stream and return the whole answer as one completion."""
-        return await self._read_all()  # type: ignore[no-any-return]
 
 
 def _resolve_token(token: Optional[str], config_path: Optional[str], env: _Env) -> Optional[str]:
@@ -3779,11 +3752,8 @@ if TYPE_CHECKING:
 
 else:
 
-    class _CreateTypes:
+    class _CreateTypes(_Of):
         """`create` at run time, for every endpoint and both clients; the signatures above are for type checkers."""
-
-        def __class_getitem__(cls, item):
-            return cls
 
         def create(self, **arguments):
             client = self._client
