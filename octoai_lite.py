@@ -21,7 +21,8 @@ Map of the file (each section uses only the ones above it)::
     5 Transport, the only code that touches sockets: proxies, TLS, pools, and
                       the pumps that move bytes: 5a threads, 5b asyncio
     6 Client API: Stream, Client, AsyncStream, AsyncClient (chat.completions,
-                      models, infer*, health_check), sharing one _BaseClient
+                      completions, embeddings, models, infer*, health_check),
+                      sharing one _BaseClient
     7 Command line
 
 Life of a streamed call: `create` builds the body (4b) and `_BaseClient._send`
@@ -3841,8 +3842,9 @@ class Client(_BaseClient, _Closing):
     ``timeout``, ``max_retries`` and ``deadline``.
 
     The API: ``client.chat.completions.create(model=..., messages=...)``
-    (``stream=True`` for a `Stream`), ``client.models.list()``, and the
-    methods below.
+    (``stream=True`` for a `Stream`), ``client.completions.create(model=...,
+    prompt=...)`` (legacy), ``client.embeddings.create(model=..., input=...)``,
+    ``client.models.list()``, and the methods below.
     """
 
     chat: _Chat
