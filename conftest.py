@@ -216,6 +216,19 @@ def default_route(handler, request):
                 return stream(events[:-1] + [sse_event(usage_chunk), events[-1]])(handler, request)
             return stream()(handler, request)
         return reply(body=completion_body())(handler, request)
+    if path.endswith("/embeddings") and request.method == "POST":  # a vector of 3 per input
+        inputs = request.json().get("input")
+        inputs = [inputs] if isinstance(inputs, str) else inputs or []
+        data = [{"object": "embedding", "index": i, "embedding": [0.5, -0.25, i / 8]} for i in range(len(inputs))]
+        usage = {"prompt_tokens": len(inputs), "total_tokens": len(inputs)}
+        return reply(body={"object": "list", "data": data, "model": "e", "usage": usage})(handler, request)
+    if path.endswith("/completions") and request.method == "POST":  # the legacy endpoint: WORDS as `text`
+        legacy = {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": "m"}
+        if request.json().get("stream"):
+            events = [sse_event(dict(legacy, choices=[{"index": 0, "text": word}])) for word in WORDS]
+            return stream([*events, b"data: [DONE]\n\n"])(handler, request)
+        choices = [{"index": 0, "text": "".join(WORDS), "finish_reason": "stop", "logprobs": None}]
+        return reply(body=dict(legacy, choices=choices))(handler, request)
     if path.endswith("/models"):
         return reply(body={"object": "list", "data": [{"id": "llama-2-70b-chat", "object": "model"}, {"id": "tiny"}]})(
             handler, request

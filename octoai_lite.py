@@ -22,7 +22,8 @@ Map of the file (each section uses only the ones above it)::
     5 Transport, the only code that touches sockets: proxies, TLS, pools, and
                       the pumps that move bytes: 5a threads, 5b asyncio
     6 Client API: Stream, Client, AsyncStream, AsyncClient (chat.completions,
-                      models, infer*, health_check), sharing one _BaseClient
+                      completions, embeddings, models, infer*, health_check),
+                      sharing one _BaseClient
     7 Command line
 
 Life of a call, with `deadline` and `max_retries` followed from `create` to
@@ -74,6 +75,7 @@ if TYPE_CHECKING:  # typing costs 3.5 ms to import; annotations are strings here
     from typing import (
         Any,
         AsyncGenerator,
+        AsyncIterator,
         Awaitable,  # noqa: F401  (in string subscripts ruff does not read)
         Callable,
         ClassVar,
@@ -92,21 +94,32 @@ if TYPE_CHECKING:  # typing costs 3.5 ms to import; annotations are strings here
         TypeVar,
         Union,
     )
+    from typing import Generic as _Of
     from typing import overload as _overload
 
     _Env = Mapping[str, str]
     _PoolKey = Tuple[str, str, int, Optional[str]]
     _MessageT = TypeVar("_MessageT", bound="ChatMessage")
+    _ResultT = TypeVar("_ResultT", bound="_Completion")
     _ClientT = TypeVar("_ClientT", bound="_BaseClient")
     _SelfT = TypeVar("_SelfT")
     _MapFn = Optional[Callable[[Any], Any]]
     _Object = Optional[Mapping[str, Any]]
     _Headers = Optional[Mapping[str, Optional[str]]]
     _CompletionT = TypeVar("_CompletionT")
+    _Prompt = Union[str, List[str], List[int], List[List[int]]]  # text, or token ids
     _StreamT = TypeVar("_StreamT")
+    _ChunkT = TypeVar("_ChunkT", bound="_Completion")
+else:
+
+    class _Of:  # typing.Generic for type checkers; at run time X[...] is just X
+        def __class_getitem__(cls, item):
+            return cls
+
 
 __all__ = [
     "AsyncClient",
+    "AsyncCompletionStream",
     "AsyncStream",
     "AuthenticationError",
     "BadRequestError",
@@ -115,10 +128,15 @@ __all__ = [
     "Choice",
     "ChoiceDelta",
     "Client",
+    "Completion",
+    "CompletionChoice",
+    "CompletionStream",
     "CompletionUsage",
+    "CreateEmbeddingResponse",
     "DEFAULT_BASE_URL",
     "DEFAULT_MAX_RETRIES",
     "DEFAULT_TIMEOUT",
+    "Embedding",
     "FunctionCall",
     "InferenceFuture",
     "NotFoundError",
@@ -136,6 +154,7 @@ __all__ = [
     "ParsedChoice",
     "PermissionDeniedError",
     "RateLimitError",
+    "RateLimits",
     "SSEDecoder",
     "ServerSentEvent",
     "Stream",
@@ -570,8 +589,9 @@ class ChatMessage(_Model):
     content: Optional[str] = None
     function_call: Optional[FunctionCall] = None
     tool_calls: Optional[List[ToolCall]] = None
-    reasoning_content: Optional[str] = None
+    reasoning_content: Optional[str] = None  # DeepSeek, older vLLM
     refusal: Optional[str] = None
+    reasoning: Optional[str] = None  # vLLM >= 0.17, OpenRouter, Groq
     _raw: Dict[str, Any] = _raw_field()
     _SEED_FIELDS = frozenset({"role", "content", "function_call"})
 
@@ -585,8 +605,14 @@ class ChatMessage(_Model):
             _tool_calls_or_none(data.get("tool_calls")),
             _text(data.get("reasoning_content")),
             _str_or_none(data.get("refusal")),
+            _text(data.get("reasoning")),
             data,
         )
+
+    @property
+    def reasoning_text(self) -> Optional[str]:
+        """The reasoning, under whichever name the server sent it (`reasoning` or `reasoning_content`)."""
+        return self.reasoning if self.reasoning is not None else self.reasoning_content
 
 
 @dataclasses.dataclass
@@ -652,12 +678,91 @@ class CompletionUsage(_Model):
         )
 
 
+def _dict_or_empty(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _usage_of(data: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
+    """An answer's usage object: the top-level one, else Groq's `x_groq.usage`."""
+    usage = data.get("usage")
+    if not isinstance(usage, dict):
+        usage = _dict_or_empty(data.get("x_groq")).get("usage")
+    return usage if isinstance(usage, dict) else None
+
+
+# A rate-limit reset as Go prints a duration ("6m0s", "20ms", "1h2m3.5s") or as plain seconds ("0.5").
+_DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ms|us|µs|μs|ns|h|m|s|)")
+_UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ns": 1e-9}
+
+
+def _duration_s(text: Optional[str]) -> Optional[float]:
+    text, total, at = (text or "").strip()[:64], 0.0, 0
+    while at < len(text):
+        part = _DURATION_PART.match(text, at)
+        if part is None or (not part[2] and (at or part.end() < len(text))):
+            return None  # a unit-less number only alone
+        total, at = total + float(part[1]) * _UNIT_S.get(part[2], 1.0), part.end()
+    return total if text else None
+
+
+def _count(text: Optional[str]) -> Optional[int]:
+    text = (text or "").strip()
+    return int(text) if text.isascii() and text.isdigit() and len(text) < 19 else None
+
+
+@dataclasses.dataclass(frozen=True)
+class RateLimits:
+    """An answer's rate-limit headers (``x-ratelimit-*``, as OpenAI, Groq, Together send them); None where absent."""
+
+    remaining_requests: Optional[int] = None
+    limit_requests: Optional[int] = None
+    remaining_tokens: Optional[int] = None
+    limit_tokens: Optional[int] = None
+    reset_requests_s: Optional[float] = None  # seconds until the request budget is full again
+    reset_tokens_s: Optional[float] = None
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str]) -> "RateLimits":
+        """Read ``x-ratelimit-{remaining,limit,reset}-{requests,tokens}`` from lower-case header names."""
+        get = headers.get
+        return cls(
+            _count(get("x-ratelimit-remaining-requests")), _count(get("x-ratelimit-limit-requests")),
+            _count(get("x-ratelimit-remaining-tokens")), _count(get("x-ratelimit-limit-tokens")),
+            _duration_s(get("x-ratelimit-reset-requests")), _duration_s(get("x-ratelimit-reset-tokens")),
+        )  # fmt: skip
+
+
+class _Answer:
+    """The HTTP answer a result came in: headers, request id, rate limits.
+
+    Not dataclass fields, so no part of ``==``, ``repr``, ``dict()`` or
+    ``dataclasses.asdict``; empty for an object not built from an answer.
+    """
+
+    _headers: Dict[str, str]
+
+    @property
+    def headers(self) -> Dict[str, str]:
+        """The response headers, names in lower case."""
+        return getattr(self, "_headers", None) or {}
+
+    @property
+    def request_id(self) -> Optional[str]:
+        """The server's id for the request (``x-request-id``, ``X-User-Request-ID``), if it sent one."""
+        return _request_id(self.headers)
+
+    @property
+    def rate_limits(self) -> RateLimits:
+        """The parsed rate-limit headers."""
+        return RateLimits.from_headers(self.headers)
+
+
 @dataclasses.dataclass
-class ChatCompletion(_Model):
-    """A chat completion, or one chunk of a streamed one."""
+class _Completion(_Answer, _Model):
+    """What a chat completion and a legacy text completion (and their stream chunks) share."""
 
     id: Optional[str] = None
-    choices: List[Choice] = dataclasses.field(default_factory=list)
+    choices: List[Any] = dataclasses.field(default_factory=list)
     created: Optional[int] = None
     model: Optional[str] = None
     object: Optional[str] = None
@@ -665,14 +770,19 @@ class ChatCompletion(_Model):
     usage: Optional[CompletionUsage] = None
     _raw: Dict[str, Any] = _raw_field()
     _SEED_FIELDS = frozenset({"id", "choices", "created", "model", "object", "system_fingerprint", "usage"})
+    if TYPE_CHECKING:
+        _CHOICE: ClassVar[Any]  # the class of a choice
+        _KIND: ClassVar[str]  # `object` of a folded answer
+
+        def _first_text(self) -> str: ...  # the text choice 0 adds
 
     @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> "ChatCompletion":
+    def from_dict(cls: Type[_ResultT], data: Dict[str, Any]) -> _ResultT:
         """Build from the server's JSON object, leniently: whatever its shape, this does not raise."""
-        usage, choices = data.get("usage"), data.get("choices")
+        usage, choices = data.get("usage") if "x_groq" not in data else _usage_of(data), data.get("choices")
         return cls(
             _str_or_none(data.get("id")),
-            [Choice.from_dict(choice) for choice in choices if isinstance(choice, dict)]
+            [cls._CHOICE.from_dict(choice) for choice in choices if isinstance(choice, dict)]
             if isinstance(choices, list)
             else [],
             _int_or_none(data.get("created")),
@@ -684,20 +794,126 @@ class ChatCompletion(_Model):
         )
 
     @classmethod
-    def from_chunks(cls, chunks: Iterable[Union["ChatCompletion", Dict[str, Any]]]) -> "ChatCompletion":
+    def from_chunks(cls: Type[_ResultT], chunks: Iterable[Union[_ResultT, Dict[str, Any]]]) -> _ResultT:
         """Fold stream chunks (objects or dicts) into one completion.
 
-        Content and tool-call fragments are joined per choice, and the last
-        finish_reason and usage win. Raises `OctoAIValidationError` for an
-        item that is neither.
+        Text (content, reasoning, legacy `text`) and tool-call fragments are
+        joined per choice, and the last finish_reason and usage win. Raises
+        `OctoAIValidationError` for an item that is neither.
         """
-        folder = _ChunkFolder()
+        folder = _ChunkFolder(cls._KIND)
         for chunk in chunks:
-            data = chunk._raw if isinstance(chunk, ChatCompletion) else chunk
+            data = chunk._raw if isinstance(chunk, _Model) else chunk
             if not isinstance(data, dict):
                 raise OctoAIValidationError(f"not a stream chunk: {type(chunk).__name__}")
             folder.add(data)
         return cls.from_dict(folder.result())
+
+
+@dataclasses.dataclass
+class ChatCompletion(_Completion):
+    """A chat completion, or one chunk of a streamed one."""
+
+    choices: List[Choice] = dataclasses.field(default_factory=list)
+    _CHOICE, _KIND = Choice, "chat.completion"
+
+    def _first_text(self) -> str:
+        return next((choice.delta.content for choice in self.choices if choice.index == 0), "")
+
+
+@dataclasses.dataclass
+class CompletionChoice(_Model):
+    """One answer of a legacy text completion, or the piece of it a stream chunk adds."""
+
+    text: str = _filler(str)
+    index: int = 0
+    finish_reason: Optional[str] = None
+    logprobs: Optional[Dict[str, Any]] = None
+    _raw: Dict[str, Any] = _raw_field()
+    _SEED_FIELDS = frozenset({"text", "index", "finish_reason", "logprobs"})
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "CompletionChoice":
+        """Build from the server's JSON object."""
+        logprobs = data.get("logprobs")
+        return cls(
+            _text(data.get("text")) or "",
+            _int_or_none(data.get("index")) or 0,
+            _str_or_none(data.get("finish_reason")),
+            logprobs if isinstance(logprobs, dict) else None,
+            data,
+        )
+
+
+@dataclasses.dataclass
+class Completion(_Completion):
+    """A legacy text completion (``client.completions.create``), or one chunk of a streamed one."""
+
+    choices: List[CompletionChoice] = dataclasses.field(default_factory=list)
+    _CHOICE, _KIND = CompletionChoice, "text_completion"
+
+    def _first_text(self) -> str:
+        return next((choice.text for choice in self.choices if choice.index == 0), "")
+
+
+def _floats(value: Any) -> List[float]:
+    """An embedding: a list of numbers, or (encoding_format="base64") little-endian float32s in base64."""
+    if isinstance(value, list):
+        return value if all(type(item) in (float, int) for item in value) else []
+    if not isinstance(value, str):
+        return []
+    import array
+    import base64
+
+    floats = array.array("f")
+    try:
+        floats.frombytes(base64.b64decode(value, validate=True))
+    except ValueError:  # binascii.Error, or a length that is not a multiple of 4
+        raise OctoAIValidationError(f"an embedding is not base64 float32 data: {value[:40]!r}") from None
+    if sys.byteorder == "big":
+        floats.byteswap()
+    return floats.tolist()
+
+
+@dataclasses.dataclass
+class Embedding(_Model):
+    """One input's embedding vector."""
+
+    embedding: List[float] = dataclasses.field(default_factory=list)
+    index: int = 0
+    object: Optional[str] = None
+    _raw: Dict[str, Any] = _raw_field()
+    _SEED_FIELDS = frozenset({"embedding", "index", "object"})
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "Embedding":
+        """Build from the server's JSON object; a base64 vector is decoded to floats."""
+        return cls(_floats(data.get("embedding")), _int_or_none(data.get("index")) or 0,
+                   _str_or_none(data.get("object")), data)  # fmt: skip
+
+
+@dataclasses.dataclass
+class CreateEmbeddingResponse(_Answer, _Model):
+    """The answer of ``client.embeddings.create``: ``data[i].embedding`` for input i."""
+
+    data: List[Embedding] = dataclasses.field(default_factory=list)
+    model: Optional[str] = None
+    object: Optional[str] = None
+    usage: Optional[CompletionUsage] = None
+    _raw: Dict[str, Any] = _raw_field()
+    _SEED_FIELDS = frozenset({"data", "model", "object", "usage"})
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "CreateEmbeddingResponse":
+        """Build from the server's JSON object."""
+        items, usage = data.get("data"), _usage_of(data)
+        return cls(
+            [Embedding.from_dict(item) for item in items if isinstance(item, dict)] if isinstance(items, list) else [],
+            _str_or_none(data.get("model")),
+            _str_or_none(data.get("object")),
+            CompletionUsage.from_dict(usage) if usage is not None else None,
+            data,
+        )
 
 
 class InferenceFuture(collections.namedtuple("InferenceFuture", ["response_id", "poll_url"])):
@@ -867,14 +1083,12 @@ def _model_name(model: Union[str, TextModel]) -> str:
 
 
 def _build_chat_body(
-    model: Union[str, TextModel],
-    messages: Iterable[Any],
-    params: Mapping[str, Any],
+    model: Union[str, TextModel], messages: Iterable[Any], params: Mapping[str, Any], key: str = "messages"
 ) -> Dict[str, Any]:
-    """The JSON body of a chat request: parameters left None are not sent."""
+    """The JSON body of a request: model, `messages` (or the `key` given), and the parameters not None."""
     if not isinstance(messages, (list, str, bytes, dict)):
         messages = list(messages)  # a generator or tuple; anything else goes as given, for the server to judge
-    body: Dict[str, Any] = {"model": _model_name(model), "messages": messages}
+    body: Dict[str, Any] = {"model": _model_name(model), key: messages}
     body.update((key, value) for key, value in params.items() if value is not None)
     return body
 
@@ -1235,22 +1449,28 @@ def _error_code(payload: Any) -> Optional[str]:
 
 
 def _check_completion(
-    payload: Any, headers: Mapping[str, str], token: Optional[str], *, chunk: bool = False
+    payload: Any,
+    headers: Mapping[str, str],
+    token: Optional[str],
+    *,
+    chunk: bool = False,
+    what: str = "chat completion",
+    key: str = "choices",
 ) -> Dict[str, Any]:
-    """Return the payload if it is a chat completion (or chunk); raise the right error if not."""
-    what = "stream chunk" if chunk else "chat completion"
+    """Return the payload if it is a `what` (or a stream chunk) with a `key` list; raise the right error if not."""
+    what = "stream chunk" if chunk else what
     if not isinstance(payload, dict):
         raise OctoAIValidationError(
             f"expected a {what} object, got {type(payload).__name__}: {_preview(_json_text(payload), token)}"
         )
     if "error" in payload and payload["error"]:
         raise _error_from_payload(payload, headers, token=token)
-    choices = payload.get("choices")
-    if type(choices) is not list or any(type(choice) is not dict for choice in choices):
+    items = payload.get(key)
+    if type(items) is not list or any(type(item) is not dict for item in items):
         keys = _preview(", ".join(sorted(payload)[:10]) or "none", token)
-        raise OctoAIValidationError(f"expected a {what} with a 'choices' list; the server sent keys: {keys}")
-    if not chunk and not choices:
-        raise OctoAIValidationError("the chat completion has no choices")
+        raise OctoAIValidationError(f"expected a {what} with a '{key}' list; the server sent keys: {keys}")
+    if not chunk and not items:
+        raise OctoAIValidationError(f"the {what} has no {key}")
     return payload
 
 
@@ -1280,8 +1500,13 @@ def _stream_answered_with_json(body: bytes, headers: Mapping[str, str], token: O
     )
 
 
-def _completion_from_body(body: bytes, headers: Mapping[str, str], token: Optional[str]) -> ChatCompletion:
-    return ChatCompletion.from_dict(_check_completion(_parse_json(body, token), headers, token))
+def _answer_from_body(
+    cls: Any, body: bytes, headers: Mapping[str, str], token: Optional[str], what: str, key: str
+) -> Any:
+    """A plain answer as a `cls` object, with the response's headers on it (`_Answer`)."""
+    answer = cls.from_dict(_check_completion(_parse_json(body, token), headers, token, what=what, key=key))
+    answer._headers = headers
+    return answer
 
 
 def _models_from_body(body: bytes, token: Optional[str]) -> List[str]:
@@ -1323,16 +1548,16 @@ def _response_url(status: Mapping[str, Any]) -> Optional[str]:
 _CALL_OPTIONS = ("extra_headers", "extra_query", "extra_body", "timeout", "max_retries", "deadline")
 
 
-def _build_chat_request(arguments: Mapping[str, Any]) -> Tuple[Dict[str, Any], bool, Dict[str, Any]]:
-    """(body, stream, per-call options) from `chat.completions.create`'s keyword arguments."""
+def _build_call(arguments: Mapping[str, Any], key: str) -> Tuple[Dict[str, Any], bool, Dict[str, Any]]:
+    """(body, stream, per-call options) from a `create`'s keyword arguments; `model` and `key` are required."""
     params = dict(arguments)
     try:
-        model, messages = params.pop("model"), params.pop("messages")
+        model, value = params.pop("model"), params.pop(key)
     except KeyError as exc:
         raise TypeError(f"create() missing required keyword argument {exc}") from None
     stream = bool(params.pop("stream", False))
     options = {name: params.pop(name) for name in _CALL_OPTIONS if name in params}
-    body = _build_chat_body(model, messages, params)
+    body = _build_chat_body(model, value, params, key)
     if stream:
         body["stream"] = True
     return body, stream, options
@@ -1511,16 +1736,14 @@ def _judge(
 class _Text:
     """Text arriving in many small pieces, kept in blocks: memory grows with the text, not the pieces."""
 
-    __slots__ = ("_blocks", "_pieces", "_seen")
+    __slots__ = ("_blocks", "_pieces")
 
-    def __init__(self) -> None:
+    def __init__(self, first: str = "") -> None:
         self._blocks: List[str] = []
-        self._pieces: List[str] = []
-        self._seen = False
+        self._pieces: List[str] = [first] if first else []
 
     def add(self, piece: Any) -> None:
         text = _text(piece)  # a str, or content parts; anything else as its JSON
-        self._seen = True
         if not text:
             return
         pieces = self._pieces
@@ -1529,25 +1752,24 @@ class _Text:
             self._blocks.append("".join(pieces))
             pieces.clear()
 
-    def value(self) -> Optional[str]:
-        """The whole text, or None if no piece came."""
-        if not self._seen:
-            return None
+    def value(self) -> str:
         return "".join(self._blocks) + "".join(self._pieces)
 
 
-def _dict_or_empty(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, dict) else {}
+_FOLDED_TEXTS = frozenset({"content", "reasoning", "reasoning_content", "text"})  # joined, not replaced
 
 
 class _ChunkFolder:
-    """Accumulate chat chunks (dicts) into one completion dict.
+    """Accumulate stream chunks (dicts) into one completion dict, in time linear in what arrives.
 
+    `kind` is the folded answer's `object`: "chat.completion" (a message per
+    choice) or "text_completion" (the legacy endpoint: `text` per choice).
     Lenient like the response classes: a field of the wrong type counts as
     absent, so no chunk shape makes folding fail.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, kind: str = "chat.completion") -> None:
+        self._kind = kind
         self._top: Dict[str, Any] = {}
         self._choices: Dict[int, Dict[str, Any]] = {}
         self._usage: Optional[Dict[str, Any]] = None
@@ -1556,8 +1778,8 @@ class _ChunkFolder:
         top = self._top
         if not top:
             top.update((key, value) for key, value in chunk.items() if key not in ("choices", "usage", "object"))
-        if isinstance(chunk.get("usage"), dict) and chunk["usage"]:
-            self._usage = chunk["usage"]
+        if "usage" in chunk or "x_groq" in chunk:
+            self._usage = _usage_of(chunk) or self._usage  # an empty one leaves the last
         choices = chunk.get("choices")
         for choice in choices if isinstance(choices, list) else ():
             if not isinstance(choice, dict):
@@ -1566,34 +1788,33 @@ class _ChunkFolder:
             state = self._choices.get(index)
             if state is None:
                 state = self._choices[index] = {
-                    "choice": {"index": index}, "message": {}, "content": _Text(), "reasoning": _Text(), "tools": {},
+                    "choice": {"index": index}, "message": {}, "texts": {}, "tools": {}, "ids": {}, "last": -1,
                 }  # fmt: skip
             self._add_delta(state, _dict_or_empty(choice.get("delta")) or _dict_or_empty(choice.get("message")))
             for key, value in choice.items():
-                if key not in ("delta", "message", "index") and value is not None:
-                    if key == "logprobs" and isinstance(value, dict):
-                        self._add_logprobs(state["choice"], value)
-                    else:
-                        state["choice"][key] = value
+                if key in ("delta", "message", "index") or value is None:
+                    continue
+                if key == "logprobs" and isinstance(value, dict):
+                    self._add_logprobs(state["choice"], value)
+                elif key == "text":
+                    (state["texts"].get(key) or state["texts"].setdefault(key, _Text())).add(value)
+                else:
+                    state["choice"][key] = value
 
     @staticmethod
     def _add_delta(state: Dict[str, Any], delta: Mapping[str, Any]) -> None:
-        message = state["message"]
+        message, texts = state["message"], state["texts"]
         for key, value in delta.items():
             if value is None:
                 continue
-            if key == "content":
-                state["content"].add(value)
-            elif key == "reasoning_content":
-                state["reasoning"].add(value)
+            if key in _FOLDED_TEXTS:
+                (texts.get(key) or texts.setdefault(key, _Text())).add(value)
             elif key == "tool_calls":
                 if isinstance(value, list):
-                    _ChunkFolder._add_tool_calls(state["tools"], value)
+                    _ChunkFolder._add_tool_calls(state, value)
             elif key == "function_call":
                 if isinstance(value, dict):
-                    _ChunkFolder._add_function(
-                        message.setdefault("function_call", {"name": None, "arguments": ""}), value
-                    )
+                    _ChunkFolder._add_function(message.setdefault("function_call", {"name": None}), value)
             else:
                 message[key] = value
 
@@ -1603,10 +1824,17 @@ class _ChunkFolder:
         if isinstance(name, str) and name:
             function["name"] = name
         if arguments is not None:
-            function["arguments"] += arguments if isinstance(arguments, str) else _json_text(arguments)
+            piece, text = arguments if isinstance(arguments, str) else _json_text(arguments), function.get("arguments")
+            if text is None:
+                function["arguments"] = piece  # most calls come whole: a str, not a _Text, is cheaper
+            else:
+                if isinstance(text, str):
+                    text = function["arguments"] = _Text(text)
+                text.add(piece)
 
     @staticmethod
-    def _add_tool_calls(tools: Dict[int, Dict[str, Any]], fragments: List[Any]) -> None:
+    def _add_tool_calls(state: Dict[str, Any], fragments: List[Any]) -> None:
+        tools, ids = state["tools"], state["ids"]
         for fragment in fragments:
             if not isinstance(fragment, dict):
                 continue
@@ -1615,22 +1843,21 @@ class _ChunkFolder:
             if index is None:
                 # Some servers leave `index` out: a new id starts a new call,
                 # a fragment without one continues the last call.
-                known = [i for i, call in tools.items() if call_id and call.get("id") == call_id]
-                if known:
-                    index = known[0]
-                elif call_id or not tools:
-                    index = len(tools)
-                else:
-                    index = max(tools)
+                index = ids.get(call_id) if isinstance(call_id, str) and call_id else None
+                if index is None:
+                    index = len(tools) if call_id or not tools else state["last"]
             call = tools.get(index)
             if call is None:
-                call = tools[index] = {"id": None, "type": "function", "function": {"name": None, "arguments": ""}}
+                call = tools[index] = {"id": None, "type": "function", "function": {"name": None}}
+                state["last"] = max(state["last"], index)
             for key, value in fragment.items():
                 if key == "function":
                     if isinstance(value, dict):
                         _ChunkFolder._add_function(call["function"], value)
                 elif key != "index" and value is not None:
                     call[key] = value
+                    if key == "id" and isinstance(value, str):
+                        ids.setdefault(value, index)
 
     @staticmethod
     def _add_logprobs(choice: Dict[str, Any], logprobs: Mapping[str, Any]) -> None:
@@ -1645,26 +1872,34 @@ class _ChunkFolder:
 
     def result(self) -> Dict[str, Any]:
         out = dict(self._top)
-        out["object"] = "chat.completion"
+        out["object"] = self._kind
         choices = []
         for index in sorted(self._choices):
             state = self._choices[index]
-            message: Dict[str, Any] = {"role": "assistant", "content": None}
-            message.update(state["message"])
-            content, reasoning = state["content"].value(), state["reasoning"].value()
-            if content is not None:
-                message["content"] = content
-            if reasoning is not None:
-                message["reasoning_content"] = reasoning
-            if state["tools"]:
-                message["tool_calls"] = [state["tools"][i] for i in sorted(state["tools"])]
-            choice = dict(state["choice"])
-            choice["message"] = message
-            choice.setdefault("finish_reason", None)
+            texts = {key: text.value() for key, text in state["texts"].items()}
+            choice = dict(state["choice"], finish_reason=state["choice"].get("finish_reason"))
+            if self._kind == "text_completion":
+                choice["text"] = texts.get("text", "")
+            else:
+                texts.pop("text", None)
+                message: Dict[str, Any] = {"role": "assistant", "content": None, **state["message"], **texts}
+                if "function_call" in message:
+                    message["function_call"] = _folded_function(message["function_call"])
+                if state["tools"]:
+                    message["tool_calls"] = [
+                        dict(call, function=_folded_function(call["function"]))
+                        for _, call in sorted(state["tools"].items())
+                    ]
+                choice["message"] = message
             choices.append(choice)
         out["choices"] = choices
         out["usage"] = self._usage
         return out
+
+
+def _folded_function(function: Dict[str, Any]) -> Dict[str, Any]:
+    arguments = function.get("arguments") or ""
+    return dict(function, arguments=arguments if isinstance(arguments, str) else arguments.value())
 
 
 # -- 4g. One HTTP/1.1 exchange ------------------------------------------------
@@ -3220,15 +3455,13 @@ async def _aiter_payloads(reader: _PayloadReader) -> AsyncGenerator[Any, None]:
                 yield item
 
 
-def _chat_chunks(
-    folder: _ChunkFolder, headers: Mapping[str, str], token: Optional[str]
-) -> Callable[[Any], ChatCompletion]:
-    """A payload converter that checks each chunk, folds it, and returns it as an object."""
+def _chunks(cls: Any, folder: _ChunkFolder, headers: Mapping[str, str], token: Optional[str]) -> Callable[[Any], Any]:
+    """A payload converter that checks each chunk, folds it, and returns it as a `cls` object."""
 
-    def convert(payload: Any) -> ChatCompletion:
+    def convert(payload: Any) -> Any:
         chunk = _check_completion(payload, headers, token, chunk=True)
         folder.add(chunk)
-        return ChatCompletion.from_dict(chunk)
+        return cls.from_dict(chunk)
 
     return convert
 
@@ -3257,19 +3490,19 @@ class _AsyncClosing:
         await self.close()  # type: ignore[attr-defined]
 
 
-class _StreamBase:
-    """What the stream classes share: the answer's headers, the iterator, closing, folding chat chunks."""
+class _StreamBase(_Answer):
+    """What the stream classes share: the answer's headers (`_Answer`), the iterator, closing, folding chunks."""
 
     _iterate: Any  # _iter_payloads or _aiter_payloads
-    _chat: ClassVar[bool] = False  # chat chunks: checked, folded and built into ChatCompletion objects
+    _result: ClassVar[Any] = None  # the chunk class (ChatCompletion, Completion): chunks checked, folded, built
 
     def __init__(self, response: Any, token: Optional[str], convert: Optional[Callable[[Any], Any]] = None) -> None:
         self.response_headers: Dict[str, str] = response.headers
-        self.request_id = _request_id(response.headers)
+        self._headers = response.headers
         self._response: _ResponseBase = response
-        self._folder = _ChunkFolder()
-        if self._chat:
-            convert = _chat_chunks(self._folder, response.headers, token)
+        if self._result is not None:
+            self._folder = _ChunkFolder(self._result._KIND)
+            convert = _chunks(self._result, self._folder, response.headers, token)
         self._reader = _PayloadReader(response, token, convert or _identity)
         self._items = type(self)._iterate(self._reader)
 
@@ -3277,10 +3510,10 @@ class _StreamBase:
         # Closing the response ends the iteration too: the next read finds it closed.
         self._response.close()
 
-    def _final(self) -> ChatCompletion:
+    def _final(self) -> Any:
         if self._reader.error is not None:
             raise self._reader.error  # the stream failed: what came before it is not the whole answer
-        return ChatCompletion.from_dict(self._folder.result())
+        return self._result.from_dict(self._folder.result())
 
     def __del__(self) -> None:
         # A stream dropped unfinished must not leak its socket. The iterator
@@ -3306,26 +3539,42 @@ class _EventStream(_StreamBase, _Closing):
         self._close()
 
 
-class Stream(_EventStream):
-    """Chat completion chunks as the server sends them.
+class _ChunkStream(_EventStream, _Of["_ChunkT"]):
+    """What `Stream` and `CompletionStream` share: chunks, their text, their folding."""
 
-    Iterate it for `ChatCompletion` chunks (``chunk.choices[0].delta.content``).
-    The Stream owns the HTTP connection: leaving a ``with`` block, `close()`
-    (from any thread), or reading to the end releases it. Raises
-    `OctoAIConnectionError` if the body is cut short, and the server's
-    typed error if it sends one.
-    """
-
-    _chat = True
-
-    def __next__(self) -> ChatCompletion:
+    def __next__(self) -> _ChunkT:
         return next(self._items)  # type: ignore[no-any-return]
 
-    def get_final_completion(self) -> ChatCompletion:
+    @property
+    def text_stream(self) -> Iterator[str]:
+        """Only the non-empty text of choice 0 (no role-only, empty or usage chunks); the stream still folds."""
+        return (text for chunk in self if (text := chunk._first_text()))
+
+    def get_final_completion(self) -> _ChunkT:
         """Read the rest of the stream and return the whole answer as one completion."""
         for _ in self:
             pass
-        return self._final()
+        return self._final()  # type: ignore[no-any-return]
+
+
+class Stream(_ChunkStream["ChatCompletion"]):
+    """Chat completion chunks as the server sends them.
+
+    Iterate it for `ChatCompletion` chunks (``chunk.choices[0].delta.content``),
+    or `text_stream` for just the text. The Stream owns the HTTP connection:
+    leaving a ``with`` block, `close()` (from any thread), or reading to the
+    end releases it. Raises `OctoAIConnectionError` if the body is cut
+    short, and the server's typed error if it sends one. `headers`,
+    `request_id` and `rate_limits` describe the answer.
+    """
+
+    _result = ChatCompletion
+
+
+class CompletionStream(_ChunkStream["Completion"]):
+    """Legacy text completion chunks (``choices[i].text``); otherwise as `Stream`."""
+
+    _result = Completion
 
 
 class _AsyncEventStream(_StreamBase, _AsyncClosing):
@@ -3348,19 +3597,39 @@ class _AsyncEventStream(_StreamBase, _AsyncClosing):
     close = aclose
 
 
-class AsyncStream(_AsyncEventStream):
-    """Chat completion chunks for ``async for``; see `Stream`."""
+class _AsyncChunkStream(_AsyncEventStream, _Of["_ChunkT"]):
+    """What `AsyncStream` and `AsyncCompletionStream` share."""
 
-    _chat = True
-
-    async def __anext__(self) -> ChatCompletion:
+    async def __anext__(self) -> _ChunkT:
         return await self._items.__anext__()  # type: ignore[no-any-return]
 
-    async def get_final_completion(self) -> ChatCompletion:
+    @property
+    def text_stream(self) -> AsyncIterator[str]:
+        """Only the non-empty text of choice 0 (no role-only, empty or usage chunks); the stream still folds."""
+        return self._texts()
+
+    async def _texts(self) -> AsyncGenerator[str, None]:
+        async for chunk in self:
+            if text := chunk._first_text():
+                yield text
+
+    async def get_final_completion(self) -> _ChunkT:
         """Read the rest of the stream and return the whole answer as one completion."""
         async for _ in self:
             pass
-        return self._final()
+        return self._final()  # type: ignore[no-any-return]
+
+
+class AsyncStream(_AsyncChunkStream["ChatCompletion"]):
+    """Chat completion chunks for ``async for``; see `Stream`."""
+
+    _result = ChatCompletion
+
+
+class AsyncCompletionStream(_AsyncChunkStream["Completion"]):
+    """Legacy text completion chunks for ``async for``; see `CompletionStream`."""
+
+    _result = Completion
 
 
 def _resolve_token(token: Optional[str], config_path: Optional[str], env: _Env) -> Optional[str]:
@@ -3435,8 +3704,12 @@ class _BaseClient:
     _chat_class: ClassVar[Type[Any]]
     _completions_class: ClassVar[Type[Any]]
     _models_class: ClassVar[Type[Any]]
+    _legacy_class: ClassVar[Type[Any]]
+    _embeddings_class: ClassVar[Type[Any]]
     chat: Any
     models: Any
+    completions: Any
+    embeddings: Any
 
     def __init__(
         self,
@@ -3479,6 +3752,8 @@ class _BaseClient:
     def _bind(self) -> None:
         self.chat = self._chat_class(self._completions_class(self))
         self.models = self._models_class(self)
+        self.completions = self._legacy_class(self)
+        self.embeddings = self._embeddings_class(self)
 
     def __repr__(self) -> str:
         token = "set" if self._token else "none"
@@ -3557,20 +3832,12 @@ class _BaseClient:
         if self._owns_transport:
             self._transport.close()
 
-    def _chat_request(self, arguments: Mapping[str, Any]) -> Tuple[str, Dict[str, Any], bool, Dict[str, Any]]:
-        """(url, body, stream, per-call options) of a `chat.completions.create` call."""
-        body, stream, options = _build_chat_request(arguments)
-        return _join_url(self.base_url, "chat/completions"), body, stream, options
-
     def _poll(self, body: bytes) -> Dict[str, Any]:
         return _poll_status_from_body(body, self._token)
 
     @property
     def _models_url(self) -> str:
         return _join_url(self.base_url, "models")
-
-    def _completion(self, body: bytes, response: _ResponseBase) -> ChatCompletion:
-        return _completion_from_body(body, response.headers, self._token)
 
     def _prepare(
         self,
@@ -3633,17 +3900,20 @@ class _BaseClient:
             )
 
 
-_CREATE_DOC = """Create a chat completion; with ``stream=True`` return a `Stream`
-of chunks (an `AsyncStream`, awaited, for an AsyncClient).
+_CREATE_DOC = """Create a chat completion (``client.chat.completions``), a legacy
+text completion (``client.completions``) or embeddings (``client.embeddings``);
+with ``stream=True`` return a `Stream` (`CompletionStream`) of chunks, an
+`AsyncStream` (`AsyncCompletionStream`), awaited, for an AsyncClient.
 
-Keyword arguments: ``model`` (a str or `TextModel`), ``messages``, and
-any of ``max_tokens``, ``temperature``, ``top_p``, ``stop``,
-``frequency_penalty``, ``presence_penalty``, ``response_format``, and the
-per-call options ``extra_headers``, ``extra_query``, ``extra_body``,
-``timeout``, ``max_retries``, ``deadline``. Only parameters you set are
-sent; any other keyword (tools, seed, n, stream_options...) goes into the
-body unchanged. Raises the typed `OctoAIError` for the server's answer or
-the connection's failure.
+Keyword arguments: ``model`` (a str or `TextModel`), ``messages`` (or
+``prompt``, or ``input``), and any of ``max_tokens``, ``temperature``,
+``top_p``, ``stop``, ``frequency_penalty``, ``presence_penalty``,
+``response_format`` (``dimensions``, ``encoding_format`` for embeddings),
+and the per-call options ``extra_headers``, ``extra_query``,
+``extra_body``, ``timeout``, ``max_retries``, ``deadline``. Only
+parameters you set are sent; any other keyword (tools, seed, n,
+stream_options...) goes into the body unchanged. Raises the typed
+`OctoAIError` for the server's answer or the connection's failure.
 """
 
 
@@ -3681,45 +3951,85 @@ if TYPE_CHECKING:
         ) -> Union[_CompletionT, _StreamT]: ...  # fmt: skip
         def create(self, **arguments: Any) -> Any: ...
 
+    class _TextCreateTypes(Generic[_CompletionT, _StreamT]):
+        """The legacy `create`'s signature; per-call options and other parameters go in **more."""
+
+        @_overload
+        def create(
+            self, *, model: Union[str, TextModel], prompt: _Prompt, stream: Literal[False] = False,
+            max_tokens: Optional[int] = None, temperature: Optional[float] = None, top_p: Optional[float] = None,
+            stop: Union[str, List[str], None] = None, **more: Any,
+        ) -> _CompletionT: ...  # fmt: skip
+        @_overload
+        def create(
+            self, *, model: Union[str, TextModel], prompt: _Prompt, stream: Literal[True],
+            max_tokens: Optional[int] = None, temperature: Optional[float] = None, top_p: Optional[float] = None,
+            stop: Union[str, List[str], None] = None, **more: Any,
+        ) -> _StreamT: ...  # fmt: skip
+        @_overload
+        def create(
+            self, *, model: Union[str, TextModel], prompt: _Prompt, stream: bool,
+            max_tokens: Optional[int] = None, temperature: Optional[float] = None, top_p: Optional[float] = None,
+            stop: Union[str, List[str], None] = None, **more: Any,
+        ) -> Union[_CompletionT, _StreamT]: ...  # fmt: skip
+        def create(self, **arguments: Any) -> Any: ...
+
+    class _EmbedTypes(Generic[_CompletionT]):
+        """The embeddings `create`'s signature."""
+
+        def create(
+            self, *, model: Union[str, TextModel], input: _Prompt, dimensions: Optional[int] = None, **more: Any
+        ) -> _CompletionT: ...
+
 else:
 
-    class _CreateTypes:
-        """`create` at run time, for both clients; the signatures above are for type checkers."""
-
-        def __class_getitem__(cls, item):
-            return cls
+    class _CreateTypes(_Of):
+        """`create` at run time, for every endpoint and both clients; the signatures above are for type checkers."""
 
         def create(self, **arguments):
             client = self._client
-            url, body, stream, options = client._chat_request(arguments)
-            return client._chat_answer(client._send("POST", url, body, stream=stream, **options), stream)
+            body, stream, options = _build_call({**self._defaults, **arguments}, self._key)
+            if stream and self._stream is None:
+                raise TypeError("this endpoint does not stream")
+            url = _join_url(client.base_url, self._path)
+            return client._answer(client._send("POST", url, body, stream=stream, **options), stream, self)
 
         create.__doc__ = _CREATE_DOC
 
-        def parse(self, *, response_format, **arguments):
-            """Ask for an answer of a type: a dataclass, a TypedDict or a JSON Schema (awaited, for an AsyncClient).
+    _TextCreateTypes = _EmbedTypes = _CreateTypes
 
-            `create` with a strict ``json_schema`` response_format; ``choices[i].message.parsed``
-            is the answer, checked (section 4h), as the dataclass or a dict. Raises
-            `OctoAIParseError` or a subclass for an answer that is not one.
-            """
-            if arguments.get("stream"):
-                raise TypeError("parse() does not stream")
-            sent, schema = _response_format(response_format)
-            answer = self.create(response_format=sent, **arguments)
-            if isinstance(answer, ChatCompletion):
-                return _parsed_completion(answer, response_format, schema)
-            return _parsed_later(answer, response_format, schema)
+    def _chat_parse(self, *, response_format, **arguments):
+        """Ask for an answer of a type: a dataclass, a TypedDict or a JSON Schema (awaited, for an AsyncClient).
+
+        `create` with a strict ``json_schema`` response_format; ``choices[i].message.parsed``
+        is the answer, checked (section 4h), as the dataclass or a dict. Raises
+        `OctoAIParseError` or a subclass for an answer that is not one.
+        """
+        if arguments.get("stream"):
+            raise TypeError("parse() does not stream")
+        sent, schema = _response_format(response_format)
+        answer = self.create(response_format=sent, **arguments)
+        if isinstance(answer, ChatCompletion):
+            return _parsed_completion(answer, response_format, schema)
+        return _parsed_later(answer, response_format, schema)
 
     async def _parsed_later(answer, asked, schema):
         return _parsed_completion(await answer, asked, schema)
 
 
 class _Namespace:
-    """A part of a client's API: ``client.chat``, ``client.chat.completions``, ``client.models``."""
+    """A part of a client's API: ``client.chat.completions``, ``client.models``...; `create` POSTs to `_path`."""
+
+    _path, _key, _what, _items = "chat/completions", "messages", "chat completion", "choices"
+    _defaults: ClassVar[Dict[str, Any]] = {}  # parameters sent unless the caller sets them
+    _result: ClassVar[Any] = ChatCompletion  # the answer's class
+    _stream: ClassVar[Any] = None  # the stream's class
 
     def __init__(self, client: Any) -> None:
         self._client = client
+
+    def _parse(self, body: bytes, headers: Mapping[str, str]) -> Any:
+        return _answer_from_body(self._result, body, headers, self._client._token, self._what, self._items)
 
 
 class _Completions(_CreateTypes["ChatCompletion", "Stream"], _Namespace):
@@ -3736,6 +4046,26 @@ class _Completions(_CreateTypes["ChatCompletion", "Stream"], _Namespace):
             self, *, model: Union[str, TextModel], messages: Iterable[Any], response_format: _Object, **more: Any
         ) -> ParsedChatCompletion[Dict[str, Any]]: ...
         def parse(self, **arguments: Any) -> Any: ...
+    else:
+        parse = _chat_parse
+
+    _stream = Stream
+
+
+class _TextCompletions(_TextCreateTypes["Completion", "CompletionStream"], _Namespace):
+    """``client.completions``: the legacy text completion, POST {base_url}/completions (``choices[i].text``)."""
+
+    _path, _key, _what, _result, _stream = "completions", "prompt", "completion", Completion, CompletionStream
+
+
+class _Embeddings(_EmbedTypes["CreateEmbeddingResponse"], _Namespace):
+    """``client.embeddings``: POST {base_url}/embeddings, ``encoding_format="float"`` unless you say otherwise.
+
+    ``input`` is a str or a list of them; a base64 answer is decoded to floats too.
+    """
+
+    _path, _key, _what, _items, _result = "embeddings", "input", "embeddings answer", "data", CreateEmbeddingResponse
+    _defaults = {"encoding_format": "float"}
 
 
 class _Chat:
@@ -3775,18 +4105,22 @@ class Client(_BaseClient, _Closing):
 
     The API: ``client.chat.completions.create(model=..., messages=...)``
     (``stream=True`` for a `Stream`), ``client.chat.completions.parse(...,
-    response_format=YourDataclass)``, ``client.models.list()``, and the
-    methods below.
+    response_format=YourDataclass)``, ``client.completions.create(model=...,
+    prompt=...)`` (legacy), ``client.embeddings.create(model=..., input=...)``,
+    ``client.models.list()``, and the methods below.
     """
 
     chat: _Chat
     models: _Models
     _transport: _Transport
 
+    completions: _TextCompletions
+    embeddings: _Embeddings
     _transport_class, _chat_class, _completions_class, _models_class = _Transport, _Chat, _Completions, _Models
+    _legacy_class, _embeddings_class = _TextCompletions, _Embeddings
 
-    def _chat_answer(self, response: _Response, stream: bool) -> Union[ChatCompletion, Stream]:
-        return Stream(response, self._token) if stream else self._completion(response.read(), response)
+    def _answer(self, response: _Response, stream: bool, endpoint: _Namespace) -> Any:
+        return endpoint._stream(response, self._token) if stream else endpoint._parse(response.read(), response.headers)
 
     def _run(self, call: _Call) -> _Response:
         attempt: Optional[_Attempt] = _Attempt(call.url)
@@ -3858,6 +4192,23 @@ class _AsyncCompletions(_CreateTypes["Awaitable[ChatCompletion]", "Awaitable[Asy
             self, *, model: Union[str, TextModel], messages: Iterable[Any], response_format: _Object, **more: Any
         ) -> ParsedChatCompletion[Dict[str, Any]]: ...
         async def parse(self, **arguments: Any) -> Any: ...
+    else:
+        parse = _chat_parse
+
+    _stream = AsyncStream
+
+
+class _AsyncTextCompletions(_TextCreateTypes["Awaitable[Completion]", "Awaitable[AsyncCompletionStream]"], _Namespace):
+    """``client.completions`` of an AsyncClient."""
+
+    _path, _key, _what, _result, _stream = "completions", "prompt", "completion", Completion, AsyncCompletionStream
+
+
+class _AsyncEmbeddings(_EmbedTypes["Awaitable[CreateEmbeddingResponse]"], _Namespace):
+    """``client.embeddings`` of an AsyncClient."""
+
+    _path, _key, _what, _items, _result = "embeddings", "input", "embeddings answer", "data", CreateEmbeddingResponse
+    _defaults = _Embeddings._defaults
 
 
 class _AsyncChat(_Chat):
@@ -3891,16 +4242,16 @@ class AsyncClient(_BaseClient, _AsyncClosing):
     models: _AsyncModels
     _transport: _AsyncTransport
 
+    completions: _AsyncTextCompletions
+    embeddings: _AsyncEmbeddings
     _transport_class, _chat_class, _models_class = _AsyncTransport, _AsyncChat, _AsyncModels
-    _completions_class = _AsyncCompletions
+    _completions_class, _legacy_class, _embeddings_class = _AsyncCompletions, _AsyncTextCompletions, _AsyncEmbeddings
 
-    async def _chat_answer(
-        self, sending: Awaitable[_AsyncResponse], stream: bool
-    ) -> Union[ChatCompletion, AsyncStream]:
+    async def _answer(self, sending: Awaitable[_AsyncResponse], stream: bool, endpoint: _Namespace) -> Any:
         response = await sending
         if stream:
-            return AsyncStream(response, self._token)
-        return self._completion(await response.read(), response)
+            return endpoint._stream(response, self._token)
+        return endpoint._parse(await response.read(), response.headers)
 
     async def close(self) -> None:  # type: ignore[override]
         """Close the pooled connections (a `with_options` copy leaves them to its original)."""

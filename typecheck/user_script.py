@@ -20,6 +20,7 @@ from octoai_lite import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_TIMEOUT,
     AsyncClient,
+    AsyncCompletionStream,
     AsyncStream,
     AuthenticationError,
     BadRequestError,
@@ -28,7 +29,12 @@ from octoai_lite import (
     Choice,
     ChoiceDelta,
     Client,
+    Completion,
+    CompletionChoice,
+    CompletionStream,
     CompletionUsage,
+    CreateEmbeddingResponse,
+    Embedding,
     FunctionCall,
     InferenceFuture,
     NotFoundError,
@@ -46,6 +52,7 @@ from octoai_lite import (
     ParsedChoice,
     PermissionDeniedError,
     RateLimitError,
+    RateLimits,
     ServerSentEvent,
     SSEDecoder,
     Stream,
@@ -190,6 +197,56 @@ def sync_chat(flag: bool) -> None:
     reveal_type(client.models.list())  # expect: builtins.list[builtins.str]
     reveal_type(get_model_list())  # expect: builtins.list[builtins.str]
     client.close()
+
+
+def newer_endpoints(flag: bool) -> None:
+    # Embeddings, the legacy /completions, text_stream, reasoning and response metadata.
+    client = Client(base_url="http://127.0.0.1:8080/v1")
+    embeddings = client.embeddings.create(model="e5", input=["a", "b"], dimensions=256, encoding_format="base64")
+    reveal_type(embeddings)  # expect: octoai_lite.CreateEmbeddingResponse
+    reveal_type(embeddings.data[0].embedding)  # expect: builtins.list[builtins.float]
+    reveal_type(embeddings.data[0].index)  # expect: builtins.int
+    reveal_type(client.embeddings.create(model="e5", input="a").usage)  # expect: octoai_lite.CompletionUsage | None
+    first: Embedding = embeddings.data[0]
+    reveal_type(client.completions.create(model="m", prompt="Once", max_tokens=5))  # expect: octoai_lite.Completion
+    legacy = client.completions.create(model="m", prompt=["Once"], stream=True, stop=["\n"], timeout=5.0)
+    reveal_type(legacy)  # expect: octoai_lite.CompletionStream
+    reveal_type(client.completions.create(model="m", prompt="x", stream=flag))  # expect: octoai_lite.Completion | octoai_lite.CompletionStream
+    for piece in legacy:
+        reveal_type(piece.choices[0].text)  # expect: builtins.str
+    reveal_type(legacy.text_stream)  # expect: typing.Iterator[builtins.str]
+    reveal_type(legacy.get_final_completion())  # expect: octoai_lite.Completion
+    choice: CompletionChoice = Completion.from_chunks([]).choices[0]
+    stream = client.chat.completions.create(model="m", messages=MESSAGES, stream=True)
+    for text in stream.text_stream:
+        reveal_type(text)  # expect: builtins.str
+    message = stream.get_final_completion().choices[0].message
+    reveal_type(message.reasoning)  # expect: builtins.str | None
+    reveal_type(message.reasoning_text)  # expect: builtins.str | None
+    completion = client.chat.completions.create(model="m", messages=MESSAGES)
+    reveal_type(completion.headers)  # expect: builtins.dict[builtins.str, builtins.str]
+    reveal_type(completion.request_id)  # expect: builtins.str | None
+    limits: RateLimits = completion.rate_limits
+    reveal_type(limits.remaining_tokens)  # expect: builtins.int | None
+    reveal_type(limits.reset_tokens_s)  # expect: builtins.float | None
+    reveal_type(stream.rate_limits)  # expect: octoai_lite.RateLimits
+    reveal_type(embeddings.rate_limits.remaining_requests)  # expect: builtins.int | None
+    print(first, choice, CreateEmbeddingResponse.from_dict({}).data)
+
+
+async def newer_endpoints_async() -> None:
+    async with AsyncClient() as client:
+        embeddings = await client.embeddings.create(model="e5", input="a")
+        reveal_type(embeddings.data[0].embedding)  # expect: builtins.list[builtins.float]
+        reveal_type(await client.completions.create(model="m", prompt="x"))  # expect: octoai_lite.Completion
+        legacy = await client.completions.create(model="m", prompt="x", stream=True)
+        reveal_type(legacy)  # expect: octoai_lite.AsyncCompletionStream
+        async for text in legacy.text_stream:
+            reveal_type(text)  # expect: builtins.str
+        reveal_type(await legacy.get_final_completion())  # expect: octoai_lite.Completion
+        stream = await client.chat.completions.create(model="m", messages=MESSAGES, stream=True)
+        reveal_type(stream.text_stream)  # expect: typing.AsyncIterator[builtins.str]
+        reveal_type(stream.request_id)  # expect: builtins.str | None
 
 
 def sync_inference() -> None:
@@ -365,6 +422,8 @@ async def async_chat(flag: bool) -> None:
 def run_everything() -> None:
     migrated_from_octoai_sdk()
     sync_chat(True)
+    newer_endpoints(True)
+    asyncio.run(newer_endpoints_async())
     sync_inference()
     errors()
     structured_output()
@@ -372,5 +431,5 @@ def run_everything() -> None:
     server_sent_events()
     command_line()
     asyncio.run(async_chat(False))
-    stream_types = (Stream, AsyncStream)
+    stream_types = (Stream, AsyncStream, CompletionStream, AsyncCompletionStream)
     print(stream_types)
