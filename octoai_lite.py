@@ -98,11 +98,13 @@ if TYPE_CHECKING:  # typing costs 3.5 ms to import; annotations are strings here
     from typing import overload as _overload
 
     _Env = Mapping[str, str]
+    _Secrets = Union[None, str, Tuple[str, ...]]  # values to keep out of messages and logs: the token, secret headers
     _PoolKey = Tuple[str, str, int, Optional[str]]
     _MessageT = TypeVar("_MessageT", bound="ChatMessage")
     _ResultT = TypeVar("_ResultT", bound="_Completion")
     _ClientT = TypeVar("_ClientT", bound="_BaseClient")
     _SelfT = TypeVar("_SelfT")
+    _T = TypeVar("_T")
     _MapFn = Optional[Callable[[Any], Any]]
     _Object = Optional[Mapping[str, Any]]
     _Headers = Optional[Mapping[str, Optional[str]]]
@@ -217,6 +219,8 @@ _BACKOFF_INITIAL_S = 0.5  # first wait; doubles per attempt (openai: 0.5 s)
 _BACKOFF_MAX_S = 8.0  # longest computed wait (openai: 8 s)
 _RETRY_AFTER_MAX_S = 60.0  # a server asking for longer gets its error at once
 _IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Headers whose values are secrets wherever the token is one (Client(secret_headers=...) names more).
+_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "api-key", "x-api-key", "cookie", "set-cookie"})
 _TRANSPORT_VARIABLES = frozenset(
     {"HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "REQUEST_METHOD", "SSL_CERT_FILE"}
 )  # the environment the transport reads, in either case
@@ -1153,7 +1157,7 @@ class _Call:
     deadline_at: Optional[float]  # time.monotonic() by which the whole call ends
     retries: int
     base_url: Optional[str]  # for the 404 hint, when the URL was built from base_url
-    token: Optional[str]  # to keep out of errors and log lines
+    secrets: Tuple[str, ...]  # the token and secret header values, to keep out of errors and log lines
     retry_every_s: Optional[float] = None  # health_check: a 5xx or a failed connection is tried again this often
 
     def wait(self, phase: str, where: str, now: float) -> float:
@@ -1240,41 +1244,52 @@ def _check_header_value(what: str, value: str) -> None:
         raise ValueError(f"{what} has characters outside Latin-1") from None
 
 
-_PIECE_CHARS = 8  # a piece of the token this long is taken out too, wherever a cut left it
+_PIECE_CHARS = 8  # a piece of a secret this long is taken out too, wherever a cut left it
 
 
-def _redact(text: str, token: Optional[str]) -> str:
-    """The text with the token replaced by ***, and any piece of it a cut left behind."""
-    if not token or len(token) < 4:
-        return text
-    text = text.replace(token, "***")
-    for start in range(len(token) - _PIECE_CHARS + 1):
-        piece = token[start : start + _PIECE_CHARS]
-        if piece in text:
-            text = text.replace(piece, "***")
-    for size in range(min(_PIECE_CHARS - 1, len(token) - 1, len(text)), 3, -1):
-        if text.endswith(token[:size]):  # the body was cut inside the token's first characters
-            return text[:-size] + "***"
+def _header_secrets(headers: Mapping[str, Optional[str]], names: FrozenSet[str]) -> Tuple[str, ...]:
+    """The values of the headers named secret (lower-case `names`), and each credential after a scheme ("Bearer x")."""
+    found: List[str] = []
+    for name, value in headers.items():
+        if value and name.lower() in names:
+            found += [value, value.partition(" ")[2].strip()]
+    return tuple(secret for secret in found if len(secret) >= 4)
+
+
+def _redact(text: str, secrets: _Secrets) -> str:
+    """The text with each secret replaced by ***, and any piece of one that a cut left behind."""
+    for secret in (secrets,) if isinstance(secrets, str) else secrets or ():
+        if len(secret) < 4:
+            continue
+        text = text.replace(secret, "***")
+        for start in range(len(secret) - _PIECE_CHARS + 1):
+            piece = secret[start : start + _PIECE_CHARS]
+            if piece in text:
+                text = text.replace(piece, "***")
+        for size in range(min(_PIECE_CHARS - 1, len(secret) - 1, len(text)), 3, -1):
+            if text.endswith(secret[:size]):  # the text was cut inside the secret's first characters
+                text = text[:-size] + "***"
+                break
     return text
 
 
-def _scrub(error: OctoAIError, token: Optional[str]) -> OctoAIError:
-    """The error with the token taken out of everything it carries that a server could have echoed."""
-    if token:
-        error.message = _redact(error.message, token)
+def _scrub(error: OctoAIError, secrets: _Secrets) -> OctoAIError:
+    """The error with the secrets taken out of everything it carries that a server could have echoed."""
+    if secrets:
+        error.message = _redact(error.message, secrets)
         error.args = (error.message,) + error.args[1:]
-        error.body = _redact_json(error.body, token)
-        error.headers = {_redact(name, token): _redact(value, token) for name, value in error.headers.items()}
-        error.request_id = error.request_id and _redact(error.request_id, token)
+        error.body = _redact_json(error.body, secrets)
+        error.headers = {_redact(name, secrets): _redact(value, secrets) for name, value in error.headers.items()}
+        error.request_id = error.request_id and _redact(error.request_id, secrets)
     return error
 
 
-def _redact_json(value: Any, token: Optional[str]) -> Any:
-    """A JSON value with the token replaced wherever it appears in a key or a string."""
-    if not token:
+def _redact_json(value: Any, secrets: _Secrets) -> Any:
+    """A JSON value with the secrets replaced wherever they appear in a key or a string."""
+    if not secrets:
         return value
     try:
-        return json.loads(_redact(json.dumps(value), token))
+        return json.loads(_redact(json.dumps(value), secrets))
     except (RecursionError, ValueError):
         return "(a JSON value nested too deeply to show)"
 
@@ -1311,9 +1326,9 @@ def _cut(text: str, limit: int = _MAX_MESSAGE_CHARS) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _preview(text: str, token: Optional[str], limit: int = 200) -> str:
-    """Server text to quote in a message: the token out first, then cut (a cut could split the token)."""
-    return _cut(_redact(text, token), limit)
+def _preview(text: str, secrets: _Secrets, limit: int = 200) -> str:
+    """Server text to quote in a message: the secrets out first, then cut (a cut could split one)."""
+    return _cut(_redact(text, secrets), limit)
 
 
 def _loads(data: Union[str, bytes]) -> Any:
@@ -1324,13 +1339,13 @@ def _loads(data: Union[str, bytes]) -> Any:
         raise ValueError("JSON nested too deeply") from None
 
 
-def _parse_json(body: bytes, token: Optional[str] = None) -> Any:
+def _parse_json(body: bytes, secrets: _Secrets = None) -> Any:
     """Parse a JSON body; raise `OctoAIValidationError` saying what it was instead."""
     try:
         return _loads(body)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        preview = _preview(body[:_MAX_MESSAGE_CHARS].decode("utf-8", "replace"), token)
-        # Not chained: JSONDecodeError keeps the whole body, token and all, in `doc`.
+        preview = _preview(body[:_MAX_MESSAGE_CHARS].decode("utf-8", "replace"), secrets)
+        # Not chained: JSONDecodeError keeps the whole body, secrets and all, in `doc`.
         raise OctoAIValidationError(f"the server sent a body that is not JSON ({exc}): {preview!r}") from None
 
 
@@ -1379,12 +1394,18 @@ def _detail_text(detail: Any) -> str:
     return _json_text(detail)
 
 
-def _decode_error_body(body: bytes, token: Optional[str]) -> Any:
-    """An error body as JSON, or as text; the token taken out either way."""
+def _with_answer_secrets(secrets: _Secrets, headers: Mapping[str, str]) -> _Secrets:
+    """The secrets, and those the answer's own headers carry (a Set-Cookie)."""
+    found = _header_secrets(headers, _SECRET_HEADERS)
+    return ((secrets,) if isinstance(secrets, str) else tuple(secrets or ())) + found if found else secrets
+
+
+def _decode_error_body(body: bytes, secrets: _Secrets) -> Any:
+    """An error body as JSON, or as text; the secrets taken out either way."""
     try:
-        return _redact_json(_loads(body), token)
+        return _redact_json(_loads(body), secrets)
     except ValueError:
-        return _redact(body.decode("utf-8", "replace"), token)
+        return _redact(body.decode("utf-8", "replace"), secrets)
 
 
 def _error_from_response(
@@ -1392,11 +1413,12 @@ def _error_from_response(
     headers: Mapping[str, str],
     body: bytes,
     *,
-    token: Optional[str] = None,
+    secrets: _Secrets = None,
     base_url: Optional[str] = None,
 ) -> OctoAIError:
-    """The typed error for an HTTP error answer; returned, not raised. The token never shows in it."""
-    payload = _decode_error_body(body, token)
+    """The typed error for an HTTP error answer; returned, not raised. No secret shows in it."""
+    secrets = _with_answer_secrets(secrets, headers)
+    payload = _decode_error_body(body, secrets)
     text, _code, _status = _error_details(payload)
     if status in _ERRORS_BY_STATUS:
         cls = _ERRORS_BY_STATUS[status]
@@ -1410,38 +1432,39 @@ def _error_from_response(
     message = f"{status} {reason}".rstrip()
     if text:
         message += ": " + text
-    if status == 401 and not token:
+    if status == 401 and not secrets:
         message += (
             " (no token is set: pass Client(token=...), set OCTOAI_TOKEN, or put 'token: ...' in ~/.octoai/config.yaml)"
         )
     if status == 404 and base_url is not None and not _VERSION_SEGMENT.search(urlsplit(base_url).path):
         message += f" (base_url {_redact_userinfo(base_url)} has no version segment: does it lack '/v1'?)"
     return _server_error(
-        cls, message, status, payload if not isinstance(payload, str) else _cut(payload, 2000), headers, token
+        cls, message, status, payload if not isinstance(payload, str) else _cut(payload, 2000), headers, secrets
     )
 
 
 def _server_error(
-    cls: type, message: str, status: Optional[int], body: Any, headers: Mapping[str, str], token: Optional[str]
+    cls: type, message: str, status: Optional[int], body: Any, headers: Mapping[str, str], secrets: _Secrets
 ) -> OctoAIError:
-    """The error, with the request id and the server's headers on it, and the token out of all of them."""
-    headers = {name: _redact(value, token) for name, value in headers.items()}
+    """The error, with the request id and the server's headers on it, and the secrets out of all of them."""
+    headers = {name: _redact(value, secrets) for name, value in headers.items()}
     request_id = _request_id(headers)
     if request_id:
         message += f" [request id: {request_id}]"
     return cls(  # type: ignore[no-any-return]
-        _redact(message, token), status_code=status, body=body, request_id=request_id, headers=headers
+        _redact(message, secrets), status_code=status, body=body, request_id=request_id, headers=headers
     )
 
 
-def _error_from_payload(payload: Any, headers: Mapping[str, str], *, token: Optional[str] = None) -> OctoAIError:
+def _error_from_payload(payload: Any, headers: Mapping[str, str], *, secrets: _Secrets = None) -> OctoAIError:
     """The typed error for an error object sent inside a 200 answer or a stream."""
-    payload = _redact_json(payload, token)
+    secrets = _with_answer_secrets(secrets, headers)
+    payload = _redact_json(payload, secrets)
     text, _code, status = _error_details(payload)
     cls = _ERRORS_BY_STATUS.get(status or 0) or (
         OctoAIClientError if status and 400 <= status < 500 else OctoAIServerError
     )
-    return _server_error(cls, "the server reported an error: " + text, status, payload, headers, token)
+    return _server_error(cls, "the server reported an error: " + text, status, payload, headers, secrets)
 
 
 def _error_code(payload: Any) -> Optional[str]:
@@ -1451,7 +1474,7 @@ def _error_code(payload: Any) -> Optional[str]:
 def _check_completion(
     payload: Any,
     headers: Mapping[str, str],
-    token: Optional[str],
+    secrets: _Secrets,
     *,
     chunk: bool = False,
     what: str = "chat completion",
@@ -1461,20 +1484,20 @@ def _check_completion(
     what = "stream chunk" if chunk else what
     if not isinstance(payload, dict):
         raise OctoAIValidationError(
-            f"expected a {what} object, got {type(payload).__name__}: {_preview(_json_text(payload), token)}"
+            f"expected a {what} object, got {type(payload).__name__}: {_preview(_json_text(payload), secrets)}"
         )
     if "error" in payload and payload["error"]:
-        raise _error_from_payload(payload, headers, token=token)
+        raise _error_from_payload(payload, headers, secrets=secrets)
     items = payload.get(key)
     if type(items) is not list or any(type(item) is not dict for item in items):
-        keys = _preview(", ".join(sorted(payload)[:10]) or "none", token)
+        keys = _preview(", ".join(sorted(payload)[:10]) or "none", secrets)
         raise OctoAIValidationError(f"expected a {what} with a '{key}' list; the server sent keys: {keys}")
     if not chunk and not items:
         raise OctoAIValidationError(f"the {what} has no {key}")
     return payload
 
 
-def _payload_from_event(event: ServerSentEvent, headers: Mapping[str, str], token: Optional[str]) -> Optional[Any]:
+def _payload_from_event(event: ServerSentEvent, headers: Mapping[str, str], secrets: _Secrets) -> Optional[Any]:
     """The JSON of one event; None for `[DONE]`; raises for an error event or bad JSON."""
     data = event.data
     if data == "[DONE]":
@@ -1483,54 +1506,54 @@ def _payload_from_event(event: ServerSentEvent, headers: Mapping[str, str], toke
         payload = _loads(data)
     except ValueError as exc:
         if event.event == "error":  # an error event's text is the message
-            raise _error_from_payload(data, headers, token=token) from None
-        raise OctoAIValidationError(f"an event's data is not JSON ({exc}): {_preview(data, token)!r}") from None
+            raise _error_from_payload(data, headers, secrets=secrets) from None
+        raise OctoAIValidationError(f"an event's data is not JSON ({exc}): {_preview(data, secrets)!r}") from None
     if event.event == "error" or (isinstance(payload, dict) and payload.get("error")):
-        raise _error_from_payload(payload, headers, token=token)
+        raise _error_from_payload(payload, headers, secrets=secrets)
     return payload
 
 
-def _stream_answered_with_json(body: bytes, headers: Mapping[str, str], token: Optional[str]) -> OctoAIError:
+def _stream_answered_with_json(body: bytes, headers: Mapping[str, str], secrets: _Secrets) -> OctoAIError:
     """The error for a streaming request answered with one JSON body: its error, or a clear complaint."""
-    payload = _parse_json(body, token)
+    payload = _parse_json(body, secrets)
     if isinstance(payload, dict) and payload.get("error"):
-        return _error_from_payload(payload, headers, token=token)
+        return _error_from_payload(payload, headers, secrets=secrets)
     return OctoAIValidationError(
         "the server answered a streaming request with one JSON body instead of an event stream"
     )
 
 
 def _answer_from_body(
-    cls: Any, body: bytes, headers: Mapping[str, str], token: Optional[str], what: str, key: str
+    cls: Any, body: bytes, headers: Mapping[str, str], secrets: _Secrets, what: str, key: str
 ) -> Any:
     """A plain answer as a `cls` object, with the response's headers on it (`_Answer`)."""
-    answer = cls.from_dict(_check_completion(_parse_json(body, token), headers, token, what=what, key=key))
+    answer = cls.from_dict(_check_completion(_parse_json(body, secrets), headers, secrets, what=what, key=key))
     answer._headers = headers
     return answer
 
 
-def _models_from_body(body: bytes, token: Optional[str]) -> List[str]:
-    payload = _parse_json(body, token)
+def _models_from_body(body: bytes, secrets: _Secrets) -> List[str]:
+    payload = _parse_json(body, secrets)
     data = payload.get("data") if isinstance(payload, dict) else None
     if not isinstance(data, list) or not all(isinstance(item, dict) and "id" in item for item in data):
         raise OctoAIValidationError("expected {'data': [{'id': ...}, ...]} from the models endpoint")
     return [str(item["id"]) for item in data]
 
 
-def _future_from_body(body: bytes, token: Optional[str]) -> InferenceFuture:
-    payload = _parse_json(body, token)
+def _future_from_body(body: bytes, secrets: _Secrets) -> InferenceFuture:
+    payload = _parse_json(body, secrets)
     if not isinstance(payload, dict) or "response_id" not in payload or "poll_url" not in payload:
         raise OctoAIValidationError("expected 'response_id' and 'poll_url' in the answer to an async inference")
     return InferenceFuture(str(payload["response_id"]), str(payload["poll_url"]))
 
 
-def _poll_status_from_body(body: bytes, token: Optional[str]) -> Dict[str, Any]:
+def _poll_status_from_body(body: bytes, secrets: _Secrets) -> Dict[str, Any]:
     """A poll answer; raises OctoAIServerError when the background inference failed."""
-    payload = _parse_json(body, token)
+    payload = _parse_json(body, secrets)
     if not isinstance(payload, dict):
         raise OctoAIValidationError("expected a JSON object from the poll URL")
     if payload.get("status") == "failed":
-        payload = _redact_json(payload, token)
+        payload = _redact_json(payload, secrets)
         raise OctoAIServerError("the background inference failed: " + _error_details(payload)[0], body=payload)
     return payload
 
@@ -1711,7 +1734,9 @@ def _judge(
             return dataclasses.replace(attempt, url=target, hops=attempt.hops + 1, wait_s=0.0)
         if status < 300:
             return None
-        error = _error_from_response(status, headers, outcome.error_body, token=call.token, base_url=call.base_url)
+        error = _error_from_response(
+            status, headers, outcome.error_body, secrets=call.secrets, base_url=call.base_url
+        )
         error.retry_after = _parse_retry_after(headers, now)
     delay: Optional[float] = None
     if call.retry_every_s is not None:  # health_check: a 5xx or no answer, again until the deadline
@@ -2717,6 +2742,7 @@ class _ResponseBase:
 
     def __init__(self, pool: Any, route: _Route, conn: Any, call: _Call) -> None:
         self.url = route.url
+        self.secrets = call.secrets  # what to keep out of what it reports
         self.error_body = b""  # an error answer's body, read by `start` (up to a limit)
         self.closed_early = False  # closed by its holder before the answer ended
         self._pool = pool
@@ -3387,9 +3413,9 @@ class _PayloadReader:
     closes the response on any exit.
     """
 
-    def __init__(self, response: _ResponseBase, token: Optional[str], convert: Callable[[Any], Any]) -> None:
+    def __init__(self, response: _ResponseBase, convert: Callable[[Any], Any]) -> None:
         self.response = response
-        self._token = token
+        self._secrets = response.secrets
         self._convert = convert
         self._decoder = SSEDecoder()
         self._count = 0  # payloads handed out
@@ -3404,7 +3430,7 @@ class _PayloadReader:
             if self._json.over:
                 self.response._abort()
             body = self._json.value(self.response.where)
-            raise _stream_answered_with_json(body, self.response.headers, self._token)
+            raise _stream_answered_with_json(body, self.response.headers, self._secrets)
         if not data:
             if not self._done and not self.response.closed_early:
                 self._end()
@@ -3413,7 +3439,7 @@ class _PayloadReader:
 
     def _converted(self, data: bytes) -> Iterator[Any]:
         for event in self._decoder.feed(data):
-            payload = _payload_from_event(event, self.response.headers, self._token)
+            payload = _payload_from_event(event, self.response.headers, self._secrets)
             if payload is None:
                 self._done = True
                 self.response.grace(_DONE_GRACE_S)
@@ -3439,7 +3465,7 @@ class _PayloadReader:
     def __exit__(self, kind: Any, exc: Optional[BaseException], traceback: Any) -> None:
         self.response.close()  # a no-op once the body was read to the end and released
         if isinstance(exc, OctoAIError):
-            self.error = _scrub(exc, self._token)  # and raised again by get_final_completion
+            self.error = _scrub(exc, self._secrets)  # and raised again by get_final_completion
 
 
 def _iter_payloads(reader: _PayloadReader) -> Generator[Any, None, None]:
@@ -3455,11 +3481,11 @@ async def _aiter_payloads(reader: _PayloadReader) -> AsyncGenerator[Any, None]:
                 yield item
 
 
-def _chunks(cls: Any, folder: _ChunkFolder, headers: Mapping[str, str], token: Optional[str]) -> Callable[[Any], Any]:
+def _chunks(cls: Any, folder: _ChunkFolder, headers: Mapping[str, str], secrets: _Secrets) -> Callable[[Any], Any]:
     """A payload converter that checks each chunk, folds it, and returns it as a `cls` object."""
 
     def convert(payload: Any) -> Any:
-        chunk = _check_completion(payload, headers, token, chunk=True)
+        chunk = _check_completion(payload, headers, secrets, chunk=True)
         folder.add(chunk)
         return cls.from_dict(chunk)
 
@@ -3496,14 +3522,14 @@ class _StreamBase(_Answer):
     _iterate: Any  # _iter_payloads or _aiter_payloads
     _result: ClassVar[Any] = None  # the chunk class (ChatCompletion, Completion): chunks checked, folded, built
 
-    def __init__(self, response: Any, token: Optional[str], convert: Optional[Callable[[Any], Any]] = None) -> None:
+    def __init__(self, response: Any, convert: Optional[Callable[[Any], Any]] = None) -> None:
         self.response_headers: Dict[str, str] = response.headers
         self._headers = response.headers
         self._response: _ResponseBase = response
         if self._result is not None:
             self._folder = _ChunkFolder(self._result._KIND)
-            convert = _chunks(self._result, self._folder, response.headers, token)
-        self._reader = _PayloadReader(response, token, convert or _identity)
+            convert = _chunks(self._result, self._folder, response.headers, response.secrets)
+        self._reader = _PayloadReader(response, convert or _identity)
         self._items = type(self)._iterate(self._reader)
 
     def _close(self) -> None:
@@ -3726,6 +3752,7 @@ class _BaseClient:
         max_connections: int = _MAX_CONNECTIONS,
         max_idle_connections: int = _MAX_IDLE_CONNECTIONS,
         api_key: Optional[str] = None,
+        secret_headers: Iterable[str] = (),
     ) -> None:
         if token and api_key:
             raise ValueError("pass token= or api_key=, not both")
@@ -3740,7 +3767,10 @@ class _BaseClient:
         self.max_retries = _check_count("max_retries", max_retries, 0)
         self.deadline = None if deadline is None else _check_seconds("deadline", deadline)
         self.default_headers: Dict[str, Optional[str]] = _check_headers(default_headers)
-        self._headers: Dict[Tuple[bool, bool], Dict[str, str]] = {}  # built once per (stream, has body)
+        if isinstance(secret_headers, str) or not all(isinstance(name, str) for name in secret_headers):
+            raise TypeError("secret_headers must be header names, such as ('x-my-key',)")
+        self.secret_headers = _SECRET_HEADERS | {name.lower() for name in secret_headers}
+        self._headers: Dict[Tuple[bool, bool], Tuple[Dict[str, str], Tuple[str, ...]]] = {}  # per (stream, has body)
         limits = (
             _check_count("max_connections", max_connections, 1),
             _check_count("max_idle_connections", max_idle_connections, 0),
@@ -3810,7 +3840,7 @@ class _BaseClient:
         except OctoAIError as error:
             if answer:
                 outcome.close()  # a redirect not followed: its body is not wanted
-            raise _scrub(error, call.token) from error.__cause__  # redirects and framing errors quote the server too
+            raise _scrub(error, call.secrets) from error.__cause__  # redirects and framing errors quote the server too
         if following is None:
             return None
         if answer:
@@ -3819,11 +3849,11 @@ class _BaseClient:
             reason = f"{outcome.status} {_REASONS.get(outcome.status, '')}".rstrip() if answer else str(outcome)
             _log(
                 _INFO, "retrying %s %s in %.2f s (retry %d of %d): %s", call.method,
-                _redact(_redact_userinfo(call.url), call.token), following.wait_s, following.retries, call.retries,
-                _redact(reason, call.token),
+                _redact(_redact_userinfo(call.url), call.secrets), following.wait_s, following.retries, call.retries,
+                _redact(reason, call.secrets),
             )  # fmt: skip
         elif following.hops > attempt.hops:
-            target = _redact(_redact_userinfo(following.url), call.token)
+            target = _redact(_redact_userinfo(following.url), call.secrets)
             _log(_DEBUG, "following %d redirect to %s", outcome.status, target)
         return following
 
@@ -3831,9 +3861,6 @@ class _BaseClient:
         """Close the pooled connections (a `with_options` copy leaves them to its original)."""
         if self._owns_transport:
             self._transport.close()
-
-    def _poll(self, body: bytes) -> Dict[str, Any]:
-        return _poll_status_from_body(body, self._token)
 
     @property
     def _models_url(self) -> str:
@@ -3859,19 +3886,17 @@ class _BaseClient:
         if extra_query:
             url = _join_url(url, "", extra_query)
         data = None if body is None else _build_json(body)
-        if extra_headers:
+        shape = (stream, data is not None)
+        built = None if extra_headers else self._headers.get(shape)  # the same few header sets: each built once
+        if built is None:
             headers = _build_headers(
-                self._token,
-                self.default_headers,
-                _check_headers(extra_headers),
-                stream=stream,
-                has_body=data is not None,
+                self._token, self.default_headers, _check_headers(extra_headers), stream=stream, has_body=shape[1]
             )
-        else:  # the same few header sets every time: build each once
-            shape = (stream, data is not None)
-            headers = self._headers.get(shape) or self._headers.setdefault(
-                shape, _build_headers(self._token, self.default_headers, stream=stream, has_body=data is not None)
-            )
+            token = (self._token,) if self._token else ()
+            built = headers, token + _header_secrets(headers, self.secret_headers)
+            if not extra_headers:
+                self._headers[shape] = built
+        headers, secrets = built
         timeout_s = self.timeout if timeout is None else _check_seconds("timeout", timeout)
         deadline = self.deadline if deadline is None else _check_seconds("deadline", deadline)
         return _Call(
@@ -3883,17 +3908,17 @@ class _BaseClient:
             deadline_at=None if deadline is None else time.monotonic() + deadline,
             retries=self.max_retries if max_retries is None else _check_count("max_retries", max_retries, 0),
             base_url=self.base_url if url.startswith(self.base_url.split("?")[0] + "/") else None,
-            token=self._token,
+            secrets=secrets,
         )
 
     def _log_answer(self, call: _Call, url: str, status: int, headers: Mapping[str, str], started: float) -> None:
         if _log_enabled(_DEBUG):
-            request_id = _redact(_request_id(headers) or "", self._token)  # a server may echo anything
+            request_id = _redact(_request_id(headers) or "", call.secrets)  # a server may echo anything
             _log(
                 _DEBUG,
                 "%s %s -> %d in %.1f ms%s",
                 call.method,
-                _redact(_redact_userinfo(url), self._token),
+                _redact(_redact_userinfo(url), call.secrets),
                 status,
                 (time.monotonic() - started) * 1000,
                 f" [request id: {request_id}]" if request_id else "",
@@ -4028,8 +4053,8 @@ class _Namespace:
     def __init__(self, client: Any) -> None:
         self._client = client
 
-    def _parse(self, body: bytes, headers: Mapping[str, str]) -> Any:
-        return _answer_from_body(self._result, body, headers, self._client._token, self._what, self._items)
+    def _parse(self, body: bytes, response: _ResponseBase) -> Any:
+        return _answer_from_body(self._result, body, response.headers, response.secrets, self._what, self._items)
 
 
 class _Completions(_CreateTypes["ChatCompletion", "Stream"], _Namespace):
@@ -4085,7 +4110,7 @@ class _Models(_Namespace):
     def list(self, **options: Any) -> List[str]:
         """Return the ids of the models the server offers (GET {base_url}/models)."""
         client = self._client
-        return _models_from_body(client._send("GET", client._models_url, None, **options).read(), client._token)
+        return client._fetch(_models_from_body, "GET", client._models_url, None, **options)
 
 
 class Client(_BaseClient, _Closing):
@@ -4120,7 +4145,12 @@ class Client(_BaseClient, _Closing):
     _legacy_class, _embeddings_class = _TextCompletions, _Embeddings
 
     def _answer(self, response: _Response, stream: bool, endpoint: _Namespace) -> Any:
-        return endpoint._stream(response, self._token) if stream else endpoint._parse(response.read(), response.headers)
+        return endpoint._stream(response) if stream else endpoint._parse(response.read(), response)
+
+    def _fetch(self, parse: Callable[[bytes, _Secrets], _T], method: str, url: str, body: Any, **options: Any) -> _T:
+        """Send with retries; return the answer's body read through `parse`."""
+        response = self._send(method, url, body, **options)
+        return parse(response.read(), response.secrets)
 
     def _run(self, call: _Call) -> _Response:
         attempt: Optional[_Attempt] = _Attempt(call.url)
@@ -4139,7 +4169,7 @@ class Client(_BaseClient, _Closing):
 
     def infer(self, endpoint_url: str, inputs: Mapping[str, Any], **options: Any) -> Any:
         """POST `inputs` as JSON to `endpoint_url`; return the JSON answer."""
-        return _parse_json(self._send("POST", endpoint_url, inputs, **options).read(), self._token)
+        return self._fetch(_parse_json, "POST", endpoint_url, inputs, **options)
 
     def infer_stream(
         self, endpoint_url: str, inputs: Mapping[str, Any], map_fn: _MapFn = None, **options: Any
@@ -4148,22 +4178,20 @@ class Client(_BaseClient, _Closing):
 
         The returned iterator owns the connection; it is also a context manager.
         """
-        return _EventStream(self._send("POST", endpoint_url, inputs, stream=True, **options), self._token, map_fn)
+        return _EventStream(self._send("POST", endpoint_url, inputs, stream=True, **options), map_fn)
 
     def infer_async(self, endpoint_url: str, inputs: Mapping[str, Any], **options: Any) -> InferenceFuture:
         """Start an inference in the background (header ``X-OctoAI-Async: 1``)."""
-        return _future_from_body(
-            self._send("POST", endpoint_url, inputs, **_with_async_header(options)).read(), self._token
-        )
+        return self._fetch(_future_from_body, "POST", endpoint_url, inputs, **_with_async_header(options))
 
     def is_future_ready(self, future: InferenceFuture) -> bool:
         """Whether the background inference has completed; raises if it failed."""
-        return self._poll(self._send("GET", future.poll_url, None).read()).get("status") == "completed"
+        return self._fetch(_poll_status_from_body, "GET", future.poll_url, None).get("status") == "completed"
 
     def get_future_result(self, future: InferenceFuture) -> Optional[Any]:
         """The background inference's JSON result, or None while it is still running."""
-        url = _response_url(self._poll(self._send("GET", future.poll_url, None).read()))
-        return None if url is None else _parse_json(self._send("GET", url, None).read(), self._token)
+        url = _response_url(self._fetch(_poll_status_from_body, "GET", future.poll_url, None))
+        return None if url is None else self._fetch(_parse_json, "GET", url, None)
 
     def health_check(
         self, endpoint_url: str, timeout: float = DEFAULT_TIMEOUT, *, interval: float = _HEALTH_CHECK_INTERVAL_S
@@ -4224,8 +4252,7 @@ class _AsyncModels(_Namespace):
 
     async def list(self, **options: Any) -> List[str]:
         """Return the ids of the models the server offers (GET {base_url}/models)."""
-        response = await self._client._send("GET", self._client._models_url, None, **options)
-        return _models_from_body(await response.read(), self._client._token)
+        return await self._client._fetch(_models_from_body, "GET", self._client._models_url, None, **options)
 
 
 class AsyncClient(_BaseClient, _AsyncClosing):
@@ -4250,8 +4277,15 @@ class AsyncClient(_BaseClient, _AsyncClosing):
     async def _answer(self, sending: Awaitable[_AsyncResponse], stream: bool, endpoint: _Namespace) -> Any:
         response = await sending
         if stream:
-            return endpoint._stream(response, self._token)
-        return endpoint._parse(await response.read(), response.headers)
+            return endpoint._stream(response)
+        return endpoint._parse(await response.read(), response)
+
+    async def _fetch(
+        self, parse: Callable[[bytes, _Secrets], _T], method: str, url: str, body: Any, **options: Any
+    ) -> _T:
+        """Send with retries; return the answer's body read through `parse`."""
+        response = await self._send(method, url, body, **options)
+        return parse(await response.read(), response.secrets)
 
     async def close(self) -> None:  # type: ignore[override]
         """Close the pooled connections (a `with_options` copy leaves them to its original)."""
@@ -4259,31 +4293,27 @@ class AsyncClient(_BaseClient, _AsyncClosing):
 
     async def infer(self, endpoint_url: str, inputs: Mapping[str, Any], **options: Any) -> Any:
         """POST `inputs` as JSON to `endpoint_url`; return the JSON answer."""
-        return _parse_json(await (await self._send("POST", endpoint_url, inputs, **options)).read(), self._token)
+        return await self._fetch(_parse_json, "POST", endpoint_url, inputs, **options)
 
     async def infer_stream(
         self, endpoint_url: str, inputs: Mapping[str, Any], map_fn: _MapFn = None, **options: Any
     ) -> _AsyncEventStream:
         """POST `inputs`; ``async for`` each event's JSON (through `map_fn` if given) until `[DONE]`."""
         response = await self._send("POST", endpoint_url, inputs, stream=True, **options)
-        return _AsyncEventStream(response, self._token, map_fn)
+        return _AsyncEventStream(response, map_fn)
 
     async def infer_async(self, endpoint_url: str, inputs: Mapping[str, Any], **options: Any) -> InferenceFuture:
         """Start an inference in the background (header ``X-OctoAI-Async: 1``)."""
-        response = await self._send("POST", endpoint_url, inputs, **_with_async_header(options))
-        return _future_from_body(await response.read(), self._token)
-
-    async def _poll_future(self, future: InferenceFuture) -> Dict[str, Any]:
-        return self._poll(await (await self._send("GET", future.poll_url, None)).read())
+        return await self._fetch(_future_from_body, "POST", endpoint_url, inputs, **_with_async_header(options))
 
     async def is_future_ready(self, future: InferenceFuture) -> bool:
         """Whether the background inference has completed; raises if it failed."""
-        return (await self._poll_future(future)).get("status") == "completed"
+        return (await self._fetch(_poll_status_from_body, "GET", future.poll_url, None)).get("status") == "completed"
 
     async def get_future_result(self, future: InferenceFuture) -> Optional[Any]:
         """The background inference's JSON result, or None while it is still running."""
-        url = _response_url(await self._poll_future(future))
-        return None if url is None else _parse_json(await (await self._send("GET", url, None)).read(), self._token)
+        url = _response_url(await self._fetch(_poll_status_from_body, "GET", future.poll_url, None))
+        return None if url is None else await self._fetch(_parse_json, "GET", url, None)
 
     async def health_check(
         self, endpoint_url: str, timeout: float = DEFAULT_TIMEOUT, *, interval: float = _HEALTH_CHECK_INTERVAL_S

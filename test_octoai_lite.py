@@ -305,7 +305,7 @@ def test_error_message_shapes(body, text):
 
 def test_error_text_is_cut_and_token_redacted():
     body = json.dumps({"error": {"message": f"bad key {TOKEN} " + "x" * 5000}}).encode()
-    error = octoai_lite._error_from_response(401, {}, body, token=TOKEN)
+    error = octoai_lite._error_from_response(401, {}, body, secrets=TOKEN)
     assert TOKEN not in str(error) and TOKEN not in repr(error.body) and "***" in str(error)
     assert len(str(error)) < 700
 
