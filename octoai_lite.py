@@ -66,6 +66,7 @@ import sys
 import threading
 import time
 import types
+import weakref
 from urllib.parse import quote, unquote, urlencode, urljoin, urlsplit
 
 TYPE_CHECKING = False
@@ -79,6 +80,7 @@ if TYPE_CHECKING:  # typing costs 3.5 ms to import; annotations are strings here
         Awaitable,  # noqa: F401  (in string subscripts ruff does not read)
         Callable,
         ClassVar,
+        Deque,
         Dict,
         FrozenSet,
         Generator,
@@ -1497,11 +1499,9 @@ def _check_completion(
     return payload
 
 
-def _payload_from_event(event: ServerSentEvent, headers: Mapping[str, str], secrets: _Secrets) -> Optional[Any]:
-    """The JSON of one event; None for `[DONE]`; raises for an error event or bad JSON."""
+def _payload_from_event(event: ServerSentEvent, headers: Mapping[str, str], secrets: _Secrets) -> Any:
+    """The JSON of one event (not `[DONE]`); raises for an error event or bad JSON."""
     data = event.data
-    if data == "[DONE]":
-        return None
     try:
         payload = _loads(data)
     except ValueError as exc:
@@ -1826,6 +1826,10 @@ class _ChunkFolder:
                 else:
                     state["choice"][key] = value
 
+    def finished(self) -> bool:
+        """Whether every choice seen so far has its finish_reason (so the answer is whole)."""
+        return bool(self._choices) and all(state["choice"].get("finish_reason") for state in self._choices.values())
+
     @staticmethod
     def _add_delta(state: Dict[str, Any], delta: Mapping[str, Any]) -> None:
         message, texts = state["message"], state["texts"]
@@ -1976,6 +1980,7 @@ class _Exchange:
         self.status = 0
         self.headers: Dict[str, str] = {}
         self.reusable = False
+        self.ends_at_close = False  # the body has no framing: its end is the connection's close
         self._buffer = bytearray()
         self._scanned = 0  # bytes of the buffer known to hold no head end
         self._eof = False
@@ -2140,6 +2145,7 @@ class _Exchange:
                 return self._reader()
 
     def _until_close(self) -> Optional[bytes]:
+        self.ends_at_close = True
         if self._buffer:
             piece = bytes(self._buffer)
             self._buffer.clear()
@@ -2438,6 +2444,13 @@ def _parsed_completion(completion: ChatCompletion, asked: Any, schema: Dict[str,
 # pool only when its exchange says it is reusable.
 
 
+# A child forked while another thread held a lock of this module would wait
+# for it for ever: pools and transports make their locks anew there.
+_AFTER_FORK: "weakref.WeakSet[Any]" = weakref.WeakSet()
+if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
+    os.register_at_fork(after_in_child=lambda: [owner._after_fork() for owner in list(_AFTER_FORK)])
+
+
 def _env_get(env: _Env, name: str) -> Optional[str]:
     # curl and urllib prefer the lower-case form of proxy variables.
     return env.get(name.lower()) or env.get(name.upper()) or None
@@ -2619,6 +2632,14 @@ class _Route:
             raise OctoAIConnectionError(f"the proxy refused a tunnel to {self.where}: {exchange.status}")
 
 
+def _numeric_addresses(host: str, port: int) -> List[Any]:
+    """getaddrinfo's answer for an IP literal, found without a lookup; [] for a name."""
+    try:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+    except socket.gaierror:
+        return []
+
+
 def _opening(
     route: _Route, call: _Call, context: Optional[ssl.SSLContext]
 ) -> Generator[Tuple[str, Any, float], bytes, None]:
@@ -2651,7 +2672,8 @@ class _PoolBook:
     at most `max_idle` of them wait idle for reuse. Idle ones are reused
     most recent first, after a check that the server has not closed them or
     sent bytes nobody asked for. After a fork the child starts afresh: the
-    parent keeps using the sockets it inherited.
+    parent keeps using the sockets it inherited. A connection given back by
+    a finalizer (`orphan`) waits in a deque for the next caller to count it.
     """
 
     def __init__(self, max_connections: int, max_idle: int) -> None:
@@ -2659,27 +2681,45 @@ class _PoolBook:
         self.max_idle = max_idle
         self._idle: Dict[_PoolKey, List[Any]] = {}
         self._open: Dict[_PoolKey, int] = {}
+        self._orphans: Deque[Tuple[_PoolKey, Any]] = collections.deque()
         self._closed = False
         self._pid = os.getpid()
 
     def _reserve(self, key: _PoolKey) -> Tuple[Any, bool]:
         """(an idle connection or None, whether the caller may go on: None means open a new one)."""
+        self._count_orphans()
         if self._pid != os.getpid():
             for inherited in self._idle.values():
                 for conn in inherited:
                     conn.close()  # this process's descriptor only (see the connections' close)
-            self._idle, self._open, self._pid = {}, {}, os.getpid()
+            self._idle, self._open, self._orphans, self._pid = {}, {}, collections.deque(), os.getpid()
         idle = self._idle.get(key)
         while idle:
             conn = idle.pop()
-            if not conn.is_gone():
+            try:
+                alive = not conn.is_gone()
+            except BaseException:  # an interrupt while looking: close it rather than lose its slot
+                alive = False
+                raise
+            finally:
+                if not alive:
+                    conn.close()
+                    self._open[key] -= 1
+            if alive:
                 return conn, True
-            conn.close()
-            self._open[key] -= 1
         if self._open.get(key, 0) < self.max_connections:
             self._open[key] = self._open.get(key, 0) + 1
             return None, True
         return None, False
+
+    def orphan(self, key: _PoolKey, conn: Any) -> None:
+        """Give a connection back from a finalizer, which must not wait for a lock its own thread may hold."""
+        conn.close()
+        self._orphans.append((key, conn))  # deque.append needs no lock
+
+    def _count_orphans(self) -> None:
+        while self._orphans:
+            self._give(*self._orphans.popleft(), False)
 
     def _give(self, key: _PoolKey, conn: Any, reusable: bool) -> None:
         if self._pid != os.getpid() or (conn is not None and conn.pid != self._pid):
@@ -2768,6 +2808,10 @@ class _ResponseBase:
     @property
     def headers(self) -> Dict[str, str]:
         return self._exchange.headers
+
+    @property
+    def ends_at_close(self) -> bool:
+        return self._exchange.ends_at_close
 
     @property
     def content_type(self) -> str:
@@ -2886,7 +2930,7 @@ class _ResponseBase:
         error = _failure(exc, exchange.phase, self.where, self._call)
         if type(error) is OctoAIConnectionError and self._conn.reused and not exchange.received:
             error.stale = True  # a pooled connection the server closed while it was idle
-        return error
+        return _scrub(error, self.secrets) if isinstance(error, OctoAIError) else error  # framing errors quote bytes
 
     def _release(self) -> None:
         """Hand the connection back after the answer's end."""
@@ -2896,23 +2940,29 @@ class _ResponseBase:
             return
         self._pool.release(self._key, conn, self._exchange.reusable)
 
-    def close(self) -> None:
+    def close(self, finalizing: bool = False) -> None:
         """End the response now; the connection is closed, not reused. Safe from any thread.
 
         A read going on meanwhile (another thread, another task) ends quietly, as at the body's end.
+        A finalizer passes `finalizing`: the garbage collector may run it while this thread holds the pool's lock.
         """
         if self._held:
             self.closed_early = True
-            self._abort()
+            self._abort(finalizing)
 
-    def _abort(self) -> None:
+    def _abort(self, finalizing: bool = False) -> None:
         """Close the connection and free its slot (this module's own decision, not the holder's)."""
         try:
             conn = self._held.pop()
         except IndexError:
             return
-        conn.close()
-        self._pool.release(self._key, conn, False)
+        if finalizing:
+            self._pool.orphan(self._key, conn)
+            return
+        try:
+            conn.close()
+        finally:
+            self._pool.release(self._key, conn, False)
 
 
 class _TransportBase:
@@ -2927,6 +2977,10 @@ class _TransportBase:
         self._context: Optional[ssl.SSLContext] = None
         self._lock = threading.Lock()
         self._route_cache: Dict[str, _Route] = {}
+        _AFTER_FORK.add(self)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
 
     def route(self, url: str) -> _Route:
         """The route of a URL, worked out once (parsing it and the proxy rules cost microseconds)."""
@@ -2948,10 +3002,10 @@ class _TransportBase:
         pool.release(route.key, None, False)
         return _failure(exc, {"trade": "tunnel"}.get(step, step), route.where, call)
 
-    def close(self) -> None:
+    def close(self, finalizing: bool = False) -> None:
         """Close the idle pooled connections; busy ones close when released."""
         for pool in self.pools():
-            pool.close()
+            pool.close(finalizing)
 
     def pools(self) -> List[Any]:
         raise NotImplementedError
@@ -2960,7 +3014,7 @@ class _TransportBase:
         # Idle keep-alive connections go with the last client that used them.
         if "_limits" in self.__dict__:
             try:
-                self.close()
+                self.close(finalizing=True)
             except Exception:  # at interpreter exit, imports and loops may already be gone
                 pass
 
@@ -3036,6 +3090,7 @@ class _ConnectionPool(_PoolBook):
         super().__init__(max_connections, max_idle)
         self._lock = threading.Lock()
         self._slot_freed: Dict[_PoolKey, threading.Condition] = {}  # per host: a freed slot wakes its own waiters
+        _AFTER_FORK.add(self)
 
     def _waiters(self, key: _PoolKey) -> threading.Condition:
         cond = self._slot_freed.get(key)
@@ -3056,14 +3111,32 @@ class _ConnectionPool(_PoolBook):
     def release(self, key: _PoolKey, conn: Optional[_Connection], reusable: bool) -> None:
         """Give a connection back: kept if reusable, else closed and its slot freed."""
         with self._lock:
+            self._count_orphans()
             self._give(key, conn, reusable)
             self._waiters(key).notify()
 
-    def close(self) -> None:
-        with self._lock:
+    def close(self, finalizing: bool = False) -> None:
+        if not self._lock.acquire(blocking=not finalizing):
+            return  # a finalizer in a thread that holds the lock: the idle sockets close as they are collected
+        try:
             self._close_idle()
             for cond in self._slot_freed.values():
                 cond.notify_all()
+        finally:
+            self._lock.release()
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._slot_freed = {}
+
+    def orphan(self, key: _PoolKey, conn: Any) -> None:
+        super().orphan(key, conn)
+        if self._lock.acquire(blocking=False):  # held by nobody, this thread included: count it now
+            try:
+                self._count_orphans()
+                self._waiters(key).notify()
+            finally:
+                self._lock.release()
 
 
 class _Response(_ResponseBase):
@@ -3130,6 +3203,7 @@ class _AsyncConnection:
         self.pid = os.getpid()
         self.reused = False
         self._unsent = False  # bytes of the request were in asyncio's buffer when last seen
+        self.sock: Optional[socket.socket] = None  # ours, to close even once the loop has ended
         self.transport: Any = None
         self._chunks: List[bytes] = []
         self._size = 0
@@ -3175,7 +3249,23 @@ class _AsyncConnection:
     async def connect(self, address: Tuple[str, int], timeout_s: float) -> None:
         import asyncio
 
-        await asyncio.wait_for(self.loop.create_connection(lambda: self, *address), timeout_s)  # type: ignore[type-var]
+        await asyncio.wait_for(self._open(address), timeout_s)
+
+    async def _open(self, address: Tuple[str, int]) -> None:
+        loop, error = self.loop, None
+        addresses = _numeric_addresses(*address) or await loop.getaddrinfo(*address, type=socket.SOCK_STREAM)
+        for family, kind, proto, _, sockaddr in addresses:
+            self.sock = socket.socket(family, kind, proto)
+            try:
+                self.sock.setblocking(False)
+                await loop.sock_connect(self.sock, sockaddr)
+            except OSError as exc:
+                self.sock.close()
+                error = exc
+                continue
+            await loop.create_connection(lambda: self, sock=self.sock)  # type: ignore[type-var]
+            return
+        raise error or OSError(f"no address for {address[0]}")
 
     async def trade(self, data: bytes, timeout_s: float) -> bytes:
         if data:
@@ -3232,15 +3322,13 @@ class _AsyncConnection:
     def close(self) -> None:
         """Close at once, without flushing: nobody wants the rest."""
         self._eof = True
-        if self.transport is None:
-            return
-        if not self.loop.is_closed():
+        if self.transport is not None and not self.loop.is_closed():
             self.transport.abort()
-            return
-        # Its event loop has ended (asyncio.run returned): close the socket itself.
-        sock = getattr(self.transport.get_extra_info("socket"), "_sock", None)  # asyncio's TransportSocket wraps it
-        if sock is not None:
-            sock.close()
+        elif self.sock is not None:
+            # Not connected yet, or its event loop has ended: only the socket is left to close.
+            # (A transport whose loop ended without shutdown_asyncgens still warns when collected:
+            # asyncio offers no public way to finish it.)
+            self.sock.close()
 
 
 async def _apump(conn: Any, exchange: _Exchange, goal: Callable[[], Any], timeout: Callable[[], float]) -> Any:
@@ -3309,7 +3397,10 @@ class _AsyncPool(_PoolBook):
         self._give(key, conn, reusable)
         self._wake_one(key)
 
-    def close(self) -> None:
+    def orphan(self, key: _PoolKey, conn: Any) -> None:
+        self.release(key, conn, False)  # no lock to wait for
+
+    def close(self, finalizing: bool = False) -> None:
         self._close_idle()
         for waiters in self._waiters.values():
             for waiter in waiters:
@@ -3351,7 +3442,7 @@ class _AsyncTransport(_TransportBase):
         with self._lock:
             return list(self._pools.values())
 
-    def close(self) -> None:
+    def close(self, finalizing: bool = False) -> None:
         """Close each loop's idle connections, in that loop's own thread when it runs in another."""
         import asyncio
 
@@ -3413,8 +3504,11 @@ class _PayloadReader:
     closes the response on any exit.
     """
 
-    def __init__(self, response: _ResponseBase, convert: Callable[[Any], Any]) -> None:
+    def __init__(
+        self, response: _ResponseBase, convert: Callable[[Any], Any], finished: Optional[Callable[[], bool]] = None
+    ) -> None:
         self.response = response
+        self._finished = finished  # for chunks: whether every choice has its finish_reason
         self._secrets = response.secrets
         self._convert = convert
         self._decoder = SSEDecoder()
@@ -3439,11 +3533,11 @@ class _PayloadReader:
 
     def _converted(self, data: bytes) -> Iterator[Any]:
         for event in self._decoder.feed(data):
-            payload = _payload_from_event(event, self.response.headers, self._secrets)
-            if payload is None:
+            if event.data == "[DONE]":
                 self._done = True
                 self.response.grace(_DONE_GRACE_S)
                 return
+            payload = _payload_from_event(event, self.response.headers, self._secrets)
             if self.response.closed_early:
                 return  # closed by its holder: nothing more is handed out
             self._count += 1
@@ -3458,12 +3552,17 @@ class _PayloadReader:
             raise OctoAIValidationError(
                 "the stream ended before any event arrived (a server may do this when the prompt is too long)"
             )
+        if self.response.ends_at_close and self._finished is not None and not self._finished():
+            raise OctoAIConnectionError(  # with no framing, a close is all a cut looks like
+                f"the stream from {self.response.where} ended at a close with neither [DONE] nor a finish_reason "
+                "on every choice: it was probably cut short"
+            )
 
     def __enter__(self) -> "_PayloadReader":
         return self
 
     def __exit__(self, kind: Any, exc: Optional[BaseException], traceback: Any) -> None:
-        self.response.close()  # a no-op once the body was read to the end and released
+        self.response.close(finalizing=kind is GeneratorExit)  # a no-op once the body was read to the end
         if isinstance(exc, OctoAIError):
             self.error = _scrub(exc, self._secrets)  # and raised again by get_final_completion
 
@@ -3529,7 +3628,7 @@ class _StreamBase(_Answer):
         if self._result is not None:
             self._folder = _ChunkFolder(self._result._KIND)
             convert = _chunks(self._result, self._folder, response.headers, response.secrets)
-        self._reader = _PayloadReader(response, convert or _identity)
+        self._reader = _PayloadReader(response, convert or _identity, self._folder.finished if self._result else None)
         self._items = type(self)._iterate(self._reader)
 
     def _close(self) -> None:
@@ -3546,7 +3645,7 @@ class _StreamBase(_Answer):
         # holds the response, not the stream, so this runs at once.
         response = getattr(self, "_response", None)
         if response is not None:
-            response.close()
+            response.close(finalizing=True)
 
 
 class _EventStream(_StreamBase, _Closing):

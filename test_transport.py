@@ -559,14 +559,21 @@ def test_cr_only_sse_over_the_socket(raw_server, flavor):
     assert flavor.collect(client, []).choices[0].message.content == "ab"
 
 
-def test_read_to_close_stream_ending_without_done_ends_normally(raw_server, flavor):
+def test_read_to_close_stream_ends_normally_only_when_every_choice_finished(raw_server, flavor):
+    # Issue 19: with no framing, a close without [DONE] or a finish_reason cannot be told from a cut.
+    finish = []
+
     def no_done(sock, server):
         server.read_request(sock)
-        sock.sendall(sse_head(chunked=False) + sse_event(chunk("a")) + sse_event(chunk("b")))
+        sock.sendall(sse_head(chunked=False) + sse_event(chunk("a")) + sse_event(chunk("b", finish_reason=finish[0])))
 
     raw_server.handler = no_done
     client = flavor.make(base_url=raw_server.url + "/v1", max_retries=0, timeout=2)
+    finish.append("stop")
     assert flavor.collect(client, []).choices[0].message.content == "ab"
+    finish[0] = None
+    with pytest.raises(OctoAIConnectionError, match="cut short"):
+        flavor.collect(client, [])
 
 
 def test_reset_mid_stream_is_a_connection_error(raw_server, flavor):
