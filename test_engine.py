@@ -438,16 +438,23 @@ def test_early_error_answer_to_a_large_body_is_raised_not_lost(raw_server, flavo
 
 
 def stall_or_answer(sock, server):
-    """/stall: headers saying 1000 bytes, ten of them, then silence; anything else: JSON."""
+    """/stall: headers saying 1000 bytes, ten of them, then silence until the client hangs up
+    (counted in `server.stalled` while it lasts); anything else: JSON."""
     while True:
         request = server.read_request(sock)
         if request is None:
             return
         if request[0].split(b" ")[1].startswith(b"/stall"):
-            sock.sendall(
-                b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"a": 12345'
-            )
-            wait_for_close(sock, 3)
+            with server.lock:
+                server.stalled += 1
+            try:
+                sock.sendall(
+                    b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"a": 12345'
+                )
+                wait_for_close(sock, 3)
+            finally:
+                with server.lock:
+                    server.stalled -= 1
             return
         sock.sendall(json_answer(200, b"OK", {"ok": True}))
 
@@ -457,10 +464,13 @@ def _raise_keyboard_interrupt(signum, frame):
 
 
 def test_interrupted_body_reads_free_their_pool_slots(raw_server, flavor):
-    """20 reads cut mid-body (KeyboardInterrupt from SIGALRM; a cancelled task), more than the
-    pool holds per host: the next call to the same host still goes through at once."""
+    """20 reads cut mid-body (KeyboardInterrupt from SIGALRM; a cancelled task), five times what the
+    pool holds per host (max_connections=4): every one reaches the server, each cut closes its
+    connection, and the next call to the same host still goes through at once. A client that
+    leaked the slot of a cut read would be out of slots after four."""
     raw_server.handler = stall_or_answer
-    client = raw_client(flavor, raw_server, timeout=5)
+    raw_server.lock, raw_server.stalled = threading.Lock(), 0
+    client = raw_client(flavor, raw_server, timeout=5, max_connections=4)
     stall_url, ok_url = raw_server.url + "/stall", raw_server.url + "/ok"
     if flavor.name == "sync":
         previous = signal.signal(signal.SIGALRM, _raise_keyboard_interrupt)
@@ -482,9 +492,15 @@ def test_interrupted_body_reads_free_their_pool_slots(raw_server, flavor):
                     await asyncio.wait_for(client.infer(stall_url, {}), 0.1)
 
         flavor.run(interrupt_all())
+    stalls = [head for head, _ in raw_server.requests if head.split(b" ")[1].startswith(b"/stall")]
+    assert len(stalls) == 20, f"only {len(stalls)} of the 20 cut reads reached the server"
     started = time.monotonic()
     assert flavor.infer(client, ok_url, {}, timeout=2) == {"ok": True}
     assert time.monotonic() - started < 1
+    stop_at = time.monotonic() + 1
+    while raw_server.stalled and time.monotonic() < stop_at:
+        time.sleep(0.01)
+    assert raw_server.stalled == 0, f"{raw_server.stalled} connections of cut reads are still open"
 
 
 # =============================================================================

@@ -38,6 +38,7 @@ from conftest import MESSAGES, WORDS, chunk, completion_body, reply, sse_event, 
 from octoai_lite import (
     ChatCompletion,
     Client,
+    OctoAIClientError,
     OctoAIError,
     OctoAIServerError,
     OctoAIValidationError,
@@ -437,6 +438,44 @@ def outcome(call):
         return exc
 
 
+def refusal(payload, *, chunk=False):
+    """The error a chat completion (or stream chunk) must be refused with, or None if it must be
+    accepted. The module's one shape rule: a JSON object, no error in it, and a 'choices' list of
+    objects (not empty, for a whole completion); anything at all may be inside those objects."""
+    if not isinstance(payload, dict):
+        return OctoAIValidationError
+    if payload.get("error"):
+        return (OctoAIClientError, OctoAIServerError)  # the server's error, raised as the typed error
+    choices = payload.get("choices")
+    if type(choices) is not list or any(type(choice) is not dict for choice in choices):
+        return OctoAIValidationError
+    if not chunk and not choices:
+        return OctoAIValidationError
+    return None
+
+
+def stream_refusal(chunks):
+    """(the error the stream must end with or None, how many chunks arrive before it ends)."""
+    for number, each in enumerate(chunks):
+        if each is None:  # `data: null` ends a stream as `data: [DONE]` does: today's rule, not the protocol's
+            return None, number
+        refused_with = refusal(each, chunk=True)
+        if refused_with is not None:
+            return refused_with, number
+    return None, len(chunks)
+
+
+def accepted_or_refused(call, refused_with):
+    """Valid input (refused_with None): the call must succeed, with no error at all. Invalid input:
+    it must raise the typed error that `refusal` names, never another one."""
+    if refused_with is None:
+        return call()
+    with pytest.raises(OctoAIError) as info:
+        call()
+    assert isinstance(info.value, refused_with), f"refused with {info.value!r}, expected {refused_with}"
+    return info.value
+
+
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=6),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
@@ -509,9 +548,10 @@ def sse_json(payload):
 @settings(max_examples=300, deadline=None, phases=NO_SHRINK)
 @given(chunks=st.lists(CHECKED_CHUNK, max_size=5))
 def test_any_checked_chunks_fold_or_raise_octoai_errors(chunks):
+    """Chunks that pass the shape check are all valid: each parses and they fold, whatever is inside."""
     for each in chunks:
-        outcome(lambda each=each: exercise(ChatCompletion.from_dict(each)))
-    outcome(lambda: exercise(ChatCompletion.from_chunks(chunks)))
+        exercise(ChatCompletion.from_dict(each))
+    exercise(ChatCompletion.from_chunks(chunks))
 
 
 network_settings = settings(max_examples=50, deadline=None, phases=NO_SHRINK, suppress_health_check=list(HealthCheck))
@@ -523,7 +563,9 @@ def test_any_completion_body_is_parsed_or_refused(http_server, body):
     http_server.reset()
     http_server.script.append(reply(body=json.dumps(body).encode()))
     with Client(base_url=http_server.url + "/v1", timeout=3, max_retries=0) as client:
-        outcome(lambda: exercise(client.chat.completions.create(model="m", messages=MESSAGES)))
+        accepted_or_refused(
+            lambda: exercise(client.chat.completions.create(model="m", messages=MESSAGES)), refusal(body)
+        )
 
 
 @network_settings
@@ -531,15 +573,18 @@ def test_any_completion_body_is_parsed_or_refused(http_server, body):
 def test_any_stream_chunks_are_parsed_or_refused(http_server, chunks):
     http_server.reset()
     http_server.script.append(stream([sse_json(each) for each in chunks] + [b"data: [DONE]\n\n"]))
+    refused_with, delivered = stream_refusal(chunks)
+    got = []
     with Client(base_url=http_server.url + "/v1", timeout=3, max_retries=0) as client:
 
         def go():
             with client.chat.completions.create(model="m", messages=MESSAGES, stream=True) as chat_stream:
                 for piece in chat_stream:
-                    exercise(piece)
+                    got.append(exercise(piece))
                 return exercise(chat_stream.get_final_completion())
 
-        outcome(go)
+        accepted_or_refused(go, refused_with)
+    assert len(got) == delivered, f"{len(got)} chunks arrived, expected {delivered}"
 
 
 # The shapes the issue names, as plain tests: streamed, folded from chunks, and (for a message) whole.
@@ -581,18 +626,16 @@ def test_regression_streamed(server, flavor, name):
     server.script.append(stream([sse_json(each) for each in chunks] + [b"data: [DONE]\n\n"]))
     client = flavor.make(timeout=3)
 
-    def go():
-        pieces_, final = drain(flavor, client)
-        for piece in pieces_:
-            exercise(piece)
-        return exercise(final)
-
-    outcome(go)
+    pieces_, final = drain(flavor, client)  # every shape here passes the check: nothing may refuse it
+    for piece in pieces_:
+        exercise(piece)
+    exercise(final)
+    assert len(pieces_) == len(chunks)
 
 
 @pytest.mark.parametrize("name", sorted(STREAM_REGRESSIONS))
 def test_regression_folded_from_chunks(name):
-    outcome(lambda: exercise(ChatCompletion.from_chunks(STREAM_REGRESSIONS[name])))
+    exercise(ChatCompletion.from_chunks(STREAM_REGRESSIONS[name]))
 
 
 MESSAGE_REGRESSIONS = {
@@ -609,7 +652,7 @@ MESSAGE_REGRESSIONS = {
 def test_regression_whole_completion(server, flavor, name):
     server.script.append(reply(body=completion_body(choices=[MESSAGE_REGRESSIONS[name]])))
     client = flavor.make(timeout=3)
-    outcome(lambda: exercise(flavor.chat(client)))
+    exercise(flavor.chat(client))
 
 
 # 100,000 levels of nesting
