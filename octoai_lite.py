@@ -653,6 +653,7 @@ class InferenceFuture(collections.namedtuple("InferenceFuture", ["response_id", 
 
 _BOM = b"\xef\xbb\xbf"
 _LINE_END = re.compile(rb"\r\n|\r|\n")
+_MAX_RETRY_DIGITS = 18  # a longer reconnection time (ms) is ignored: no real one, and int() refuses 4,300 digits
 
 
 class ServerSentEvent(
@@ -776,7 +777,7 @@ class SSEDecoder:
             if "\0" not in value:
                 self._last_event_id = value
         elif name == "retry":
-            if value.isascii() and value.isdigit():  # int() would take " 5", "+5", "1_0"
+            if value.isascii() and value.isdigit() and len(value) <= _MAX_RETRY_DIGITS:  # int() takes " 5", "+5", "1_0"
                 self._retry = int(value)
         return None  # any other field is ignored
 
