@@ -1575,6 +1575,7 @@ _DIGITS = re.compile(r"[0-9]{1,18}")  # not str.isdigit, which takes "²"
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 _MAX_INTERIM_ANSWERS = 8  # 100 Continue, 103 Early Hints... before the real one
 _MAX_CHUNK_LINE_BYTES = 4096  # a chunk-size or trailer line (h11: the same)
+# Empty lines before a status line, and a chunked body's trailer section, are bounded by _MAX_HEAD_BYTES too.
 _SENT_NOTE = " (the request was sent: the server may have received it)"
 _REASONS = types.MappingProxyType(
     {
@@ -1621,6 +1622,8 @@ class _Exchange:
         self._eof = False
         self._keep_alive = True
         self._interim = 0
+        self._blank_bytes = 0  # of empty lines before a status line
+        self._trailer_bytes = 0
         self._remaining = 0
         self._reader: Optional[Callable[[], Optional[bytes]]] = None  # the body's framing, once the head is in
         self._after_data: Callable[[], Optional[bytes]] = self._chunk_end  # the reader after `_remaining` bytes
@@ -1641,8 +1644,12 @@ class _Exchange:
         """True once the final answer's head is in; None while more input is needed."""
         while self._reader is None:
             buffer = self._buffer
-            while buffer and buffer[0] in b"\r\n":
-                del buffer[:1]  # RFC 9112 section 2.2: ignore empty lines before the status line
+            blank = len(buffer) - len(buffer.lstrip(b"\r\n"))
+            if blank:  # RFC 9112 section 2.2: empty lines before the status line are ignored, up to a bound
+                del buffer[:blank]
+                self._blank_bytes += blank
+                if self._blank_bytes > _MAX_HEAD_BYTES:
+                    raise self._invalid(f"more than {_MAX_HEAD_BYTES} bytes of empty lines before a status line")
             match = _HEAD_END.search(buffer, max(0, self._scanned - 3))
             if match is None:
                 self._scanned = len(buffer)
@@ -1778,6 +1785,9 @@ class _Exchange:
             if not line:  # the empty line that ends the trailer section
                 self._reader = self._ended
                 return self._reader()
+            self._trailer_bytes += len(line) + 2
+            if self._trailer_bytes > _MAX_HEAD_BYTES:
+                raise self._invalid(f"a trailer section longer than {_MAX_HEAD_BYTES} bytes")
 
     def _until_close(self) -> Optional[bytes]:
         if self._buffer:
