@@ -1869,11 +1869,15 @@ def _bypasses_proxy(host: str, port: int, no_proxy: str) -> bool:
         if entry == "*":
             return True
         entry_host, entry_port = entry, ""
-        if entry.count(":") == 1:
+        if entry.startswith("["):  # an IPv6 address, bracketed: [::1], [::1]:8080, [fd00::]/8
+            entry_host, _, after = entry[1:].partition("]")
+            entry_port = after[1:] if after.startswith(":") else ""
+            entry_host += after if after.startswith("/") else ""
+        elif entry.count(":") == 1:
             entry_host, entry_port = entry.split(":")
         if entry_port and entry_port != str(port):
             continue
-        entry_host = entry_host.strip("[]").lstrip(".")
+        entry_host = entry_host.lstrip(".")
         if host == entry_host or host.endswith("." + entry_host):
             return True
         if "/" in entry_host:
