@@ -1366,10 +1366,24 @@ def _retry_delay(
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 
+def _split_url(url: str) -> Tuple[Any, Optional[int]]:
+    """`urlsplit(url)` and its port, for every URL this module opens or compares.
+
+    A URL that cannot be split (a server's Location or poll URL, a proxy's:
+    a port past 65535 or not a number, an unclosed "[") is an
+    `OctoAIClientError`, not urllib's raw ValueError.
+    """
+    try:
+        parts = urlsplit(url)
+        return parts, parts.port
+    except ValueError as exc:
+        raise OctoAIClientError(f"not a valid URL ({exc}): {_cut(_redact_userinfo(url), 200)!r}") from None
+
+
 def _origin(url: str) -> Tuple[str, str, Optional[int]]:
-    parts = urlsplit(url)
+    parts, port = _split_url(url)
     default_port = 443 if parts.scheme == "https" else 80
-    return parts.scheme, (parts.hostname or "").lower(), parts.port or default_port
+    return parts.scheme, (parts.hostname or "").lower(), port or default_port
 
 
 def _redirect_target(method: str, url: str, status: int, headers: Mapping[str, str]) -> str:
@@ -1377,14 +1391,19 @@ def _redirect_target(method: str, url: str, status: int, headers: Mapping[str, s
 
     307 and 308 keep the method and body; 301/302/303 would turn a POST into
     a GET of something else, so only GETs follow them. Nothing is followed to
-    another origin, so the token is never sent there.
+    another origin, so the token is never sent there, nor to a Location
+    that is not a valid URL.
     """
     location = headers.get("location", "")
-    target = urljoin(url, location)
     why = ""
-    if status not in (307, 308) and method not in _IDEMPOTENT_METHODS:
+    try:
+        target = urljoin(url, location)  # which splits the Location too
+        elsewhere = _origin(target) != _origin(url)
+    except (ValueError, OctoAIClientError):
+        target, elsewhere, why = _cut(location, 200), False, "the Location is not a valid URL"
+    if not why and status not in (307, 308) and method not in _IDEMPOTENT_METHODS:
         why = f"a {method} cannot follow a {status} without turning into a GET"
-    elif _origin(target) != _origin(url):
+    elif not why and elsewhere:
         why = "it leads to another origin, where the token must not go"
     if why:
         raise OctoAIClientError(
@@ -1992,20 +2011,34 @@ def _translate_error(exc: BaseException, phase: str, where: str) -> OctoAIConnec
     return error
 
 
+def _ascii_host(host: str) -> str:
+    """The host's name in ASCII: its IDNA form if it is international."""
+    if host.isascii():
+        return host
+    try:
+        return host.encode("idna").decode("ascii")
+    except UnicodeError as exc:
+        raise OctoAIClientError(f"the host name {host!r} has no ASCII (IDNA) form: {exc}") from None
+
+
 class _Route:
     """Where requests to one URL go: the pool key, the address to connect to, the target."""
 
     def __init__(self, url: str, env: _Env) -> None:
-        parts = urlsplit(url)
+        parts, port = _split_url(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise OctoAIClientError(f"not an http(s) URL: {_redact_userinfo(url)!r}")
         self.url = url
         self.scheme = parts.scheme
         self.host = parts.hostname
-        self.port = parts.port or (443 if self.scheme == "https" else 80)
+        self.port = port or (443 if self.scheme == "https" else 80)
+        # What goes on the wire names the host in ASCII (IDNA for an international name), an IPv6 one in brackets.
+        ascii_host = _ascii_host(self.host)
+        bracketed = f"[{ascii_host}]" if ":" in ascii_host else ascii_host
         self.host_header = parts.netloc.rpartition("@")[2]
-        if not self.host_header.isascii():  # an internationalised name goes out in its ASCII form
-            self.host_header = self.host.encode("idna").decode("ascii") + (f":{parts.port}" if parts.port else "")
+        if not self.host_header.isascii():
+            self.host_header = bracketed + (f":{port}" if port else "")
+        self.authority = f"{bracketed}:{self.port}"  # a CONNECT's target (RFC 9110 section 9.3.6)
         self.proxy = _proxy_for(self.scheme, self.host, self.port, env)
         self.key: _PoolKey = (self.scheme, self.host, self.port, self.proxy)
         self.where = f"{self.host}:{self.port}"
@@ -2014,10 +2047,10 @@ class _Route:
         # What a request line cannot carry (spaces, non-ASCII) is percent-encoded; the rest goes as given.
         self.target = quote(parts.path or "/", _URL_SAFE) + ("?" + quote(parts.query, _URL_SAFE) if parts.query else "")
         if self.proxy:
-            proxy = urlsplit(self.proxy)
+            proxy, proxy_port = _split_url(self.proxy)
             if proxy.scheme != "http" or not proxy.hostname:
                 raise OctoAIClientError(f"unsupported proxy URL (only http:// proxies): {proxy.scheme}://...")
-            self.connect_host, self.connect_port = proxy.hostname, proxy.port or 80
+            self.connect_host, self.connect_port = proxy.hostname, proxy_port or 80
             self.where += f" through the proxy {self.connect_host}:{self.connect_port}"
             if self.scheme == "http":  # a plain-HTTP proxy takes the absolute URL; https tunnels
                 self.target = f"http://{self.host_header}{self.target}"
@@ -2032,7 +2065,7 @@ class _Route:
     def tunnel(self) -> _Exchange:
         """The CONNECT exchange that asks the proxy for a tunnel to the host."""
         assert self.proxy is not None
-        authority = f"{self.host}:{self.port}"
+        authority = self.authority
         request = _build_request("CONNECT", authority, authority, _proxy_authorization(self.proxy), None)
         return _Exchange("CONNECT", request, self.where)
 
