@@ -1595,6 +1595,7 @@ _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 _MAX_INTERIM_ANSWERS = 8  # 100 Continue, 103 Early Hints... before the real one
 _MAX_CHUNK_LINE_BYTES = 4096  # a chunk-size or trailer line (h11: the same)
 # Empty lines before a status line, and a chunked body's trailer section, are bounded by _MAX_HEAD_BYTES too.
+_CREDENTIAL_HEADERS = frozenset({b"authorization", b"proxy-authorization", b"api-key", b"x-api-key", b"cookie"})
 _SENT_NOTE = " (the request was sent: the server may have received it)"
 _REASONS = types.MappingProxyType(
     {
@@ -1693,7 +1694,7 @@ class _Exchange:
     def _parse_head(self, lines: List[bytes]) -> None:
         status_line = _STATUS_LINE.fullmatch(lines[0])
         if status_line is None:
-            raise self._invalid(f"a malformed status line {lines[0][:80]!r}")
+            raise self._invalid(f"a malformed status line {self._quote(lines[0], 80)}")
         self.status = int(status_line.group(2))
         headers: Dict[str, str] = {}
         name = ""
@@ -1704,7 +1705,7 @@ class _Exchange:
             raw_name, colon, value = line.partition(b":")
             name = raw_name.decode("latin-1").lower()
             if not colon or not _TOKEN.fullmatch(name):
-                raise self._invalid(f"a malformed header line {line[:80]!r}")
+                raise self._invalid(f"a malformed header line {self._quote(line, 80)}")
             text = value.strip().decode("latin-1")
             headers[name] = f"{headers[name]}, {text}" if name in headers else text
         self.headers = headers
@@ -1738,7 +1739,7 @@ class _Exchange:
             return self._until_close
         values = {value.strip() for value in length.split(",")}  # "5, 5" is one length said twice
         if len(values) != 1 or not _DIGITS.fullmatch(next(iter(values))):
-            raise self._invalid(f"a malformed Content-Length {length[:40]!r}")
+            raise self._invalid(f"a malformed Content-Length {self._quote(length, 40)}")
         self._remaining = int(values.pop())
         self._after_data = self._ended
         return self._data if self._remaining else self._ended
@@ -1782,7 +1783,7 @@ class _Exchange:
             return None
         size = line.split(b";", 1)[0].strip()  # chunk extensions are ignored
         if not _CHUNK_SIZE.fullmatch(size):
-            raise self._invalid(f"a malformed chunk-size line {line[:40]!r}")
+            raise self._invalid(f"a malformed chunk-size line {self._quote(line, 40)}")
         self._remaining = int(size, 16)
         self._reader = self._data if self._remaining else self._trailer
         return self._reader()
@@ -1826,8 +1827,24 @@ class _Exchange:
     # -- errors
 
     def _invalid(self, what: str) -> OctoAIValidationError:
+        # Every error quoting the server passes here: a credential the request carried, echoed back, is taken out.
         self._keep_alive = False
-        return OctoAIValidationError(f"{what} from {self.where}")
+        return OctoAIValidationError(self._hide_credentials(f"{what} from {self.where}"))
+
+    def _quote(self, data: Union[bytes, str], limit: int) -> str:
+        """The server's `data` for a message: credentials taken out before it is cut to `limit`, so no piece is left."""
+        if isinstance(data, str):
+            return repr(self._hide_credentials(data)[:limit])
+        return repr(self._hide_credentials(data.decode("latin-1")).encode("latin-1")[:limit])
+
+    def _hide_credentials(self, text: str) -> str:
+        """`text` without the values of the request's Authorization, api-key... headers, nor the token alone."""
+        for line in self.request.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() in _CREDENTIAL_HEADERS:
+                credential = value.strip().decode("latin-1")
+                text = _redact(_redact(text, credential), credential.rpartition(" ")[2])  # "Bearer <token>"
+        return text
 
     def _cut_short(self) -> OctoAIConnectionError:
         if self._reader is None and not self._buffer:
