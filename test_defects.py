@@ -5,13 +5,31 @@ is bounded: what could deadlock runs in a subprocess with a timeout, so a
 regression fails instead of hanging.
 
 Expected to fail on branch helper-18, until the I/O half (pools, responses,
-connect code) is fixed; see issue 18 for the diagnoses:
+connect code) is fixed; the cause of each, in short:
 
-    test_1_a_stream_finalized_while_the_pool_lock_is_held_does_not_deadlock  (#1)
-    test_2_a_child_forked_while_the_pool_lock_is_held_can_call               (#2, both cases)
-    test_4_interrupts_anywhere_in_a_call_free_their_slots[sync]              (#4)
-    test_6_a_tunnel_the_proxy_closes_is_a_connection_error[async-*]          (#6)
-    test_8_the_deadline_bounds_name_resolution[sync]                         (#8)
+    test_1_a_stream_finalized_while_the_pool_lock_is_held_does_not_deadlock  #1 (5 s timeout)
+        _StreamBase.__del__ -> close -> _abort -> _ConnectionPool.release takes the
+        non-reentrant pool lock the same thread already holds.
+    test_2_a_child_forked_while_the_pool_lock_is_held_can_call[lock held]    #2
+    test_2_a_child_forked_while_the_pool_lock_is_held_can_call[threads busy] #2
+        the child inherits the pool lock held by a thread it does not have;
+        _PoolBook resets its counts after a fork, but only once inside that lock.
+    test_4_interrupts_anywhere_in_a_call_free_their_slots[sync]              #4
+        windows where a reserved slot has no owner: an idle connection popped in
+        _PoolBook._take before is_gone() returns; acquire() returned but _Response
+        not yet holding it (_Transport.send, _connect's entry, _Response.__init__,
+        _drive before its `with`); a response has no finalizer. (Also an ERROR at
+        teardown: the connection lost in _take is never closed, a ResourceWarning.)
+    test_6_a_tunnel_the_proxy_closes_is_a_connection_error[async-*]          #6 (5 calls)
+        loop.start_tls() returns None when the peer closes cleanly during the
+        handshake; conn.transport = None, then send() raises AttributeError.
+    test_8_the_deadline_bounds_name_resolution[sync]                         #8
+        socket.create_connection's getaddrinfo has no timeout.
+
+Everything else here passes on helper-18 and failed on main before its fixes
+(#3, #5, #7, #9, #10, #11), except the guards that pass on main too: the
+head-phase and streamed cases of #3, the read-point cases of #4 and its async
+sweep, the sync cases of #6, the async case of #8, and the plain cases of #9.
 """
 
 from __future__ import annotations
