@@ -940,6 +940,7 @@ class InferenceFuture(collections.namedtuple("InferenceFuture", ["response_id", 
 
 _BOM = b"\xef\xbb\xbf"
 _LINE_END = re.compile(rb"\r\n|\r|\n")
+_MAX_RETRY_DIGITS = 18  # a longer reconnection time (ms) is ignored: no real one, and int() refuses 4,300 digits
 
 
 class ServerSentEvent(
@@ -1063,7 +1064,7 @@ class SSEDecoder:
             if "\0" not in value:
                 self._last_event_id = value
         elif name == "retry":
-            if value.isascii() and value.isdigit():  # int() would take " 5", "+5", "1_0"
+            if value.isascii() and value.isdigit() and len(value) <= _MAX_RETRY_DIGITS:  # int() takes " 5", "+5", "1_0"
                 self._retry = int(value)
         return None  # any other field is ignored
 
@@ -1591,10 +1592,24 @@ def _build_call(arguments: Mapping[str, Any], key: str) -> Tuple[Dict[str, Any],
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 
+def _split_url(url: str) -> Tuple[Any, Optional[int]]:
+    """`urlsplit(url)` and its port, for every URL this module opens or compares.
+
+    A URL that cannot be split (a server's Location or poll URL, a proxy's:
+    a port past 65535 or not a number, an unclosed "[") is an
+    `OctoAIClientError`, not urllib's raw ValueError.
+    """
+    try:
+        parts = urlsplit(url)
+        return parts, parts.port
+    except ValueError as exc:
+        raise OctoAIClientError(f"not a valid URL ({exc}): {_cut(_redact_userinfo(url), 200)!r}") from None
+
+
 def _origin(url: str) -> Tuple[str, str, Optional[int]]:
-    parts = urlsplit(url)
+    parts, port = _split_url(url)
     default_port = 443 if parts.scheme == "https" else 80
-    return parts.scheme, (parts.hostname or "").lower(), parts.port or default_port
+    return parts.scheme, (parts.hostname or "").lower(), port or default_port
 
 
 def _redirect_target(method: str, url: str, status: int, headers: Mapping[str, str]) -> str:
@@ -1602,14 +1617,19 @@ def _redirect_target(method: str, url: str, status: int, headers: Mapping[str, s
 
     307 and 308 keep the method and body; 301/302/303 would turn a POST into
     a GET of something else, so only GETs follow them. Nothing is followed to
-    another origin, so the token is never sent there.
+    another origin, so the token is never sent there, nor to a Location
+    that is not a valid URL.
     """
     location = headers.get("location", "")
-    target = urljoin(url, location)
     why = ""
-    if status not in (307, 308) and method not in _IDEMPOTENT_METHODS:
+    try:
+        target = urljoin(url, location)  # which splits the Location too
+        elsewhere = _origin(target) != _origin(url)
+    except (ValueError, OctoAIClientError):
+        target, elsewhere, why = _cut(location, 200), False, "the Location is not a valid URL"
+    if not why and status not in (307, 308) and method not in _IDEMPOTENT_METHODS:
         why = f"a {method} cannot follow a {status} without turning into a GET"
-    elif _origin(target) != _origin(url):
+    elif not why and elsewhere:
         why = "it leads to another origin, where the token must not go"
     if why:
         raise OctoAIClientError(
@@ -1948,6 +1968,7 @@ _DIGITS = re.compile(r"[0-9]{1,18}")  # not str.isdigit, which takes "²"
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 _MAX_INTERIM_ANSWERS = 8  # 100 Continue, 103 Early Hints... before the real one
 _MAX_CHUNK_LINE_BYTES = 4096  # a chunk-size or trailer line (h11: the same)
+# Empty lines before a status line, and a chunked body's trailer section, are bounded by _MAX_HEAD_BYTES too.
 
 
 def _build_request(method: str, target: str, host: str, headers: Mapping[str, str], body: Optional[bytes]) -> bytes:
@@ -1971,10 +1992,11 @@ class _Exchange:
     answer ended cleanly and the connection may carry another request.
     """
 
-    def __init__(self, method: str, request: bytes, where: str) -> None:
+    def __init__(self, method: str, request: bytes, where: str, secrets: Tuple[str, ...] = ()) -> None:
         self.method = method
         self.request = request
         self.where = where
+        self.secrets = secrets  # kept out of what its errors quote, before any cut
         self.sent = False  # the request went out whole
         self.received = False  # some byte of an answer arrived
         self.status = 0
@@ -1986,6 +2008,8 @@ class _Exchange:
         self._eof = False
         self._keep_alive = True
         self._interim = 0
+        self._blank_bytes = 0  # of empty lines before a status line
+        self._trailer_bytes = 0
         self._remaining = 0
         self._reader: Optional[Callable[[], Optional[bytes]]] = None  # the body's framing, once the head is in
         self._after_data: Callable[[], Optional[bytes]] = self._chunk_end  # the reader after `_remaining` bytes
@@ -2006,8 +2030,12 @@ class _Exchange:
         """True once the final answer's head is in; None while more input is needed."""
         while self._reader is None:
             buffer = self._buffer
-            while buffer and buffer[0] in b"\r\n":
-                del buffer[:1]  # RFC 9112 section 2.2: ignore empty lines before the status line
+            blank = len(buffer) - len(buffer.lstrip(b"\r\n"))
+            if blank:  # RFC 9112 section 2.2: empty lines before the status line are ignored, up to a bound
+                del buffer[:blank]
+                self._blank_bytes += blank
+                if self._blank_bytes > _MAX_HEAD_BYTES:
+                    raise self._invalid(f"more than {_MAX_HEAD_BYTES} bytes of empty lines before a status line")
             match = _HEAD_END.search(buffer, max(0, self._scanned - 3))
             if match is None:
                 self._scanned = len(buffer)
@@ -2032,7 +2060,7 @@ class _Exchange:
     def _parse_head(self, lines: List[bytes]) -> None:
         status_line = _STATUS_LINE.fullmatch(lines[0])
         if status_line is None:
-            raise self._invalid(f"a malformed status line {lines[0][:80]!r}")
+            raise self._invalid(f"a malformed status line {self._quote(lines[0], 80)}")
         self.status = int(status_line.group(2))
         headers: Dict[str, str] = {}
         name = ""
@@ -2043,7 +2071,7 @@ class _Exchange:
             raw_name, colon, value = line.partition(b":")
             name = raw_name.decode("latin-1").lower()
             if not colon or not _TOKEN.fullmatch(name):
-                raise self._invalid(f"a malformed header line {line[:80]!r}")
+                raise self._invalid(f"a malformed header line {self._quote(line, 80)}")
             text = value.strip().decode("latin-1")
             headers[name] = f"{headers[name]}, {text}" if name in headers else text
         self.headers = headers
@@ -2077,7 +2105,7 @@ class _Exchange:
             return self._until_close
         values = {value.strip() for value in length.split(",")}  # "5, 5" is one length said twice
         if len(values) != 1 or not _DIGITS.fullmatch(next(iter(values))):
-            raise self._invalid(f"a malformed Content-Length {length[:40]!r}")
+            raise self._invalid(f"a malformed Content-Length {self._quote(length, 40)}")
         self._remaining = int(values.pop())
         self._after_data = self._ended
         return self._data if self._remaining else self._ended
@@ -2121,7 +2149,7 @@ class _Exchange:
             return None
         size = line.split(b";", 1)[0].strip()  # chunk extensions are ignored
         if not _CHUNK_SIZE.fullmatch(size):
-            raise self._invalid(f"a malformed chunk-size line {line[:40]!r}")
+            raise self._invalid(f"a malformed chunk-size line {self._quote(line, 40)}")
         self._remaining = int(size, 16)
         self._reader = self._data if self._remaining else self._trailer
         return self._reader()
@@ -2143,6 +2171,9 @@ class _Exchange:
             if not line:  # the empty line that ends the trailer section
                 self._reader = self._ended
                 return self._reader()
+            self._trailer_bytes += len(line) + 2
+            if self._trailer_bytes > _MAX_HEAD_BYTES:
+                raise self._invalid(f"a trailer section longer than {_MAX_HEAD_BYTES} bytes")
 
     def _until_close(self) -> Optional[bytes]:
         self.ends_at_close = True
@@ -2163,8 +2194,15 @@ class _Exchange:
     # -- errors
 
     def _invalid(self, what: str) -> OctoAIValidationError:
+        # Every error quoting the server passes here: a credential the request carried, echoed back, is taken out.
         self._keep_alive = False
-        return OctoAIValidationError(f"{what} from {self.where}")
+        return OctoAIValidationError(_redact(f"{what} from {self.where}", self.secrets))
+
+    def _quote(self, data: Union[bytes, str], limit: int) -> str:
+        """The server's `data` for a message: credentials taken out before it is cut to `limit`, so no piece is left."""
+        if isinstance(data, str):
+            return repr(_redact(data, self.secrets)[:limit])
+        return repr(_redact(data.decode("latin-1"), self.secrets).encode("latin-1")[:limit])
 
     def _cut_short(self) -> OctoAIConnectionError:
         if self._reader is None and not self._buffer:
@@ -2465,11 +2503,15 @@ def _bypasses_proxy(host: str, port: int, no_proxy: str) -> bool:
         if entry == "*":
             return True
         entry_host, entry_port = entry, ""
-        if entry.count(":") == 1:
+        if entry.startswith("["):  # an IPv6 address, bracketed: [::1], [::1]:8080, [fd00::]/8
+            entry_host, _, after = entry[1:].partition("]")
+            entry_port = after[1:] if after.startswith(":") else ""
+            entry_host += after if after.startswith("/") else ""
+        elif entry.count(":") == 1:
             entry_host, entry_port = entry.split(":")
         if entry_port and entry_port != str(port):
             continue
-        entry_host = entry_host.strip("[]").lstrip(".")
+        entry_host = entry_host.lstrip(".")
         if host == entry_host or host.endswith("." + entry_host):
             return True
         if "/" in entry_host:
@@ -2583,20 +2625,34 @@ def _failure(exc: BaseException, phase: str, where: str, call: _Call) -> BaseExc
     return exc  # the exchange's own errors; and interrupts, cancellations, bugs as they are
 
 
+def _ascii_host(host: str) -> str:
+    """The host's name in ASCII: its IDNA form if it is international."""
+    if host.isascii():
+        return host
+    try:
+        return host.encode("idna").decode("ascii")
+    except UnicodeError as exc:
+        raise OctoAIClientError(f"the host name {host!r} has no ASCII (IDNA) form: {exc}") from None
+
+
 class _Route:
     """Where requests to one URL go: the pool key, the address to connect to, the target."""
 
     def __init__(self, url: str, env: _Env) -> None:
-        parts = urlsplit(url)
+        parts, port = _split_url(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise OctoAIClientError(f"not an http(s) URL: {_redact_userinfo(url)!r}")
         self.url = url
         self.scheme = parts.scheme
         self.host = parts.hostname
-        self.port = parts.port or (443 if self.scheme == "https" else 80)
+        self.port = port or (443 if self.scheme == "https" else 80)
+        # What goes on the wire names the host in ASCII (IDNA for an international name), an IPv6 one in brackets.
+        ascii_host = _ascii_host(self.host)
+        bracketed = f"[{ascii_host}]" if ":" in ascii_host else ascii_host
         self.host_header = parts.netloc.rpartition("@")[2]
-        if not self.host_header.isascii():  # an internationalised name goes out in its ASCII form
-            self.host_header = self.host.encode("idna").decode("ascii") + (f":{parts.port}" if parts.port else "")
+        if not self.host_header.isascii():
+            self.host_header = bracketed + (f":{port}" if port else "")
+        self.authority = f"{bracketed}:{self.port}"  # a CONNECT's target (RFC 9110 section 9.3.6)
         self.proxy = _proxy_for(self.scheme, self.host, self.port, env)
         self.key: _PoolKey = (self.scheme, self.host, self.port, self.proxy)
         self.where = f"{self.host}:{self.port}"
@@ -2605,10 +2661,10 @@ class _Route:
         # What a request line cannot carry (spaces, non-ASCII) is percent-encoded; the rest goes as given.
         self.target = quote(parts.path or "/", _URL_SAFE) + ("?" + quote(parts.query, _URL_SAFE) if parts.query else "")
         if self.proxy:
-            proxy = urlsplit(self.proxy)
+            proxy, proxy_port = _split_url(self.proxy)
             if proxy.scheme != "http" or not proxy.hostname:
                 raise OctoAIClientError(f"unsupported proxy URL (only http:// proxies): {proxy.scheme}://...")
-            self.connect_host, self.connect_port = proxy.hostname, proxy.port or 80
+            self.connect_host, self.connect_port = proxy.hostname, proxy_port or 80
             self.where += f" through the proxy {self.connect_host}:{self.connect_port}"
             if self.scheme == "http":  # a plain-HTTP proxy takes the absolute URL; https tunnels
                 self.target = f"http://{self.host_header}{self.target}"
@@ -2623,9 +2679,10 @@ class _Route:
     def tunnel(self) -> _Exchange:
         """The CONNECT exchange that asks the proxy for a tunnel to the host."""
         assert self.proxy is not None
-        authority = f"{self.host}:{self.port}"
-        request = _build_request("CONNECT", authority, authority, _proxy_authorization(self.proxy), None)
-        return _Exchange("CONNECT", request, self.where)
+        authority = self.authority
+        credentials = _proxy_authorization(self.proxy)
+        request = _build_request("CONNECT", authority, authority, credentials, None)
+        return _Exchange("CONNECT", request, self.where, _header_secrets(credentials, _SECRET_HEADERS))
 
     def check_tunnel(self, exchange: _Exchange) -> None:
         if exchange.status != 200:
@@ -2638,6 +2695,30 @@ def _numeric_addresses(host: str, port: int) -> List[Any]:
         return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
     except socket.gaierror:
         return []
+
+
+def _lookup(address: Tuple[str, int], timeout_s: float) -> List[Any]:
+    """getaddrinfo for a host name, given up after `timeout_s`: the resolver has no bound of its own.
+
+    It runs in a thread of its own, which a lookup that never answers leaves behind until the resolver
+    gives up; the call goes on to its error at once.
+    """
+    found: List[Any] = []
+
+    def look() -> None:
+        try:
+            found.append(socket.getaddrinfo(*address, type=socket.SOCK_STREAM))
+        except OSError as exc:
+            found.append(exc)
+
+    thread = threading.Thread(target=look, name="octoai_lite lookup", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if not found:
+        raise socket.timeout(f"no answer from the name resolver within {timeout_s:g} s")
+    if isinstance(found[0], OSError):
+        raise found[0]
+    return found[0]  # type: ignore[no-any-return]
 
 
 def _opening(
@@ -2665,6 +2746,11 @@ def _opening(
     yield "tls", (context, route.host), call.wait("tls", where, time.monotonic())
 
 
+def _held() -> List[Any]:
+    """What one try holds of a pool: [] until a slot is reserved, then [its connection, or None until opened]."""
+    return []
+
+
 class _PoolBook:
     """The bookkeeping both pools share: idle connections and open counts per key.
 
@@ -2685,8 +2771,11 @@ class _PoolBook:
         self._closed = False
         self._pid = os.getpid()
 
-    def _reserve(self, key: _PoolKey) -> Tuple[Any, bool]:
-        """(an idle connection or None, whether the caller may go on: None means open a new one)."""
+    def _reserve(self, key: _PoolKey, held: List[Any]) -> bool:
+        """Whether the caller may go on, with an idle connection put in `held`, or None there to open a new one.
+
+        `held` is filled in the same breath as the count, so that an interrupt cannot come between them.
+        """
         self._count_orphans()
         if self._pid != os.getpid():
             for inherited in self._idle.values():
@@ -2706,15 +2795,37 @@ class _PoolBook:
                     conn.close()
                     self._open[key] -= 1
             if alive:
-                return conn, True
+                held.append(conn)
+                return True
         if self._open.get(key, 0) < self.max_connections:
             self._open[key] = self._open.get(key, 0) + 1
-            return None, True
-        return None, False
+            held.append(None)
+            return True
+        return False
+
+    def give_back(self, key: _PoolKey, held: List[Any], finalizing: bool = False) -> None:
+        """Close what `held` holds and free its slot, once whoever calls first (list.pop is atomic).
+
+        A finalizer passes `finalizing`: the garbage collector may run it while this thread holds the lock.
+        """
+        try:
+            conn = held.pop()
+        except IndexError:
+            return
+        try:
+            if conn is not None:
+                conn.close()
+        finally:
+            if finalizing:
+                self.orphan(key, conn)
+            else:
+                self.release(key, conn, False)
+
+    def release(self, key: _PoolKey, conn: Any, reusable: bool) -> None:
+        raise NotImplementedError
 
     def orphan(self, key: _PoolKey, conn: Any) -> None:
-        """Give a connection back from a finalizer, which must not wait for a lock its own thread may hold."""
-        conn.close()
+        """Give a closed connection back without waiting for a lock (see `give_back`)."""
         self._orphans.append((key, conn))  # deque.append needs no lock
 
     def _count_orphans(self) -> None:
@@ -2735,15 +2846,14 @@ class _PoolBook:
             conn.close()
         self._open[key] -= 1
 
-    def _slot(self, route: _Route, call: _Call) -> Generator[float, None, Any]:
-        """The wait for a connection, for either flavour: yields how long to wait for a freed slot; returns
-        an idle connection, or None with a slot reserved for a new one. Call it under the pool's lock."""
+    def _slot(self, route: _Route, call: _Call, held: List[Any]) -> Iterator[float]:
+        """The wait for a connection, for either flavour: yields how long to wait for a freed slot, until
+        `held` has an idle connection, or None with a slot reserved for a new one. Run it under the pool's lock."""
         wait_s = call.wait("pool", route.where, time.monotonic())
         give_up_at = time.monotonic() + wait_s
         while True:
-            conn, reserved = self._reserve(route.key)
-            if reserved:
-                return conn
+            if self._reserve(route.key, held):
+                return
             now = time.monotonic()
             if now >= give_up_at:
                 call.wait("pool", route.where, now)  # the deadline's error, if that is what ran out
@@ -2780,7 +2890,7 @@ class _ResponseBase:
     below return values for threads and awaitables for asyncio.
     """
 
-    def __init__(self, pool: Any, route: _Route, conn: Any, call: _Call) -> None:
+    def __init__(self, pool: Any, route: _Route, held: List[Any], call: _Call) -> None:
         self.url = route.url
         self.secrets = call.secrets  # what to keep out of what it reports
         self.error_body = b""  # an error answer's body, read by `start` (up to a limit)
@@ -2788,14 +2898,10 @@ class _ResponseBase:
         self._pool = pool
         self._key = route.key
         self.where = route.where
-        self._conn = conn
-        self._held = [conn]  # list.pop() is atomic: the connection is given back once, whoever is first
-        try:
-            data = route.request(call.method, call.headers, call.body)
-        except BaseException:
-            pool.release(route.key, conn, True)  # nothing went out on it
-            raise
-        self._exchange = _Exchange(call.method, data, route.where)
+        self._conn = held[0]
+        self._held = held  # the transport's: the connection is given back once, whoever is first
+        data = route.request(call.method, call.headers, call.body)
+        self._exchange = _Exchange(call.method, data, route.where, call.secrets)
         self._call = call  # its bounds: every wait asks `_call.wait`
         self._written = False
         self._send_error: Optional[BaseException] = None
@@ -2956,13 +3062,7 @@ class _ResponseBase:
             conn = self._held.pop()
         except IndexError:
             return
-        if finalizing:
-            self._pool.orphan(self._key, conn)
-            return
-        try:
-            conn.close()
-        finally:
-            self._pool.release(self._key, conn, False)
+        self._pool.give_back(self._key, [conn], finalizing)
 
 
 class _TransportBase:
@@ -2998,8 +3098,7 @@ class _TransportBase:
                 self._context = _ssl_context(self._verify, self._env)
             return self._context
 
-    def _connect_failed(self, exc: BaseException, route: _Route, call: _Call, pool: Any, step: str) -> BaseException:
-        pool.release(route.key, None, False)
+    def _connect_failed(self, exc: BaseException, route: _Route, call: _Call, step: str) -> BaseException:
         return _failure(exc, {"trade": "tunnel"}.get(step, step), route.where, call)
 
     def close(self, finalizing: bool = False) -> None:
@@ -3039,9 +3138,19 @@ class _Connection:
 
     # -- the steps of `_opening`
     def connect(self, address: Tuple[str, int], timeout_s: float) -> None:
-        self.sock = socket.create_connection(address, timeout_s)
-        self._timeout_s = timeout_s
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        give_up_at, error = time.monotonic() + timeout_s, None
+        for family, kind, proto, _, sockaddr in _numeric_addresses(*address) or _lookup(address, timeout_s):
+            try:
+                self.sock = socket.socket(family, kind, proto)
+                self._timeout_s = None
+                self._settimeout(max(0.001, give_up_at - time.monotonic()))
+                self.sock.connect(sockaddr)
+                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                return
+            except OSError as exc:
+                self.close()
+                error = exc
+        raise error or OSError(f"no address for {address[0]}")
 
     def trade(self, data: bytes, timeout_s: float) -> bytes:
         if data:
@@ -3098,15 +3207,11 @@ class _ConnectionPool(_PoolBook):
             cond = self._slot_freed[key] = threading.Condition(self._lock)
         return cond
 
-    def acquire(self, route: _Route, call: _Call) -> Optional[_Connection]:
-        """An idle connection, or None with a slot reserved for a new one (see `_slot`)."""
-        slot = self._slot(route, call)
+    def acquire(self, route: _Route, call: _Call, held: List[Any]) -> None:
+        """Put an idle connection in `held`, or None with a slot reserved for a new one (see `_slot`)."""
         with self._lock:
-            try:
-                while True:
-                    self._waiters(route.key).wait(next(slot))
-            except StopIteration as got:
-                return got.value  # type: ignore[no-any-return]
+            for wait_s in self._slot(route, call, held):
+                self._waiters(route.key).wait(wait_s)
 
     def release(self, key: _PoolKey, conn: Optional[_Connection], reusable: bool) -> None:
         """Give a connection back: kept if reusable, else closed and its slot freed."""
@@ -3160,24 +3265,30 @@ class _Transport(_TransportBase):
 
     def send(self, call: _Call, url: str) -> _Response:
         """One try of `call` at `url`: the answer's head (and an error answer's body), or the typed failure."""
-        route = self.route(url)
-        conn = self.pool.acquire(route, call) or self._connect(route, call)
-        response = _Response(self.pool, route, conn, call)
-        response.start()
+        route, held = self.route(url), _held()  # what this try holds of the pool: given back whatever stops it
+        try:
+            self.pool.acquire(route, call, held)
+            if held[0] is None:
+                held[0] = conn = _Connection()
+                self._connect(conn, route, call)
+            response = _Response(self.pool, route, held, call)
+            response.start()
+        except BaseException:
+            self.pool.give_back(route.key, held)  # nothing if the response gave it back already
+            raise
         return response
 
-    def _connect(self, route: _Route, call: _Call) -> _Connection:
-        conn, step = _Connection(), "connect"
+    def _connect(self, conn: _Connection, route: _Route, call: _Call) -> None:
+        step = "connect"
         try:
             steps = _opening(route, call, self.ssl_context() if route.scheme == "https" else None)
             step, argument, wait_s = next(steps)
             while True:
                 step, argument, wait_s = steps.send(getattr(conn, step)(argument, wait_s))
         except StopIteration:
-            return conn
+            return
         except BaseException as exc:
-            conn.close()
-            raise self._connect_failed(exc, route, call, self.pool, step) from exc
+            raise self._connect_failed(exc, route, call, step) from exc
 
 
 # -- 5b. asyncio ---------------------------------------------------------------
@@ -3276,7 +3387,10 @@ class _AsyncConnection:
         import asyncio
 
         starting = self.loop.start_tls(self.transport, self, how[0], server_hostname=how[1])  # type: ignore[arg-type]
-        self.transport = await asyncio.wait_for(starting, timeout_s)
+        transport = await asyncio.wait_for(starting, timeout_s)
+        if transport is None:  # the peer closed during the handshake
+            raise ConnectionResetError("the connection closed during the TLS handshake")
+        self.transport = transport
         self.transport.set_write_buffer_limits(high=0)
 
     # -- the exchange's
@@ -3350,9 +3464,10 @@ class _AsyncPool(_PoolBook):
         import asyncio
 
         super().__init__(max_connections, max_idle)
+        self.loop = asyncio.get_running_loop()
         self._waiters: Dict[_PoolKey, List["asyncio.Future[None]"]] = {}  # per host, woken in turn
         self._watch = self._close_at_shutdown()
-        asyncio.get_running_loop().create_task(self._watch.__anext__())
+        self.loop.create_task(self._watch.__anext__())
 
     async def _close_at_shutdown(self) -> AsyncGenerator[None, None]:
         try:
@@ -3360,29 +3475,25 @@ class _AsyncPool(_PoolBook):
         finally:
             self.close()
 
-    async def acquire(self, route: _Route, call: _Call) -> Optional[_AsyncConnection]:
-        """An idle connection, or None with a slot reserved for a new one (see `_slot`)."""
+    async def acquire(self, route: _Route, call: _Call, held: List[Any]) -> None:
+        """Put an idle connection in `held`, or None with a slot reserved for a new one (see `_slot`)."""
         import asyncio
 
-        loop, key, slot = asyncio.get_running_loop(), route.key, self._slot(route, call)
-        try:
-            while True:
-                wait_s = next(slot)
-                waiter: "asyncio.Future[None]" = loop.create_future()
-                waiters = self._waiters.setdefault(key, [])
-                waiters.append(waiter)
-                timer = loop.call_later(wait_s, _settle, waiter, None)
-                try:
-                    await waiter
-                except BaseException:
-                    self._wake_one(key)  # a wakeup meant for this cancelled task goes to the next one
-                    raise
-                finally:
-                    timer.cancel()
-                    if waiter in waiters:
-                        waiters.remove(waiter)
-        except StopIteration as got:
-            return got.value  # type: ignore[no-any-return]
+        loop, key = asyncio.get_running_loop(), route.key
+        for wait_s in self._slot(route, call, held):
+            waiter: "asyncio.Future[None]" = loop.create_future()
+            waiters = self._waiters.setdefault(key, [])
+            waiters.append(waiter)
+            timer = loop.call_later(wait_s, _settle, waiter, None)
+            try:
+                await waiter
+            except BaseException:
+                self._wake_one(key)  # a wakeup meant for this cancelled task goes to the next one
+                raise
+            finally:
+                timer.cancel()
+                if waiter in waiters:
+                    waiters.remove(waiter)
 
     def _wake_one(self, key: _PoolKey) -> None:
         waiters = self._waiters.get(key, [])
@@ -3460,27 +3571,33 @@ class _AsyncTransport(_TransportBase):
 
     async def send(self, call: _Call, url: str) -> _AsyncResponse:
         """One try of `call` at `url`: the answer's head (and an error answer's body), or the typed failure."""
-        pool, route = self.pool, self.route(url)
-        conn = await pool.acquire(route, call) or await self._connect(route, call, pool)
-        response = _AsyncResponse(pool, route, conn, call)
-        await response.start()
+        pool, route, held = self.pool, self.route(url), _held()  # as in `_Transport.send`
+        try:
+            await pool.acquire(route, call, held)
+            if held[0] is None:
+                held[0] = conn = _AsyncConnection(pool.loop)
+                await self._connect(conn, route, call)
+            response = _AsyncResponse(pool, route, held, call)
+            await response.start()
+        except BaseException:
+            pool.give_back(route.key, held)
+            raise
         return response
 
-    async def _connect(self, route: _Route, call: _Call, pool: _AsyncPool) -> _AsyncConnection:
+    async def _connect(self, conn: _AsyncConnection, route: _Route, call: _Call) -> None:
         import asyncio
 
-        conn, step = _AsyncConnection(asyncio.get_running_loop()), "connect"
+        step = "connect"
         try:
             steps = _opening(route, call, self.ssl_context() if route.scheme == "https" else None)
             step, argument, wait_s = next(steps)
             while True:
                 step, argument, wait_s = steps.send(await getattr(conn, step)(argument, wait_s))
         except StopIteration:
-            return conn
+            return
         except BaseException as exc:
-            conn.close()
             failure = socket.timeout("timed out") if isinstance(exc, asyncio.TimeoutError) else exc
-            raise self._connect_failed(failure, route, call, pool, step) from exc
+            raise self._connect_failed(failure, route, call, step) from exc
 
 
 # =============================================================================

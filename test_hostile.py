@@ -457,8 +457,6 @@ def refusal(payload, *, chunk=False):
 def stream_refusal(chunks):
     """(the error the stream must end with or None, how many chunks arrive before it ends)."""
     for number, each in enumerate(chunks):
-        if each is None:  # `data: null` ends a stream as `data: [DONE]` does: today's rule, not the protocol's
-            return None, number
         refused_with = refusal(each, chunk=True)
         if refused_with is not None:
             return refused_with, number
