@@ -142,6 +142,8 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "Embedding",
     "FunctionCall",
+    "HTTPRequest",
+    "HTTPResponse",
     "InferenceFuture",
     "NotFoundError",
     "OctoAIClientError",
@@ -167,6 +169,8 @@ __all__ = [
     "UnprocessableEntityError",
     "get_model_list",
     "main",
+    "record",
+    "replay",
 ]
 __version__ = "0.1.0"
 
@@ -926,6 +930,35 @@ class InferenceFuture(collections.namedtuple("InferenceFuture", ["response_id", 
     """A handle on an inference running in the background (`Client.infer_async`): response_id, poll_url."""
 
     __slots__ = ()
+
+
+@dataclasses.dataclass
+class HTTPRequest:
+    """What a `transport=` handler receives: one request, as it would go out (Host and framing aside).
+
+    ``timeout`` is how long the handler may take to answer, already cut to the call's deadline.
+    """
+
+    method: str
+    url: str
+    headers: Dict[str, str]
+    body: bytes
+    timeout: float
+
+    def json(self) -> Any:
+        return json.loads(self.body) if self.body else None
+
+
+@dataclasses.dataclass
+class HTTPResponse:
+    """What a `transport=` handler returns: the status, the headers and the body, whole (bytes, or a
+    str or JSON-able value sent as JSON) or as an iterable of byte pieces, each one read, as a server's
+    chunk would be (an AsyncClient's handler may also return an awaitable, or an async iterable body).
+    An exception the pieces raise is what a broken connection would be: e.g. ConnectionResetError."""
+
+    status: int = 200
+    headers: Dict[str, str] = dataclasses.field(default_factory=dict)
+    body: Any = b""
 
 
 # =============================================================================
@@ -2239,6 +2272,49 @@ class _Body:
         return b"".join(self._chunks)
 
 
+def _answer_head(answer: HTTPResponse, pieces: bool) -> bytes:
+    """The status line and headers a server would send for a handler's answer (its framing ours)."""
+    lines = [f"HTTP/1.1 {answer.status} {_REASONS.get(answer.status, 'Answer')}"]
+    lines += [f"{name}: {value}" for name, value in answer.headers.items() if name.lower() not in _FRAMING_HEADERS]
+    lines.append("Transfer-Encoding: chunked" if pieces else f"Content-Length: {len(answer.body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def _whole_body(answer: HTTPResponse) -> HTTPResponse:
+    """The answer with a str or JSON-able body as bytes (JSON with its Content-Type); pieces left as they are."""
+    if not isinstance(answer, HTTPResponse):
+        raise OctoAIClientError(f"a transport handler must return an HTTPResponse, not {type(answer).__name__}")
+    body = answer.body
+    if isinstance(body, (dict, list)) and not any(name.lower() == "content-type" for name in answer.headers):
+        answer.headers = {**answer.headers, "Content-Type": "application/json"}
+    if not isinstance(body, (bytes, bytearray)) and (isinstance(body, (str, dict, list)) or body is None):
+        answer.body = body.encode("utf-8") if isinstance(body, str) else _build_json(body)
+    return answer
+
+
+def _chunk_of(piece: Any) -> bytes:
+    if not isinstance(piece, (bytes, bytearray)):
+        raise OctoAIClientError(f"a transport handler's body pieces must be bytes, not {type(piece).__name__}")
+    return b"%x\r\n%s\r\n" % (len(piece), piece) if piece else b""
+
+
+def _answer_bytes(answer: HTTPResponse) -> Iterator[bytes]:
+    """A handler's answer as the bytes a server would send: one read per piece of its body."""
+    body = _whole_body(answer).body
+    if isinstance(body, (bytes, bytearray)):
+        yield _answer_head(answer, False) + body
+        return
+    yield _answer_head(answer, True)
+    try:
+        for piece in body:
+            yield _chunk_of(piece)
+    finally:  # read to its end, failed, or closed by the client: the body's own generator is told
+        close = getattr(body, "close", None)
+        if close is not None:
+            close()
+    yield b"0\r\n\r\n"
+
+
 # -- 4h. Structured output ----------------------------------------------------
 # `parse` asks for a strict `json_schema` answer (never `json_object`: LM
 # Studio refuses it). A dataclass or TypedDict becomes a schema with every
@@ -3269,7 +3345,7 @@ class _Transport(_TransportBase):
         try:
             self.pool.acquire(route, call, held)
             if held[0] is None:
-                held[0] = conn = _Connection()
+                held[0] = conn = self._new_connection(route, call)
                 self._connect(conn, route, call)
             response = _Response(self.pool, route, held, call)
             response.start()
@@ -3277,6 +3353,9 @@ class _Transport(_TransportBase):
             self.pool.give_back(route.key, held)  # nothing if the response gave it back already
             raise
         return response
+
+    def _new_connection(self, route: _Route, call: _Call) -> Any:
+        return _Connection()
 
     def _connect(self, conn: _Connection, route: _Route, call: _Call) -> None:
         step = "connect"
@@ -3575,7 +3654,7 @@ class _AsyncTransport(_TransportBase):
         try:
             await pool.acquire(route, call, held)
             if held[0] is None:
-                held[0] = conn = _AsyncConnection(pool.loop)
+                held[0] = conn = self._new_connection(route, call, pool.loop)
                 await self._connect(conn, route, call)
             response = _AsyncResponse(pool, route, held, call)
             await response.start()
@@ -3583,6 +3662,9 @@ class _AsyncTransport(_TransportBase):
             pool.give_back(route.key, held)
             raise
         return response
+
+    def _new_connection(self, route: _Route, call: _Call, loop: Any) -> Any:
+        return _AsyncConnection(loop)
 
     async def _connect(self, conn: _AsyncConnection, route: _Route, call: _Call) -> None:
         import asyncio
@@ -3598,6 +3680,321 @@ class _AsyncTransport(_TransportBase):
         except BaseException as exc:
             failure = socket.timeout("timed out") if isinstance(exc, asyncio.TimeoutError) else exc
             raise self._connect_failed(failure, route, call, step) from exc
+
+
+# -- 5c. A handler in place of the network: the seam, record and replay -------
+# `Client(transport=handler)`: each try's request goes to `handler` as an
+# HTTPRequest, and its HTTPResponse comes back as the bytes a server would
+# send, read by the same exchange, retry loop, SSE reader and folder as the
+# network's. `record` wraps a handler (by default the network itself) and
+# writes every exchange to a JSON Lines file, secrets left out; `replay`
+# answers from such a file, offline.
+
+
+class _HandlerConnection:
+    """One exchange with a handler, standing in for a connection: never reused."""
+
+    reused = writing = False
+
+    def __init__(self, handler: Callable[[HTTPRequest], Any], route: _Route, call: _Call) -> None:
+        self.pid = os.getpid()
+        self._handler, self._route, self._call = handler, route, call
+        self._pieces: Any = None  # the answer's bytes, once the handler gave it
+
+    def _request(self, timeout_s: float) -> HTTPRequest:
+        call = self._call
+        return HTTPRequest(call.method, self._route.url, dict(call.headers), call.body or b"", timeout_s)
+
+    def send(self, data: bytes, timeout_s: float) -> None:
+        pass  # the handler is given the request as an HTTPRequest instead
+
+    def receive(self, timeout_s: float) -> bytes:
+        if self._pieces is None:
+            self._pieces = _answer_bytes(self._handler(self._request(timeout_s)))
+        return next(self._pieces, b"")
+
+    def is_gone(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        try:
+            if self._pieces is not None:
+                self._pieces.close()
+        except ValueError:
+            pass  # another thread is reading it: that read ends as the response closed
+
+
+class _AsyncHandlerConnection(_HandlerConnection):
+    """`_HandlerConnection` for an AsyncClient: the handler may be a coroutine function, the body async."""
+
+    async def receive(self, timeout_s: float) -> bytes:  # type: ignore[override]
+        if self._pieces is None:
+            answer = self._handler(self._request(timeout_s))
+            answer = _whole_body(await answer if hasattr(answer, "__await__") else answer)
+            body = answer.body
+            if not hasattr(body, "__aiter__"):
+                self._pieces = _answer_bytes(answer)
+            else:
+                answer.body = ()
+                head = _answer_head(answer, True)
+                self._pieces = _async_pieces(head, body)
+        if hasattr(self._pieces, "__anext__"):
+            return await self._pieces.__anext__()  # type: ignore[no-any-return]
+        return next(self._pieces, b"")
+
+    def close(self) -> None:
+        if not hasattr(self._pieces, "__anext__"):
+            super().close()
+
+
+async def _async_pieces(head: bytes, body: Any) -> AsyncGenerator[bytes, None]:
+    yield head
+    async for piece in body:
+        yield _chunk_of(piece)
+    yield b"0\r\n\r\n"
+    while True:
+        yield b""
+
+
+class _HandlerTransport(_Transport):
+    """`Client(transport=handler)`: the pool, the exchange and all above them as usual; a handler for sockets."""
+
+    def __init__(self, handler: Any, env: _Env, limits: Tuple[int, int]) -> None:
+        super().__init__(True, env, limits)
+        self.handler = handler
+
+    def _new_connection(self, route: _Route, call: _Call) -> Any:
+        return _HandlerConnection(self.handler, route, call)
+
+    def _connect(self, conn: Any, route: _Route, call: _Call) -> None:
+        pass
+
+
+class _AsyncHandlerTransport(_AsyncTransport):
+    """`AsyncClient(transport=handler)`; see `_HandlerTransport`."""
+
+    def __init__(self, handler: Any, env: _Env, limits: Tuple[int, int]) -> None:
+        super().__init__(True, env, limits)
+        self.handler = handler
+
+    def _new_connection(self, route: _Route, call: _Call, loop: Any) -> Any:
+        return _AsyncHandlerConnection(self.handler, route, call)
+
+    async def _connect(self, conn: Any, route: _Route, call: _Call) -> None:
+        pass
+
+
+def _network_handler(transport: Any) -> Callable[[HTTPRequest], Any]:
+    """The network as a handler (what `record` wraps by default): one try, its body as pieces."""
+
+    def call_of(request: HTTPRequest) -> _Call:
+        return _Call(
+            method=request.method, url=request.url, headers=request.headers, body=request.body or None,
+            timeout_s=request.timeout, deadline_at=None, retries=0, base_url=None, secrets=(),
+        )  # fmt: skip
+
+    def pieces(response: _Response) -> Iterator[bytes]:
+        try:
+            while True:
+                piece = response.read_chunk()
+                if not piece:
+                    return
+                yield piece
+        finally:
+            response.close()
+
+    async def apieces(response: _AsyncResponse) -> AsyncGenerator[bytes, None]:
+        try:
+            while True:
+                piece = await response.read_chunk()
+                if not piece:
+                    return
+                yield piece
+        finally:
+            response.close()
+
+    def handler(request: HTTPRequest) -> HTTPResponse:
+        response = transport.send(call_of(request), request.url)
+        body = response.error_body if response.status >= 300 else pieces(response)
+        return HTTPResponse(response.status, dict(response.headers), body)
+
+    async def ahandler(request: HTTPRequest) -> HTTPResponse:
+        response = await transport.send(call_of(request), request.url)
+        body = response.error_body if response.status >= 300 else apieces(response)
+        return HTTPResponse(response.status, dict(response.headers), body)
+
+    return ahandler if isinstance(transport, _AsyncTransport) else handler
+
+
+def _text_of(data: bytes) -> str:
+    return data.decode("utf-8", "surrogateescape")  # any bytes, back the same by `_bytes_of`
+
+
+def _bytes_of(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
+class _Recording:
+    """`record(path, handler)`: every exchange through `handler` written to `path`, one JSON line each.
+
+    A line has the request (method, URL, headers, body) and the answer
+    (status, headers, the body's pieces as read, and how it ended: "whole",
+    "cut" by a failure, or "closed" by the client). The token and every
+    secret header are left out, and their values taken out of the rest.
+    """
+
+    def __init__(self, path: Union[str, "os.PathLike[str]"], handler: Any = None) -> None:
+        self.path = os.fspath(path)
+        self.handler = handler  # None: the client's own network
+        self.secret_headers: FrozenSet[str] = _SECRET_HEADERS
+        self._lock = threading.Lock()
+
+    def __call__(self, request: HTTPRequest) -> Any:
+        answer = self.handler(request)
+        if hasattr(answer, "__await__"):
+            return self._later(request, answer)
+        return self._wrap(request, answer)
+
+    async def _later(self, request: HTTPRequest, answer: Any) -> HTTPResponse:
+        return self._wrap(request, await answer)
+
+    def _wrap(self, request: HTTPRequest, answer: HTTPResponse) -> HTTPResponse:
+        answer, hidden = _whole_body(answer), self.secret_headers
+        secrets = _header_secrets(request.headers, hidden)
+        entry = {
+            "method": request.method,
+            "url": _redact(_redact_userinfo(request.url), secrets),
+            "headers": {name: value for name, value in request.headers.items() if name.lower() not in hidden},
+            "body": _redact(_text_of(request.body), secrets),
+            "status": answer.status,
+            "response_headers": {name: _redact(value, secrets) for name, value in answer.headers.items()
+                                 if name.lower() not in hidden},
+        }  # fmt: skip
+        body = answer.body
+        if isinstance(body, (bytes, bytearray)):
+            self._write(entry, [bytes(body)], "whole", secrets)
+        elif hasattr(body, "__aiter__"):
+            answer.body = self._apieces(body, entry, secrets)
+        else:
+            answer.body = self._pieces(iter(body), entry, secrets)
+        return answer
+
+    def _pieces(self, body: Iterator[bytes], entry: Dict[str, Any], secrets: Tuple[str, ...]) -> Iterator[bytes]:
+        seen: List[bytes] = []
+        end = "closed"
+        try:
+            for piece in body:
+                seen.append(piece)
+                yield piece
+            end = "whole"
+        except Exception:
+            end = "cut"
+            raise
+        finally:
+            self._write(entry, seen, end, secrets)
+
+    async def _apieces(self, body: Any, entry: Dict[str, Any], secrets: Tuple[str, ...]) -> AsyncGenerator[bytes, None]:
+        seen: List[bytes] = []
+        end = "closed"
+        try:
+            async for piece in body:
+                seen.append(piece)
+                yield piece
+            end = "whole"
+        except Exception:
+            end = "cut"
+            raise
+        finally:
+            self._write(entry, seen, end, secrets)
+
+    def _write(self, entry: Dict[str, Any], pieces: List[bytes], end: str, secrets: Tuple[str, ...]) -> None:
+        entry = {**entry, "pieces": [_redact(_text_of(piece), secrets) for piece in pieces], "end": end}
+        line = json.dumps(entry, ensure_ascii=True) + "\n"
+        with self._lock, open(self.path, "a", encoding="ascii") as file:
+            file.write(line)
+
+
+def _request_key(method: str, url: str, body: str) -> Tuple[str, str, str]:
+    """What a replay matches on: the method, the path and query (any host), and the JSON body (any layout)."""
+    parts = urlsplit(url)
+    try:
+        body = json.dumps(json.loads(body), sort_keys=True) if body else ""
+    except ValueError:
+        pass
+    return method, parts.path + ("?" + parts.query if parts.query else ""), body
+
+
+class _Replay:
+    """`replay(path)`: a handler that answers from a recording, offline, as the server did then.
+
+    Requests match on method, path and JSON body; the same request asked
+    again gets the next answer recorded for it (the last one once they run
+    out). A request with no recorded answer raises an OctoAIClientError
+    naming the nearest one recorded.
+    """
+
+    def __init__(self, path: Union[str, "os.PathLike[str]"]) -> None:
+        self.path = os.fspath(path)
+        self._answers: Dict[Tuple[str, str, str], List[Dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+        try:
+            with open(self.path, encoding="utf-8") as file:
+                lines = list(file)
+        except OSError as exc:
+            raise ValueError(f"cannot read the recording {self.path!r}: {exc}") from None
+        for number, line in enumerate(lines, 1):
+            if line.strip():
+                try:
+                    entry = json.loads(line)
+                    key = _request_key(entry["method"], entry["url"], entry["body"])
+                    entry["pieces"] = [_bytes_of(piece) for piece in entry["pieces"]]
+                    entry["answer"] = (int(entry["status"]), dict(entry["response_headers"]), entry["end"])
+                except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                    raise ValueError(f"{self.path}:{number} is not a recorded exchange: {exc!r}") from None
+                self._answers.setdefault(key, []).append(entry)
+
+    def __call__(self, request: HTTPRequest) -> HTTPResponse:
+        key = _request_key(request.method, request.url, _text_of(request.body))
+        with self._lock:
+            answers = self._answers.get(key)
+            if not answers:
+                raise OctoAIClientError(f"no answer recorded in {self.path} for {self._show(key)}{self._nearest(key)}")
+            entry = answers.pop(0) if len(answers) > 1 else answers[0]
+        status, headers, end = entry["answer"]
+        return HTTPResponse(status, dict(headers), self._body(entry["pieces"], end))
+
+    @staticmethod
+    def _body(pieces: List[bytes], end: str) -> Iterator[bytes]:
+        yield from pieces
+        if end == "cut":
+            raise ConnectionResetError("the recorded answer was cut here")
+
+    @staticmethod
+    def _show(key: Tuple[str, str, str]) -> str:
+        return f"{key[0]} {key[1]} {_cut(key[2], 300)}".rstrip()
+
+    def _nearest(self, key: Tuple[str, str, str]) -> str:
+        if not self._answers:
+            return " (the recording is empty)"
+        import difflib  # only a miss needs it
+
+        wanted = self._show(key)
+        nearest = max(self._answers, key=lambda other: difflib.SequenceMatcher(None, wanted, self._show(other)).ratio())
+        return f"; the nearest recorded: {self._show(nearest)}"
+
+
+def record(path: Union[str, "os.PathLike[str]"], handler: Any = None) -> _Recording:
+    """A transport that writes every exchange to `path` (JSON Lines), through `handler` or the network.
+
+    ``Client(transport=record("calls.jsonl"))``; `replay` answers from the file later.
+    The token and secret headers are never written.
+    """
+    return _Recording(path, handler)
+
+
+def replay(path: Union[str, "os.PathLike[str]"]) -> _Replay:
+    """A transport that answers from a `record`ing, offline: ``Client(transport=replay("calls.jsonl"))``."""
+    return _Replay(path)
 
 
 # =============================================================================
@@ -3943,6 +4340,7 @@ class _BaseClient:
 
     _transport: Any
     _transport_class: ClassVar[Type[Any]]
+    _handler_class: ClassVar[Type[Any]]
     _chat_class: ClassVar[Type[Any]]
     _completions_class: ClassVar[Type[Any]]
     _models_class: ClassVar[Type[Any]]
@@ -3969,6 +4367,7 @@ class _BaseClient:
         max_idle_connections: int = _MAX_IDLE_CONNECTIONS,
         api_key: Optional[str] = None,
         secret_headers: Iterable[str] = (),
+        transport: Optional[Callable[[HTTPRequest], Any]] = None,
     ) -> None:
         if token and api_key:
             raise ValueError("pass token= or api_key=, not both")
@@ -3991,7 +4390,20 @@ class _BaseClient:
             _check_count("max_connections", max_connections, 1),
             _check_count("max_idle_connections", max_idle_connections, 0),
         )
-        self._transport = self._transport_class(verify_ssl, env, limits)
+        if transport is None and env.get("OCTOAI_REPLAY"):
+            transport = replay(env["OCTOAI_REPLAY"])
+        elif transport is None and env.get("OCTOAI_RECORD"):
+            transport = record(env["OCTOAI_RECORD"])
+        if isinstance(transport, _Recording):
+            transport.secret_headers = self.secret_headers
+            if transport.handler is None:
+                transport.handler = _network_handler(self._transport_class(verify_ssl, env, limits))
+        if transport is None:
+            self._transport = self._transport_class(verify_ssl, env, limits)
+        elif not callable(transport):
+            raise TypeError(f"transport must be a handler (a callable taking an HTTPRequest), not {transport!r}")
+        else:
+            self._transport = self._handler_class(transport, env, limits)
         self._owns_transport = True
         self._bind()
 
@@ -4358,6 +4770,7 @@ class Client(_BaseClient, _Closing):
     completions: _TextCompletions
     embeddings: _Embeddings
     _transport_class, _chat_class, _completions_class, _models_class = _Transport, _Chat, _Completions, _Models
+    _handler_class = _HandlerTransport
     _legacy_class, _embeddings_class = _TextCompletions, _Embeddings
 
     def _answer(self, response: _Response, stream: bool, endpoint: _Namespace) -> Any:
@@ -4488,6 +4901,7 @@ class AsyncClient(_BaseClient, _AsyncClosing):
     completions: _AsyncTextCompletions
     embeddings: _AsyncEmbeddings
     _transport_class, _chat_class, _models_class = _AsyncTransport, _AsyncChat, _AsyncModels
+    _handler_class = _AsyncHandlerTransport
     _completions_class, _legacy_class, _embeddings_class = _AsyncCompletions, _AsyncTextCompletions, _AsyncEmbeddings
 
     async def _answer(self, sending: Awaitable[_AsyncResponse], stream: bool, endpoint: _Namespace) -> Any:
@@ -4585,6 +4999,7 @@ examples:
   cat notes.txt | octoai-lite -s "Summarise the text" --max-tokens 200
   octoai-lite --no-stream --json "Hi" > completion.json
   octoai-lite --list-models
+  octoai-lite --replay recordings/guide.jsonl "Write a blog about Seattle"
 
 The token comes from OCTOAI_TOKEN or 'token:' in ~/.octoai/config.yaml, never
 from an argument (it would show in the process list). OCTOAI_BASE_URL and
@@ -4639,6 +5054,8 @@ def _build_arg_parser() -> Any:
         help="seconds for connecting and each read",
     )
     parser.add_argument("--max-retries", type=_cli_number(int, 0), default=DEFAULT_MAX_RETRIES)
+    parser.add_argument("--record", metavar="FILE", help="write every exchange to FILE (JSON Lines, no secrets)")
+    parser.add_argument("--replay", metavar="FILE", help="answer from a recording in FILE, offline")
     parser.add_argument("-v", "--verbose", action="store_true", help="log requests to stderr; tracebacks on errors")
     parser.add_argument("--version", action="version", version=f"octoai-lite {__version__}")
     return parser
@@ -4646,7 +5063,8 @@ def _build_arg_parser() -> Any:
 
 def _read_prompt(words: List[str]) -> Optional[str]:
     if words and words != ["-"]:
-        return " ".join(words)
+        text = " ".join(words)
+        return text if text.strip() else None  # a blank prompt is no prompt
     if words == ["-"] or (sys.stdin is not None and not sys.stdin.isatty()):
         text = sys.stdin.read()
         return text if text.strip() else None  # blank input is no prompt
@@ -4697,7 +5115,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"octoai-lite: error: --base-url: {exc}", file=sys.stderr)
             return _EXIT_USAGE
     try:
-        with Client(base_url=args.base_url, timeout=args.timeout, max_retries=args.max_retries) as cli_client:
+        transport = replay(args.replay) if args.replay else record(args.record) if args.record else None
+        with Client(
+            base_url=args.base_url, timeout=args.timeout, max_retries=args.max_retries, transport=transport
+        ) as cli_client:
             if args.list_models:
                 _print_models(cli_client)
                 return _EXIT_OK
