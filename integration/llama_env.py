@@ -269,17 +269,20 @@ def with_octoai_lite(snippet: str) -> str:
 
 
 def run_guide(
-    code: str, base_url: str, *, interactive: bool = False, **options
+    code: str, base_url: str, *, interactive: bool = False, record: Optional[str] = None, **options
 ) -> "subprocess.CompletedProcess[bytes]":
     """Run a snippet as a user would, with this checkout's octoai_lite and OCTOAI_BASE_URL pointing at `base_url`.
 
     interactive: fed to `python -i` on standard input (the guide's `>>>` lines).
+    record: a file for octoai_lite to record every exchange in.
     Output is captured unless `options` say otherwise (stdout=None: the terminal).
     """
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("OCTOAI_", "HTTP", "http", "ALL_PROXY", "NO_PROXY"))
     }
     env.update(OCTOAI_BASE_URL=base_url, PYTHONPATH=str(ROOT), PYTHONIOENCODING="utf-8")
+    if record:  # octoai_lite writes every exchange there (OCTOAI_RECORD)
+        env["OCTOAI_RECORD"] = record
     command = [sys.executable, "-q", "-i"] if interactive else [sys.executable, "-c", code]
     options = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "timeout": 300, "check": False, **options}
     return subprocess.run(command, input=code.encode() if interactive else None, env=env, **options)

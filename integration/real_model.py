@@ -40,6 +40,10 @@ SNIPPETS = [
 ]
 
 
+# What README's first command replays: `python octoai_lite.py --replay recordings/guide.jsonl "..."`.
+CLI_CALL = 'import octoai_lite, sys; sys.exit(octoai_lite.main(["Write a blog about Seattle"]))'
+
+
 class Phases:
     def __init__(self):
         self.done = []  # (name, seconds)
@@ -62,19 +66,19 @@ class Phases:
         print(f"{'total':<{width}}  {sum(seconds for _, seconds in self.done):7.1f} s", flush=True)
 
 
-def run_snippet(title, snippet, interactive, base_url):
+def run_snippet(title, snippet, interactive, base_url, record=None):
     code = llama_env.with_octoai_lite(snippet)
     shown = code.replace(">>> ", "") if interactive else code
     changed = [line for line in code.splitlines() if "octoai_lite" in line]
     print("# the guide's code, its imports changed to: " + "; ".join(changed), flush=True)
     if interactive:  # python -i prints its prompts on stderr: keep them out of the way
-        result = llama_env.run_guide(shown, base_url, interactive=True)
+        result = llama_env.run_guide(shown, base_url, interactive=True, record=record)
         sys.stdout.write(result.stdout.decode("utf-8", "replace"))
         failed = result.returncode != 0 or b"Traceback" in result.stderr
         if failed:
             sys.stderr.write(result.stderr.decode("utf-8", "replace"))
     else:  # straight to the terminal, so the stream shows as it arrives
-        result = llama_env.run_guide(shown, base_url, stdout=None, stderr=None)
+        result = llama_env.run_guide(shown, base_url, stdout=None, stderr=None, record=record)
         failed = result.returncode != 0
     print(flush=True)
     if failed:
@@ -83,7 +87,14 @@ def run_snippet(title, snippet, interactive, base_url):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.parse_args(argv)
+    parser.add_argument(
+        "--record", metavar="FILE",
+        help="record every exchange in FILE (then also run the command line's call) for --replay",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    record = os.path.abspath(args.record) if args.record else None
+    if record and os.path.exists(record):
+        os.remove(record)  # a recording of this run only
     print(f"cache: {llama_env.CACHE}")
     phases = Phases()
     server = None
@@ -99,7 +110,10 @@ def main(argv=None):
         )  # fmt: skip
         print(f"server: PID {server.pid} at {base_url} (log: {log_path})")
         for number, (title, snippet, interactive) in enumerate(SNIPPETS, 1):
-            phases.run(f"snippet {number}: {title}", run_snippet, title, snippet, interactive, base_url)
+            phases.run(f"snippet {number}: {title}", run_snippet, title, snippet, interactive, base_url, record)
+        if record:
+            phases.run("the command line's call", run_snippet, "command line", CLI_CALL, False, base_url, record)
+            print(f"recorded: {record}")
         status = 0
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
