@@ -146,6 +146,7 @@ def start_server(
     n_threads: int = 1,
     chat_format: Optional[str] = None,
     ready_within: float = 120.0,
+    extra: Tuple[str, ...] = (),
 ) -> Tuple["subprocess.Popen[bytes]", str]:
     """Start `python -m llama_cpp.server` on 127.0.0.1 at a free port; (process, base_url) once /v1/models answers.
 
@@ -159,6 +160,7 @@ def start_server(
                "--n_ctx", str(n_ctx), "--n_threads", str(n_threads), "--model_alias", alias]  # fmt: skip
     if chat_format:
         command += ["--chat_format", chat_format]
+    command += extra  # e.g. ("--embedding", "true")
     with open(log_path, "wb") as log_file:
         # cwd: `python -m` puts it first on sys.path, where a stray types.py would shadow the stdlib's
         server = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=str(log_path.parent))

@@ -19,6 +19,7 @@ that it exercises.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import socket
@@ -359,3 +360,104 @@ def test_the_guides_three_snippets_run_with_only_the_import_changed(relay):
     assert None in deltas or "" in deltas  # the role-only first chunk and the finish chunk: nothing to print
     expected = "".join(text or "" for text in deltas)
     assert result.stdout.decode("utf-8") == expected  # exactly the streamed text: no "None" for a text-less delta
+
+
+# -- issue 20: structured output, the legacy endpoint, embeddings ----------------
+
+
+@dataclasses.dataclass
+class City:
+    name: str
+    rainy: bool
+
+
+CITY_SCHEMA = {
+    "type": "object",
+    "properties": {"name": {"type": "string", "enum": ["Seattle", "Portland"]}, "rainy": {"type": "boolean"}},
+    "required": ["name", "rainy"],
+    "additionalProperties": False,
+}
+
+
+def test_parse_with_a_dataclass_gets_a_checked_instance(client):
+    """Difference: llama-cpp-python's server (0.3) refuses `json_schema` (a 500 listing pydantic's errors)
+    and takes the schema as {"type": "json_object", "schema": ...}; extra_body says it that way, and
+    the server turns it into a grammar: even a random model answers in the schema, which parse checks."""
+    with pytest.raises(OctoAIServerError, match="json_object"):
+        client.chat.completions.parse(model=ALIAS, messages=MESSAGES, response_format=City, max_tokens=48)
+    completion = client.chat.completions.parse(
+        model=ALIAS, messages=MESSAGES, response_format=City, max_tokens=48, temperature=0, seed=7,
+        extra_body={"response_format": {"type": "json_object", "schema": CITY_SCHEMA}},
+    )  # fmt: skip
+    city = completion.choices[0].message.parsed
+    assert isinstance(city, City) and isinstance(city.name, str) and isinstance(city.rainy, bool)
+
+
+def test_legacy_completions_plain_and_streamed(client):
+    plain = client.completions.create(model=ALIAS, prompt="Once upon a time", max_tokens=8, temperature=0, seed=7)
+    assert isinstance(plain.choices[0].text, str) and plain.usage.completion_tokens > 0
+    with client.completions.create(
+        model=ALIAS, prompt="Once upon a time", max_tokens=8, temperature=0, seed=7, stream=True
+    ) as stream:
+        texts = list(stream.text_stream)
+        folded = stream.get_final_completion()
+    assert folded.choices[0].text == "".join(texts) == plain.choices[0].text
+
+
+def test_legacy_completions_async(llama_server):
+    async def main():
+        async with AsyncClient(base_url=llama_server, timeout=60, max_retries=0) as client:
+            return await client.completions.create(model=ALIAS, prompt="Once", max_tokens=4, temperature=0)
+
+    assert isinstance(asyncio.run(main()).choices[0].text, str)
+
+
+@pytest.fixture(scope="module")
+def embedding_server(tmp_path_factory):
+    """A second server on the same model with embeddings on (llama-cpp-python serves them only then)."""
+    python = llama_env.llama_python()
+    folder = tmp_path_factory.mktemp("embed")
+    if MODEL == "smollm2":
+        model = llama_env.smollm2_model(python)
+    else:
+        model = llama_env.tiny_model(python, folder / "tiny.gguf")
+    server, base_url = llama_env.start_server(
+        python, model, folder / "server.log", alias=ALIAS, n_ctx=N_CTX, extra=("--embedding", "true")
+    )
+    try:
+        yield base_url
+    finally:
+        llama_env.stop_server(server)
+
+
+def test_embeddings_of_a_model_without_pooling(embedding_server):
+    """Difference: for a model whose GGUF names no pooling (these two), the server sends one vector per
+    token, a list of lists; `embedding` is declared a list of floats, so it reads as [] (the lenient rule:
+    a field of the wrong shape is absent). The server's own lists stay in the object's kept JSON."""
+    with Client(base_url=embedding_server, timeout=60, max_retries=0) as client:
+        answer = client.embeddings.create(model=ALIAS, input=["Seattle", "Portland"])
+    assert [item.index for item in answer.data] == [0, 1]
+    assert [item.embedding for item in answer.data] == [[], []]
+    sent = [item._raw["embedding"] for item in answer.data]
+    assert all(vector and all(isinstance(value, float) for value in vector[0]) for vector in sent)
+
+
+# -- issue 22: record against the real server, replay with it stopped -----------
+
+
+def test_a_recording_of_the_real_server_replays_with_the_server_stopped(tmp_path):
+    python = llama_env.llama_python()
+    model = llama_env.tiny_model(python, tmp_path / "tiny.gguf") if MODEL == "tiny" else llama_env.smollm2_model(python)
+    server, base_url = llama_env.start_server(
+        python, model, tmp_path / "server.log", alias=ALIAS, n_ctx=N_CTX, chat_format="chatml" if MODEL == "tiny" else None
+    )
+    path = tmp_path / "real.jsonl"
+    try:
+        with Client(base_url=base_url, timeout=60, max_retries=0, transport=octoai_lite.record(path)) as live:
+            recorded = (ask(live).dict(), [chunk.dict() for chunk in ask(live, stream=True)])
+    finally:
+        llama_env.stop_server(server)
+    with pytest.raises(octoai_lite.OctoAIConnectionError):
+        ask(Client(base_url=base_url, timeout=5, max_retries=0))  # the server is gone
+    with Client(base_url=base_url, timeout=5, max_retries=0, transport=octoai_lite.replay(path)) as offline:
+        assert (ask(offline).dict(), [chunk.dict() for chunk in ask(offline, stream=True)]) == recorded
