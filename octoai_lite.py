@@ -243,6 +243,7 @@ _READ_SIZE = 64 * 1024  # one read from the socket
 
 _MAX_CONNECTIONS = 100  # open at once to one host, idle and busy (httpx: 100; openai-python: 1,000)
 _MAX_IDLE_CONNECTIONS = 32  # of those, kept open for reuse after a burst (httpx: 20)
+_SLOT_RECHECK_S = 0.25  # a thread waiting for a slot looks again this often (a finalizer frees one unannounced)
 _MAX_REDIRECTS = 5
 _URL_SAFE = "/%:@!$&'()*+,;=?-._~"  # what a URL's path and query keep as they are (RFC 3986 pchar)
 _MAX_CACHED_ROUTES = 256  # URLs whose parsed route a client remembers
@@ -831,6 +832,51 @@ class ChatCompletion(_Completion):
         return next((choice.delta.content for choice in self.choices if choice.index == 0), "")
 
 
+# The shape nearly every chat stream chunk has, built without the lenient
+# readers (a third of a chunk's cost) into exactly what `from_dict` builds;
+# any other shape (tool calls, usage, logprobs, a value of another type)
+# gives None and takes the lenient path.
+_PLAIN_CHUNK_KEYS = frozenset({"id", "object", "created", "model", "system_fingerprint", "choices", "usage"})
+_PLAIN_CHOICE_KEYS = frozenset({"index", "delta", "finish_reason", "logprobs"})
+_PLAIN_DELTA_KEYS = frozenset({"role", "content", "reasoning_content", "refusal", "reasoning"})
+_TEXT_TYPES = frozenset({str, type(None)})
+_COUNT_TYPES = frozenset({int, type(None)})
+
+
+def _plain_chat_chunk(data: Dict[str, Any]) -> Optional[ChatCompletion]:
+    """`ChatCompletion.from_dict(data)` for a plain, valid chunk; None for any other."""
+    get, choices = data.get, data.get("choices")
+    if (
+        type(choices) is not list
+        or not data.keys() <= _PLAIN_CHUNK_KEYS
+        or get("usage") is not None
+        or not {type(get("id")), type(get("object")), type(get("model")), type(get("system_fingerprint"))} <= _TEXT_TYPES
+        or type(get("created")) not in _COUNT_TYPES
+    ):
+        return None
+    built = []
+    for choice in choices:
+        if type(choice) is not dict or not choice.keys() <= _PLAIN_CHOICE_KEYS or choice.get("logprobs") is not None:
+            return None
+        delta, index, finish = choice.get("delta"), choice.get("index"), choice.get("finish_reason")
+        if (
+            type(delta) is not dict
+            or not delta.keys() <= _PLAIN_DELTA_KEYS
+            or not {type(value) for value in delta.values()} <= _TEXT_TYPES
+            or type(index) not in _COUNT_TYPES
+            or type(finish) not in _TEXT_TYPES
+        ):
+            return None
+        dget = delta.get
+        message = ChoiceDelta(
+            dget("role"), dget("content"), None, None, dget("reasoning_content"), dget("refusal"), dget("reasoning"), delta
+        )
+        built.append(Choice(index or 0, ChatMessage(), message, finish, None, choice))
+    return ChatCompletion(
+        get("id"), built, get("created"), get("model"), get("object"), get("system_fingerprint"), None, data
+    )
+
+
 @dataclasses.dataclass
 class CompletionChoice(_Model):
     """One answer of a legacy text completion, or the piece of it a stream chunk adds."""
@@ -1032,13 +1078,21 @@ class SSEDecoder:
         events: List[ServerSentEvent] = []
         if b"\n" in data and b"\r" not in data:
             # The usual case, LF only: split in C. What the buffer held had no
-            # line end, so the last piece is the unfinished line.
+            # line end, so the last piece is the unfinished line. Data lines
+            # and blank lines, nearly all there is, are taken here inline.
             lines = buffer.split(b"\n")
             buffer = self._buffer = lines.pop()
             for line in lines:
-                event = self._take_line(line)
-                if event is not None:
-                    events.append(event)
+                if line.startswith(b"data: "):
+                    self._add_data(line[6:].decode("utf-8", "replace"))
+                elif not line:
+                    event = self._dispatch()
+                    if event is not None:
+                        events.append(event)
+                else:
+                    event = self._take_line(line)
+                    if event is not None:
+                        events.append(event)
         elif b"\r" in data:
             start = 0
             for match in _LINE_END.finditer(buffer, scanned):
@@ -2046,6 +2100,7 @@ class _Exchange:
         self._remaining = 0
         self._reader: Optional[Callable[[], Optional[bytes]]] = None  # the body's framing, once the head is in
         self._after_data: Callable[[], Optional[bytes]] = self._chunk_end  # the reader after `_remaining` bytes
+        self._failure: Optional[OctoAIError] = None  # found after a piece it must not hold back
 
     @property
     def phase(self) -> str:
@@ -2084,9 +2139,24 @@ class _Exchange:
         return True
 
     def body_piece(self) -> Optional[bytes]:
-        """The next piece of the body, b"" at its end; None while more input is needed."""
+        """The next piece of the body, b"" at its end; None while more input is needed.
+
+        What the buffer holds of several chunks comes as one piece; an error
+        in a later one is raised at the next call, after what came before it.
+        """
         assert self._reader is not None, "head() first"
-        return self._reader()
+        if self._failure is not None:
+            raise self._failure
+        piece = self._reader()
+        if piece and self._buffer:
+            pieces = [piece]
+            try:
+                while self._buffer and (piece := self._reader()):
+                    pieces.append(piece)
+            except OctoAIError as exc:
+                self._failure = exc
+            piece = b"".join(pieces)
+        return piece
 
     # -- the head
 
@@ -2823,104 +2893,83 @@ def _opening(
 
 
 def _held() -> List[Any]:
-    """What one try holds of a pool: [] until a slot is reserved, then [its connection, or None until opened]."""
+    """One try's lease on a pool: [] until a slot is reserved, then [its connection, or None until opened]."""
     return []
 
 
 class _PoolBook:
-    """The bookkeeping both pools share: idle connections and open counts per key.
+    """The bookkeeping both pools share: idle connections and leases per key.
 
-    At most `max_connections` connections to one key are open at once, and
-    at most `max_idle` of them wait idle for reuse. Idle ones are reused
-    most recent first, after a check that the server has not closed them or
-    sent bytes nobody asked for. After a fork the child starts afresh: the
-    parent keeps using the sockets it inherited. A connection given back by
-    a finalizer (`orphan`) waits in a deque for the next caller to count it.
+    At most `max_connections` connections to one key are open at once (idle,
+    or leased to a try), and at most `max_idle` of them wait idle for reuse.
+    Idle ones are reused most recent first, after a check that the server has
+    not closed them or sent bytes nobody asked for. A slot is taken and freed
+    in one atomic step each (a dict's store and pop), so an interrupt landing
+    anywhere (a signal's exception, a cancellation) can at worst drop a
+    connection for the collector to close, never keep a slot. After a fork
+    the child starts afresh: the parent keeps using the sockets it inherited.
     """
 
     def __init__(self, max_connections: int, max_idle: int) -> None:
         self.max_connections = max_connections
         self.max_idle = max_idle
         self._idle: Dict[_PoolKey, List[Any]] = {}
-        self._open: Dict[_PoolKey, int] = {}
-        self._orphans: Deque[Tuple[_PoolKey, Any]] = collections.deque()
+        self._leased: Dict[_PoolKey, Dict[int, List[Any]]] = {}  # id(held) -> held, for each try holding a slot
         self._closed = False
         self._pid = os.getpid()
 
-    def _reserve(self, key: _PoolKey, held: List[Any]) -> bool:
-        """Whether the caller may go on, with an idle connection put in `held`, or None there to open a new one.
-
-        `held` is filled in the same breath as the count, so that an interrupt cannot come between them.
-        """
-        self._count_orphans()
+    def _leases(self, key: _PoolKey) -> Dict[int, List[Any]]:
         if self._pid != os.getpid():
             for inherited in self._idle.values():
                 for conn in inherited:
                     conn.close()  # this process's descriptor only (see the connections' close)
-            self._idle, self._open, self._orphans, self._pid = {}, {}, collections.deque(), os.getpid()
-        idle = self._idle.get(key)
+            self._idle, self._leased, self._pid = {}, {}, os.getpid()
+        leases = self._leased.get(key)
+        if leases is None:
+            leases = self._leased[key] = {}
+        return leases
+
+    def _reserve(self, key: _PoolKey, held: List[Any]) -> bool:
+        """Whether the caller may go on, with an idle connection put in `held`, or None there to open a new one."""
+        leases, idle = self._leases(key), self._idle.get(key)
         while idle:
             conn = idle.pop()
-            try:
-                alive = not conn.is_gone()
-            except BaseException:  # an interrupt while looking: close it rather than lose its slot
-                alive = False
-                raise
-            finally:
-                if not alive:
-                    conn.close()
-                    self._open[key] -= 1
-            if alive:
-                held.append(conn)
-                return True
-        if self._open.get(key, 0) < self.max_connections:
-            self._open[key] = self._open.get(key, 0) + 1
+            if conn.is_gone():
+                conn.close()
+                continue
+            held.append(conn)
+            leases[id(held)] = held
+            return True
+        if len(leases) + len(idle or ()) < self.max_connections:
             held.append(None)
+            leases[id(held)] = held
             return True
         return False
 
     def give_back(self, key: _PoolKey, held: List[Any], finalizing: bool = False) -> None:
-        """Close what `held` holds and free its slot, once whoever calls first (list.pop is atomic).
+        """Close what `held` holds and free its slot, once, whoever calls first. Takes no lock that may be busy:
+        a finalizer passes `finalizing`, as the garbage collector may run it while this thread holds the pool's."""
+        if self._leases(key).pop(id(held), None) is not None:
+            for conn in held:
+                if conn is not None:
+                    conn.close()
+            held.clear()
+            self._wake(key, finalizing)
 
-        A finalizer passes `finalizing`: the garbage collector may run it while this thread holds the lock.
-        """
-        try:
-            conn = held.pop()
-        except IndexError:
-            return
-        try:
-            if conn is not None:
-                conn.close()
-        finally:
-            if finalizing:
-                self.orphan(key, conn)
-            else:
-                self.release(key, conn, False)
-
-    def release(self, key: _PoolKey, conn: Any, reusable: bool) -> None:
-        raise NotImplementedError
-
-    def orphan(self, key: _PoolKey, conn: Any) -> None:
-        """Give a closed connection back without waiting for a lock (see `give_back`)."""
-        self._orphans.append((key, conn))  # deque.append needs no lock
-
-    def _count_orphans(self) -> None:
-        while self._orphans:
-            self._give(*self._orphans.popleft(), False)
-
-    def _give(self, key: _PoolKey, conn: Any, reusable: bool) -> None:
-        if self._pid != os.getpid() or (conn is not None and conn.pid != self._pid):
-            if conn is not None:
-                conn.close()
-            return  # from before a fork: the counts started afresh
+    def _give(self, key: _PoolKey, held: List[Any], reusable: bool) -> None:
+        """End the lease `held` after a whole answer: its connection kept idle if reusable, else closed."""
+        if self._leases(key).pop(id(held), None) is None:
+            return  # given back already, or taken before a fork
+        conn = held.pop()
         idle = self._idle.setdefault(key, [])
         if conn is not None and reusable and not self._closed and len(idle) < self.max_idle:
             conn.reused = True  # from now on, a failure may only mean the server closed it while idle
             idle.append(conn)
-            return
-        if conn is not None:
+        elif conn is not None:
             conn.close()
-        self._open[key] -= 1
+
+    def _wake(self, key: _PoolKey, finalizing: bool) -> None:
+        raise NotImplementedError
 
     def _slot(self, route: _Route, call: _Call, held: List[Any]) -> Iterator[float]:
         """The wait for a connection, for either flavour: yields how long to wait for a freed slot, until
@@ -2940,15 +2989,14 @@ class _PoolBook:
 
     def _close_idle(self) -> None:
         self._closed = True
-        for key, idle in self._idle.items():
+        for idle in self._idle.values():
             for conn in idle:
                 conn.close()
-            self._open[key] -= len(idle)
         self._idle.clear()
 
     def open_count(self) -> int:
         """Connections open now, idle or busy."""
-        return sum(self._open.values())
+        return self.idle_count() + sum(len(leases) for leases in self._leased.values())
 
     def idle_count(self) -> int:
         """Connections open and waiting for reuse."""
@@ -3116,11 +3164,7 @@ class _ResponseBase:
 
     def _release(self) -> None:
         """Hand the connection back after the answer's end."""
-        try:
-            conn = self._held.pop()
-        except IndexError:
-            return
-        self._pool.release(self._key, conn, self._exchange.reusable)
+        self._pool.release(self._key, self._held, self._exchange.reusable)
 
     def close(self, finalizing: bool = False) -> None:
         """End the response now; the connection is closed, not reused. Safe from any thread.
@@ -3132,13 +3176,15 @@ class _ResponseBase:
             self.closed_early = True
             self._abort(finalizing)
 
+    def __del__(self) -> None:
+        # An answer dropped before anyone took it (an interrupt between `send`
+        # returning and the caller's next line) must not keep its pool slot.
+        if self.__dict__.get("_held"):
+            self.close(finalizing=True)
+
     def _abort(self, finalizing: bool = False) -> None:
         """Close the connection and free its slot (this module's own decision, not the holder's)."""
-        try:
-            conn = self._held.pop()
-        except IndexError:
-            return
-        self._pool.give_back(self._key, [conn], finalizing)
+        self._pool.give_back(self._key, self._held, finalizing)
 
 
 class _TransportBase:
@@ -3287,14 +3333,18 @@ class _ConnectionPool(_PoolBook):
         """Put an idle connection in `held`, or None with a slot reserved for a new one (see `_slot`)."""
         with self._lock:
             for wait_s in self._slot(route, call, held):
-                self._waiters(route.key).wait(wait_s)
+                self._waiters(route.key).wait(min(wait_s, _SLOT_RECHECK_S))
 
-    def release(self, key: _PoolKey, conn: Optional[_Connection], reusable: bool) -> None:
-        """Give a connection back: kept if reusable, else closed and its slot freed."""
+    def release(self, key: _PoolKey, held: List[Any], reusable: bool) -> None:
+        """End a lease after a whole answer (see `_give`)."""
         with self._lock:
-            self._count_orphans()
-            self._give(key, conn, reusable)
+            self._give(key, held, reusable)
             self._waiters(key).notify()
+
+    def _wake(self, key: _PoolKey, finalizing: bool) -> None:
+        if not finalizing:  # a finalizer may run where this thread holds the lock: waiters look again soon
+            with self._lock:
+                self._waiters(key).notify()
 
     def close(self, finalizing: bool = False) -> None:
         if not self._lock.acquire(blocking=not finalizing):
@@ -3309,15 +3359,6 @@ class _ConnectionPool(_PoolBook):
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
         self._slot_freed = {}
-
-    def orphan(self, key: _PoolKey, conn: Any) -> None:
-        super().orphan(key, conn)
-        if self._lock.acquire(blocking=False):  # held by nobody, this thread included: count it now
-            try:
-                self._count_orphans()
-                self._waiters(key).notify()
-            finally:
-                self._lock.release()
 
 
 class _Response(_ResponseBase):
@@ -3582,13 +3623,13 @@ class _AsyncPool(_PoolBook):
                 waiter.set_result(None)
                 return
 
-    def release(self, key: _PoolKey, conn: Optional[_AsyncConnection], reusable: bool) -> None:
-        """Give a connection back: kept if reusable, else closed and its slot freed."""
-        self._give(key, conn, reusable)
+    def release(self, key: _PoolKey, held: List[Any], reusable: bool) -> None:
+        """End a lease after a whole answer (see `_give`)."""
+        self._give(key, held, reusable)
         self._wake_one(key)
 
-    def orphan(self, key: _PoolKey, conn: Any) -> None:
-        self.release(key, conn, False)  # no lock to wait for
+    def _wake(self, key: _PoolKey, finalizing: bool) -> None:
+        self._wake_one(key)
 
     def close(self, finalizing: bool = False) -> None:
         self._close_idle()
@@ -4096,11 +4137,14 @@ async def _aiter_payloads(reader: _PayloadReader) -> AsyncGenerator[Any, None]:
 
 def _chunks(cls: Any, folder: _ChunkFolder, headers: Mapping[str, str], secrets: _Secrets) -> Callable[[Any], Any]:
     """A payload converter that checks each chunk, folds it, and returns it as a `cls` object."""
+    plain = _plain_chat_chunk if cls is ChatCompletion else lambda payload: None
 
     def convert(payload: Any) -> Any:
-        chunk = _check_completion(payload, headers, secrets, chunk=True)
-        folder.add(chunk)
-        return cls.from_dict(chunk)
+        built = plain(payload) if type(payload) is dict else None
+        if built is None:
+            built = cls.from_dict(_check_completion(payload, headers, secrets, chunk=True))
+        folder.add(payload)
+        return built
 
     return convert
 

@@ -4,8 +4,8 @@ Defects 12 (folding) and 13 (secret headers) are tested elsewhere. Every test
 is bounded: what could deadlock runs in a subprocess with a timeout, so a
 regression fails instead of hanging.
 
-Expected to fail on branch helper-18, until the I/O half (pools, responses,
-connect code) is fixed; the cause of each, in short:
+Each failed on main before the fixes of issue 18 (merged in 1c1d598), for the
+cause given here in short:
 
     test_1_a_stream_finalized_while_the_pool_lock_is_held_does_not_deadlock  #1 (5 s timeout)
         _StreamBase.__del__ -> close -> _abort -> _ConnectionPool.release takes the
@@ -18,15 +18,16 @@ connect code) is fixed; the cause of each, in short:
         windows where a reserved slot has no owner: an idle connection popped in
         _PoolBook._take before is_gone() returns; acquire() returned but _Response
         not yet holding it (_Transport.send, _connect's entry, _Response.__init__,
-        _drive before its `with`); a response has no finalizer. (Also an ERROR at
-        teardown: the connection lost in _take is never closed, a ResourceWarning.)
+        _drive before its `with`); a response has no finalizer; an interrupt between
+        the count and the reservation in _reserve. Now a slot is a lease taken and
+        freed in one atomic step each, and a response dropped unread gives it back.
     test_6_a_tunnel_the_proxy_closes_is_a_connection_error[async-*]          #6 (5 calls)
         loop.start_tls() returns None when the peer closes cleanly during the
         handshake; conn.transport = None, then send() raises AttributeError.
     test_8_the_deadline_bounds_name_resolution[sync]                         #8
         socket.create_connection's getaddrinfo has no timeout.
 
-Everything else here passes on helper-18 and failed on main before its fixes
+Everything else here failed on main before the fixes
 (#3, #5, #7, #9, #10, #11), except the guards that pass on main too: the
 head-phase and streamed cases of #3, the read-point cases of #4 and its async
 sweep, the sync cases of #6, the async case of #8, and the plain cases of #9.
@@ -321,6 +322,11 @@ def test_4_interrupts_anywhere_in_a_call_free_their_slots(server, flavor):
     """Hundreds of calls to a fast server, each interrupted after a delay swept across a call's
     length, so that interrupts land everywhere in the client's code: with one connection
     allowed, one slot lost would make the last call wait and fail."""
+    if flavor.name == "sync" and sys.version_info < (3, 10):
+        # CPython 3.8 and 3.9 may run a signal handler after a lock's __enter__ and before its
+        # `with` block (bpo-29988, fixed in 3.10): the pool's lock is then never released, and
+        # nothing in Python can prevent it. Measured: about one interrupt in 37,000 there.
+        pytest.skip("3.8/3.9 can leak a lock a signal interrupts in `with` (bpo-29988)")
     client = flavor.make(max_connections=1, timeout=2)
     started = time.perf_counter()
     for _ in range(20):
