@@ -26,7 +26,8 @@ scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-3, 3), st.floats(allow_nan=False, width=32), st.text(max_size=4)
 )
 anything = st.recursive(
-    scalars, lambda inner: st.lists(inner, max_size=2) | st.dictionaries(st.text(max_size=3), inner, max_size=2),
+    scalars,
+    lambda inner: st.lists(inner, max_size=2) | st.dictionaries(st.text(max_size=3), inner, max_size=2),
     max_leaves=4,
 )
 text = st.one_of(st.text(max_size=6), st.none())
@@ -233,3 +234,29 @@ def drain(flavor, client):
             return [piece async for piece in chat_stream]
 
     return flavor.run(go())
+
+
+json_texts = st.one_of(
+    st.text(max_size=12),
+    anything.map(json.dumps),
+    st.tuples(
+        st.sampled_from(["", " ", "\n", "\t", "x", "]", "{}"]),
+        anything.map(json.dumps),
+        st.sampled_from(["", " ", "\r\n", "x", "1"]),
+    ).map("".join),
+    st.just("[" * 100_000),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(json_texts)
+def test_an_events_json_is_read_as_json_loads_reads_it(text):
+    """The scanner used for event data gives json.loads' value, or the ValueError `_loads` gives."""
+
+    def read(reader):
+        try:
+            return ("value", reader(text))
+        except ValueError as exc:
+            return ("error", type(exc), str(exc))
+
+    assert read(octoai_lite._event_json) == read(octoai_lite._loads)
