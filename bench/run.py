@@ -1,6 +1,6 @@
 """Benchmark octoai_lite against openai-python, octoai-sdk 0.10.1 and a stdlib "floor".
 
-    python bench/run.py --soak 1000000   # full run and a million-chunk stream (README's figures)
+    python bench/run.py --soak 1000000 --write-readme   # README's figures: a full run and a million-chunk stream
     python bench/run.py                  # full run, 10 to 15 minutes on 2 cores
     python bench/run.py --quick          # a few minutes
     python bench/run.py --smoke          # a few requests, to show the bench still works (CI)
@@ -13,7 +13,8 @@ measurement runs in a fresh process, clients interleaved round by round, and
 the medians are printed with the ratios to each peer and to the floor, then
 the checks (texts, threads, sockets, server load), the targets, and the
 steady-state figures. Results go to bench/results/latest.json and the chart
-to bench/results/chart.svg; --write-readme also puts them in README.md and
+to bench/results/chart.svg; --write-readme also puts the whole report in
+bench/README.md, a few headline rows in README.md, and the chart in
 bench/chart.svg.
 """
 
@@ -63,7 +64,16 @@ MODES = {
         "steady": 20000,
     },
 }
-README_BEGIN, README_END = "<!-- bench:begin -->", "<!-- bench:end -->"
+README_BEGIN, README_END = "<!-- bench:begin -->", "<!-- bench:end -->"  # in README.md and bench/README.md
+# README's headline rows (the table's row, or its end for the concurrent streams, whose name says how many)
+HEADLINE = [
+    "import time",
+    "CPU per request (keep-alive)",
+    "CPU per streamed chunk",
+    "time to first chunk",
+    "(asyncio)",
+    "64 threads, one client",
+]
 
 
 def metrics(sizes):
@@ -197,7 +207,7 @@ def main():
     parser.add_argument(
         "--write-readme",
         action="store_true",
-        help="put the results in README.md's Benchmarks section and the chart in bench/chart.svg",
+        help="put the whole report in bench/README.md, headline rows in README.md and the chart in bench/chart.svg",
     )
     args = parser.parse_args()
     if args.write_readme and args.smoke:
@@ -301,12 +311,20 @@ def main():
     log(f"wrote {out / 'latest.json'} and {out / 'chart.svg'}")
     if args.write_readme:
         shutil.copyfile(out / "chart.svg", HERE / "chart.svg")
-        readme = ROOT / "README.md"
-        old = readme.read_text()
-        start, end = old.index(README_BEGIN) + len(README_BEGIN), old.index(README_END)
-        readme.write_text(old[:start] + "\n" + text + "\n" + old[end:])
-        log("wrote README.md's Benchmarks section and bench/chart.svg")
+        write_between_markers(HERE / "README.md", text)
+        write_between_markers(ROOT / "README.md", headline(saved))
+        log("wrote bench/README.md's full report, README.md's headline rows and bench/chart.svg")
     return 0
+
+
+def write_between_markers(path, text):
+    """Replace what lies between the lines README_BEGIN and README_END in `path` with `text`.
+
+    Only a marker alone on its line counts: prose may quote them."""
+    old = path.read_text(encoding="utf-8")
+    start = old.index(f"\n{README_BEGIN}\n") + len(README_BEGIN) + 1
+    end = old.index(f"\n{README_END}\n", start) + 1
+    path.write_text(old[:start] + "\n" + text + "\n" + old[end:], encoding="utf-8")
 
 
 def machine():
@@ -359,8 +377,38 @@ def worst(saved, client, key, pick=max):
     return pick(found) if found else None
 
 
+def headline(saved):
+    """A few rows of the table, the chart and a link to the rest, as Markdown: README's Benchmarks block."""
+    clients, table = saved["clients"], saved["table"]
+    lines = [
+        f"Made by `{saved['command']}` on {saved['machine']}: medians of {rounds(saved)}.",
+        "",
+        "| measure | " + " | ".join(NAMES[c] for c in clients) + " | lite / floor |",
+        "|" + "---|" * (len(clients) + 2),
+    ]
+    for key in HEADLINE:
+        name = next((n for n in table if n == key or key == "(asyncio)" and n.endswith(key)), None)
+        if name is None:
+            continue
+        row = table[name]
+        cells = [
+            f"{fmt(row['values'].get(c))} {row['unit']}".strip() if row["values"].get(c) is not None else "n/a"
+            for c in clients
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {ratio(row, 'floor')} |")
+    lines += [
+        "",
+        "![octoai_lite against openai-python, octoai-sdk and the stdlib floor: import time, cold start, "
+        "CPU per request and per chunk, threads and concurrent streams](bench/chart.svg)",
+        "",
+        "Every measure (memory, cold start, installed size...), the checks, the targets, the steady state "
+        "and the soak: [bench/README.md](bench/README.md#latest-full-run).",
+    ]
+    return "\n".join(lines)
+
+
 def report(saved):
-    """The whole report as Markdown: what README's Benchmarks block holds."""
+    """The whole report as Markdown: what bench/README.md's "Latest full run" block holds."""
     clients, table, sizes, settings = saved["clients"], saved["table"], saved["sizes"], saved["settings"]
     streams, chunks = sizes["concurrent"], settings["chunks"]
     lines = [
