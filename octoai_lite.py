@@ -1891,7 +1891,7 @@ class _Text:
         self._pieces: List[str] = [first] if first else []
 
     def add(self, piece: Any) -> None:
-        text = _text(piece)  # a str, or content parts; anything else as its JSON
+        text = piece if type(piece) is str else _text(piece)  # a str, or content parts; anything else as its JSON
         if not text:
             return
         pieces = self._pieces
@@ -1932,13 +1932,17 @@ class _ChunkFolder:
         for choice in choices if isinstance(choices, list) else ():
             if not isinstance(choice, dict):
                 continue
-            index = _int_or_none(choice.get("index")) or 0
+            index = choice.get("index")
+            index = index if type(index) is int and index else 0  # as _int_or_none(...) or 0, inline: it is hot
             state = self._choices.get(index)
             if state is None:
                 state = self._choices[index] = {
                     "choice": {"index": index}, "message": {}, "texts": {}, "tools": {}, "ids": {}, "last": -1,
                 }  # fmt: skip
-            self._add_delta(state, _dict_or_empty(choice.get("delta")) or _dict_or_empty(choice.get("message")))
+            delta = choice.get("delta")
+            if not (isinstance(delta, dict) and delta):
+                delta = _dict_or_empty(choice.get("message"))
+            self._add_delta(state, delta)
             for key, value in choice.items():
                 if key in ("delta", "message", "index") or value is None:
                     continue
@@ -4124,16 +4128,17 @@ class _PayloadReader:
         return () if self._done else self._converted(data)
 
     def _converted(self, data: bytes) -> Iterator[Any]:
+        response, convert, headers, secrets = self.response, self._convert, self.response.headers, self._secrets
         for event in self._decoder.feed(data):
             if event.data == "[DONE]":
                 self._done = True
-                self.response.grace(_DONE_GRACE_S)
+                response.grace(_DONE_GRACE_S)
                 return
-            payload = _payload_from_event(event, self.response.headers, self._secrets)
-            if self.response.closed_early:
+            payload = _payload_from_event(event, headers, secrets)
+            if response.closed_early:
                 return  # closed by its holder: nothing more is handed out
             self._count += 1
-            yield self._convert(payload)
+            yield convert(payload)
 
     def _end(self) -> None:
         """At a clean end of the body without `[DONE]`: raise if the stream never said anything."""
