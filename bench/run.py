@@ -530,7 +530,7 @@ def report(saved):
 
 
 def targets(saved):
-    """(what, the figure, met) for issue 14's goals, from the medians and the worst rounds."""
+    """(what, the figure, met) for issue 14's and 21's goals, from the medians and the worst rounds."""
     table, sizes = saved["table"], saved["sizes"]
     streams = f"{sizes['concurrent']:,} streams"
     row = {name: spec["values"] for name, spec in table.items()}
@@ -543,19 +543,31 @@ def targets(saved):
                 (f"{label}: octoai_lite ≥ {at_least}× {NAMES[peer]}", f"{lite / other:.2f}×", lite / other >= at_least)
             )
 
+    def at_most(label, name, peer, ratio):
+        lite, other = row[name].get("octoai_lite"), row[name].get(peer)
+        if lite and other:
+            figure = f"{lite / other:.2f}×"
+            out.append((f"{label}: octoai_lite ≤ {ratio}× {NAMES[peer]}", figure, lite / other <= ratio))
+
+    at_most("CPU per streamed chunk", "CPU per streamed chunk", "floor", 1.2)
+    lite, other = row["CPU per streamed chunk"].get("octoai_lite"), row["CPU per streamed chunk"].get("openai")
+    if lite and other:
+        out.append(("CPU per streamed chunk: ≥ 7× less than openai-python", f"{other / lite:.1f}×", other / lite >= 7))
     for threads in (32, 64):
         name = f"{threads} threads, one client"
         compare(f"{threads} threads", name, "floor", 0.85)
         compare(f"{threads} threads", name, "openai", 4)
     concurrent = next(name for name in table if name.endswith("(asyncio)"))
     compare(streams, concurrent, "openai", 5)
+    compare(streams, concurrent, "floor", 0.75)
+    many = next(name for name in table if name.startswith("CPU per chunk,"))
+    at_most(f"{streams}: CPU per chunk", many, "floor", 1.5)
     memory = next(name for name in table if name.startswith("peak memory per stream"))
     lite, other = row[memory].get("octoai_lite"), row[memory].get("openai")
     if lite is not None and other is not None:
         out.append(
             (f"{streams}: less memory per stream than openai-python", f"{fmt(lite)} vs {fmt(other)} KiB", lite < other)
         )
-    many = next(name for name in table if name.startswith("CPU per chunk,"))
     lite, single = row[many].get("octoai_lite"), row["CPU per streamed chunk"].get("octoai_lite")
     if lite and single:
         figure = f"{lite / single:.2f}×"
