@@ -3942,7 +3942,7 @@ class _Recording:
 
     def _wrap(self, request: HTTPRequest, answer: HTTPResponse) -> HTTPResponse:
         answer, hidden = _whole_body(answer), self.secret_headers
-        secrets = _header_secrets(request.headers, hidden)
+        secrets = _header_secrets(request.headers, hidden) + _header_secrets(answer.headers, hidden)  # a Set-Cookie
         entry = {
             "method": request.method,
             "url": _redact(_redact_userinfo(request.url), secrets),

@@ -75,7 +75,9 @@ def answering(seen):
         seen.append(request)
         if request.json().get("stream"):
             return HTTPResponse(200, {"Content-Type": "text/event-stream"}, iter(events("Short", " text.")))
-        return HTTPResponse(200, {"x-request-id": "req-1"}, {"choices": [{"index": 0, "message": {"content": "Short."}}]})
+        return HTTPResponse(
+            200, {"x-request-id": "req-1"}, {"choices": [{"index": 0, "message": {"content": "Short."}}]}
+        )
 
     return handler
 
@@ -129,7 +131,9 @@ def test_an_error_status_through_a_handler_is_retried_then_raised(flavor):
     def busy_then_fine(request):
         calls.append(request)
         status = next(statuses, 400)
-        body = {"choices": [{"index": 0, "message": {"content": "ok"}}]} if status == 200 else {"error": {"message": "no"}}
+        body = (
+            {"choices": [{"index": 0, "message": {"content": "ok"}}]} if status == 200 else {"error": {"message": "no"}}
+        )
         return HTTPResponse(status, {"retry-after": "0"}, body)
 
     client = flavored(flavor, busy_then_fine, max_retries=2)
@@ -235,23 +239,37 @@ def test_a_replayed_stream_has_the_recorded_pieces_byte_for_byte(server, tmp_pat
     assert [piece.decode() for piece in handler(request).body] == recorded
 
 
+# Every default secret header (Authorization is the token's), a caller-named one, and a cookie the server sets.
+OTHER_SECRETS = {
+    "x-api-key": "xk-" + "Gq7Lm2Vb9Tc4Rz8Ws1Nd6Hy3",
+    "cookie": "session=" + "Pz5Kw8Jd2Mn7Qs4Vx1Tb9Rc6",
+    "proxy-authorization": "Basic " + "Yj3Fh8Lq5Wd2Nc7Tk4Rb9Gs1",
+}
+SET_COOKIE = "sid=" + "Ue6Ma1Xp8Hz3Bd5Kw2Qn7Lt4"
+
+
 def test_no_secret_reaches_the_recording(server, flavor, tmp_path):
     path = tmp_path / "secret.jsonl"
-    echo = f"you sent {TOKEN} {API_KEY} {MY_KEY}"
+    echo = " ".join(["you sent", TOKEN, API_KEY, MY_KEY, *OTHER_SECRETS.values(), SET_COOKIE])
     server.script += [
-        reply(200, {"choices": [{"index": 0, "message": {"content": echo}}]}, headers={"x-echo": API_KEY}),
-        reply(401, {"error": {"message": echo}}),
-    ]
+        reply(
+            200, {"choices": [{"index": 0, "message": {"content": echo}}]},
+            headers={"x-echo": API_KEY, "Set-Cookie": SET_COOKIE + "; Path=/"},
+        ),
+        reply(401, {"error": {"message": echo}}, headers={"Set-Cookie": SET_COOKIE}),
+    ]  # fmt: skip
     client = flavor.make(
-        token=TOKEN, default_headers={"api-key": API_KEY}, secret_headers=("X-My-Key",),
+        token=TOKEN, default_headers={"api-key": API_KEY, **OTHER_SECRETS}, secret_headers=("X-My-Key",),
         transport=octoai_lite.record(path),
     )  # fmt: skip
     flavor.chat(client, extra_headers={"x-my-key": MY_KEY})
     with pytest.raises(octoai_lite.AuthenticationError):
         flavor.chat(client, extra_headers={"x-my-key": MY_KEY})
     assert server.requests[0].headers["api-key"] == API_KEY  # it went out to the server, not to the file
+    for name, value in OTHER_SECRETS.items():
+        assert server.requests[0].headers[name] == value
     text = path.read_text()
-    for secret in (TOKEN, API_KEY, MY_KEY):
+    for secret in (TOKEN, API_KEY, MY_KEY, *OTHER_SECRETS.values(), SET_COOKIE):
         assert not [piece for piece in pieces(secret) if piece in text], secret
 
 
