@@ -3916,7 +3916,18 @@ def _bytes_of(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
-class _Recording:
+class _OwnLock:
+    """A lock for what record and replay share between threads, made anew in a forked child."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        _AFTER_FORK.add(self)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+
+
+class _Recording(_OwnLock):
     """`record(path, handler)`: every exchange through `handler` written to `path`, one JSON line each.
 
     A line has the request (method, URL, headers, body) and the answer
@@ -3927,9 +3938,9 @@ class _Recording:
 
     def __init__(self, path: Union[str, "os.PathLike[str]"], handler: Any = None) -> None:
         self.path = os.fspath(path)
+        super().__init__()
         self.handler = handler  # None: the client's own network
         self.secret_headers: FrozenSet[str] = _SECRET_HEADERS
-        self._lock = threading.Lock()
 
     def __call__(self, request: HTTPRequest) -> Any:
         answer = self.handler(request)
@@ -4006,7 +4017,7 @@ def _request_key(method: str, url: str, body: str) -> Tuple[str, str, str]:
     return method, parts.path + ("?" + parts.query if parts.query else ""), body
 
 
-class _Replay:
+class _Replay(_OwnLock):
     """`replay(path)`: a handler that answers from a recording, offline, as the server did then.
 
     Requests match on method, path and JSON body; the same request asked
@@ -4016,9 +4027,9 @@ class _Replay:
     """
 
     def __init__(self, path: Union[str, "os.PathLike[str]"]) -> None:
+        super().__init__()
         self.path = os.fspath(path)
         self._answers: Dict[Tuple[str, str, str], List[Dict[str, Any]]] = {}
-        self._lock = threading.Lock()
         try:
             with open(self.path, encoding="utf-8") as file:
                 lines = list(file)

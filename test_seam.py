@@ -143,6 +143,32 @@ def test_an_error_status_through_a_handler_is_retried_then_raised(flavor):
         flavor.chat(client)
 
 
+def test_a_redirect_through_a_handler_is_followed_and_the_token_stays_home(flavor):
+    """Above the seam as over a socket: a 307 within the origin is followed with the method, body and token;
+    one to another origin is refused with a clear error, and nothing is sent there."""
+    calls = []
+
+    def moving(request):
+        calls.append(request)
+        if request.url.endswith("/v1/chat/completions"):
+            return HTTPResponse(307, {"Location": "/v2/chat/completions"}, b"")
+        if request.url.endswith("/v2/chat/completions"):
+            return HTTPResponse(200, {}, {"choices": [{"index": 0, "message": {"content": "moved"}}]})
+        return HTTPResponse(307, {"Location": "http://127.0.0.2:9/v1/chat/completions"}, b"")
+
+    client = flavored(flavor, moving, token=TOKEN)
+    assert flavor.chat(client).choices[0].message.content == "moved"
+    assert [call.url.split("/", 3)[3] for call in calls] == ["v1/chat/completions", "v2/chat/completions"]
+    assert [call.json()["messages"] for call in calls] == [MESSAGES] * 2  # a 307 keeps the method and body
+    assert calls[1].headers.get("Authorization") == f"Bearer {TOKEN}"
+    elsewhere = flavored(flavor, moving, token=TOKEN, base_url="http://127.0.0.1:8/v0")
+    calls.clear()
+    with pytest.raises(OctoAIClientError, match="another origin") as caught:
+        flavor.chat(elsewhere)
+    assert [call.url for call in calls] == ["http://127.0.0.1:8/v0/chat/completions"]
+    assert TOKEN not in str(caught.value)
+
+
 def test_a_reset_mid_stream_through_a_handler(flavor):
     def cut(request):
         def body():
@@ -304,6 +330,23 @@ def test_the_environment_switches_record_and_replay(server, tmp_path, monkeypatc
         assert client.chat.completions.create(model="m", messages=MESSAGES).dict() == recorded
 
 
+def test_the_environment_switches_record_and_replay_for_the_async_client(server, tmp_path, monkeypatch):
+    path = tmp_path / "aenv.jsonl"
+    server.script += [stream(chat_events(WORDS))]
+
+    async def ask(base_url):
+        async with AsyncClient(base_url=base_url, max_retries=0) as client:
+            chat_stream = await client.chat.completions.create(model="m", messages=MESSAGES, stream=True)
+            return [chunk.dict() async for chunk in chat_stream]
+
+    monkeypatch.setenv("OCTOAI_RECORD", str(path))
+    recorded = asyncio.run(ask(server.url + "/v1"))
+    monkeypatch.delenv("OCTOAI_RECORD")
+    monkeypatch.setenv("OCTOAI_REPLAY", str(path))
+    assert asyncio.run(ask("http://127.0.0.1:9/v1")) == recorded
+    assert "".join(chunk["choices"][0]["delta"].get("content") or "" for chunk in recorded) == "".join(WORDS)
+
+
 def test_the_command_line_records_then_replays(server, tmp_path, capsys):
     path = tmp_path / "cli.jsonl"
     server.script += [stream(chat_events(WORDS))]
@@ -350,3 +393,36 @@ def test_the_shipped_recording_replays_the_guides_snippets(name, monkeypatch):
     recorded = "".join("".join(json.loads(line)["pieces"]) for line in GUIDE.read_text().splitlines())
     words = [word for word in done.stdout.split() if word.isalpha() and len(word) > 4][:20]
     assert len(words) >= 10 and all(word in recorded for word in words)  # the recorded model's own text
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork on this platform")
+def test_a_child_forked_while_a_recording_is_being_written_can_record(tmp_path):
+    """Another thread holds the recording's lock at the fork: the child's own write must not wait for it."""
+    script = f"""
+import os, sys, threading
+sys.path.insert(0, {str(HERE)!r})
+import octoai_lite
+from octoai_lite import HTTPRequest, HTTPResponse
+recording = octoai_lite.record({str(tmp_path / "fork.jsonl")!r}, lambda request: HTTPResponse(200, {{}}, b"{{}}"))
+held, release = threading.Event(), threading.Event()
+def hold():
+    with recording._lock:
+        held.set()
+        release.wait()
+threading.Thread(target=hold, daemon=True).start()
+held.wait()
+pid = os.fork()
+if pid == 0:
+    recording(HTTPRequest("GET", "http://h/v1/models", {{}}, b"", 5.0))
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+release.set()
+print(os.waitstatus_to_exitcode(status) if hasattr(os, "waitstatus_to_exitcode") else status)
+"""
+    try:
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=10)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the forked child waited for a lock its parent's thread held")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "0"
+    assert (tmp_path / "fork.jsonl").read_text().count("\n") == 1  # the child's exchange, written
