@@ -1932,8 +1932,7 @@ class _ChunkFolder:
         for choice in choices if isinstance(choices, list) else ():
             if not isinstance(choice, dict):
                 continue
-            index = choice.get("index")
-            index = index if type(index) is int and index else 0  # as _int_or_none(...) or 0, inline: it is hot
+            index = _int_or_none(choice.get("index")) or 0
             state = self._choices.get(index)
             if state is None:
                 state = self._choices[index] = {
@@ -2988,26 +2987,38 @@ class _PoolBook:
         return False
 
     def give_back(self, key: _PoolKey, held: List[Any], finalizing: bool = False) -> None:
-        """Close what `held` holds and free its slot, once, whoever calls first. Takes no lock that may be busy:
-        a finalizer passes `finalizing`, as the garbage collector may run it while this thread holds the pool's."""
-        if self._leases(key).pop(id(held), None) is not None:
-            for conn in held:
-                if conn is not None:
-                    conn.close()
-            held.clear()
-            self._wake(key, finalizing)
+        """Close what `held` holds, then free its slot; once, whoever takes the connection out first (list.pop is
+        atomic). Takes no lock that may be busy: a finalizer passes `finalizing`, as the garbage collector may
+        run it while this thread holds the pool's."""
+        try:
+            conn = held.pop()
+        except IndexError:
+            return
+        try:
+            if conn is not None:
+                conn.close()
+        finally:
+            if self._leases(key).pop(id(held), None) is not None:  # not if taken before a fork
+                self._wake(key, finalizing)
 
     def _give(self, key: _PoolKey, held: List[Any], reusable: bool) -> None:
         """End the lease `held` after a whole answer: its connection kept idle if reusable, else closed."""
-        if self._leases(key).pop(id(held), None) is None:
-            return  # given back already, or taken before a fork
-        conn = held.pop()
-        idle = self._idle.setdefault(key, [])
-        if conn is not None and reusable and not self._closed and len(idle) < self.max_idle:
-            conn.reused = True  # from now on, a failure may only mean the server closed it while idle
-            idle.append(conn)
-        elif conn is not None:
-            conn.close()
+        try:
+            conn = held.pop()
+        except IndexError:
+            return  # closed by its holder meanwhile
+        try:
+            idle = self._idle.setdefault(key, [])
+            if conn is None or conn.pid != os.getpid():
+                pass  # opened before a fork: the parent's to reuse
+            elif reusable and not self._closed and len(idle) < self.max_idle:
+                conn.reused = True  # from now on, a failure may only mean the server closed it while idle
+                idle.append(conn)
+                conn = None
+        finally:
+            if conn is not None:
+                conn.close()  # before its slot is free: never more sockets open than max_connections
+            self._leases(key).pop(id(held), None)
 
     def _wake(self, key: _PoolKey, finalizing: bool) -> None:
         raise NotImplementedError

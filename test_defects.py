@@ -799,3 +799,84 @@ def test_11_a_few_blank_lines_and_a_trailer_still_frame_an_answer(raw_server, fl
     raw_server.handler = handler
     client = raw_client(flavor, raw_server)
     assert flavor.chat(client).choices[0].message.content == "framed"
+
+
+# =============================================================================
+# Found by a hostile review of the lease pool (each failed on its first version)
+# =============================================================================
+
+
+def test_a_slot_is_free_only_once_its_socket_is_closed(server, monkeypatch):
+    """max_connections=1: while stream A's socket is being closed from another thread, call B waiting for
+    the slot must not connect: two sockets would be open at once."""
+    server.script += [stream(chat_events_slow(), delay=0.05), stream()]
+    client = octoai_lite.Client(base_url=server.url + "/v1", max_connections=1, timeout=5, max_retries=0)
+    first = client.chat.completions.create(model="m", messages=MESSAGES, stream=True)
+    next(first)
+    closing = threading.Event()
+    real_close = octoai_lite._Connection.close
+
+    def slow_close(conn):
+        closing.set()
+        time.sleep(0.6)  # the window between taking the connection out and its socket closing
+        real_close(conn)
+
+    monkeypatch.setattr(octoai_lite._Connection, "close", slow_close)
+    second = threading.Thread(target=lambda: list(client.chat.completions.create(model="m", messages=MESSAGES,
+                                                                                 stream=True)))  # fmt: skip
+    second.start()
+    time.sleep(0.1)  # B waits for the only slot
+    threading.Thread(target=first.close).start()
+    assert closing.wait(2)
+    time.sleep(0.4)  # A's socket is still open
+    assert server.connections == 1
+    second.join(10)
+    assert not second.is_alive() and server.connections == 2
+    client.close()
+
+
+def chat_events_slow():
+    return [sse_event(chunk("", role="assistant"))] + [sse_event(chunk(f" w{i}")) for i in range(30)]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork on this platform")
+def test_a_child_closing_a_stream_it_inherited_leaves_the_parent_its_answer():
+    """A stream opened before a fork and closed in the child: the child's copy ends at once (it must not go
+    on reading the socket it shares with the parent), and the parent reads the rest of its answer."""
+    script = """
+import os, sys, time
+import conftest, octoai_lite
+from conftest import MESSAGES, chunk, sse_event, stream
+server = conftest.LoopbackServer()
+serving = conftest.running(server)
+serving.__enter__()
+server.script.append(stream([sse_event(chunk(f" w{i}")) for i in range(10)] + [b"data: [DONE]\\n\\n"], delay=0.1))
+client = octoai_lite.Client(base_url=server.url + "/v1", timeout=5, max_retries=0)
+answer = client.chat.completions.create(model="m", messages=MESSAGES, stream=True)
+first = next(answer).choices[0].delta.content
+pid = os.fork()
+if pid == 0:
+    answer.close()
+    started = time.monotonic()
+    rest = list(answer)
+    os._exit(0 if not rest and time.monotonic() - started < 0.5 else 1)
+_, status = os.waitpid(pid, 0)
+rest = "".join(piece.choices[0].delta.content for piece in answer)
+print(status, first + rest)
+os._exit(0)
+"""
+    line = run_script(script, timeout_s=15)
+    assert line == "0 " + "".join(f" w{i}" for i in range(10))
+
+
+def test_from_chunks_keeps_an_int_subclass_index_as_its_own_choice():
+    class Index(int):
+        pass
+
+    folded = octoai_lite.ChatCompletion.from_chunks(
+        [
+            {"choices": [{"index": 0, "delta": {"content": "a"}}]},
+            {"choices": [{"index": Index(1), "delta": {"content": "b"}}]},
+        ]
+    )
+    assert [(choice.index, choice.message.content) for choice in folded.choices] == [(0, "a"), (1, "b")]
