@@ -2989,11 +2989,16 @@ class _PoolBook:
     def give_back(self, key: _PoolKey, held: List[Any], finalizing: bool = False) -> None:
         """Close what `held` holds, then free its slot; once, whoever takes the connection out first (list.pop is
         atomic). Takes no lock that may be busy: a finalizer passes `finalizing`, as the garbage collector may
-        run it while this thread holds the pool's."""
-        try:
-            conn = held.pop()
-        except IndexError:
-            return
+        run it while this thread holds the pool's. The response's finalizer also frees a slot an interrupt
+        kept its taker from freeing (no one else can be closing it then)."""
+        conn, taken = None, False
+        if held:
+            try:
+                conn, taken = held.pop(), True
+            except IndexError:
+                pass
+        if not (taken or finalizing):
+            return  # the one who took it frees the slot once the socket is closed
         try:
             if conn is not None:
                 conn.close()
@@ -3006,7 +3011,7 @@ class _PoolBook:
         try:
             conn = held.pop()
         except IndexError:
-            return  # closed by its holder meanwhile
+            return  # closed by its holder meanwhile, who frees the slot
         try:
             idle = self._idle.setdefault(key, [])
             if conn is None or conn.pid != os.getpid():
@@ -3230,9 +3235,11 @@ class _ResponseBase:
 
     def __del__(self) -> None:
         # An answer dropped before anyone took it (an interrupt between `send`
-        # returning and the caller's next line) must not keep its pool slot.
-        if self.__dict__.get("_held"):
-            self.close(finalizing=True)
+        # returning and the caller's next line), or whose release an interrupt
+        # cut short, must not keep its pool slot.
+        held = self.__dict__.get("_held")
+        if held is not None:
+            self._pool.give_back(self._key, held, finalizing=True)
 
     def _abort(self, finalizing: bool = False) -> None:
         """Close the connection and free its slot (this module's own decision, not the holder's)."""
