@@ -181,10 +181,16 @@ __version__ = "0.1.0"
 _DEBUG, _INFO = 10, 20  # logging's level numbers
 
 
-def _logger() -> Any:
-    import logging
+_LOGGER: Any = None  # made once: getLogger takes logging's module lock at every call
 
-    return logging.getLogger("octoai_lite")
+
+def _logger() -> Any:
+    global _LOGGER
+    if _LOGGER is None:
+        import logging
+
+        _LOGGER = logging.getLogger("octoai_lite")
+    return _LOGGER
 
 
 def _log_enabled(level: int) -> bool:
