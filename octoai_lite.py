@@ -2681,6 +2681,17 @@ if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
     os.register_at_fork(after_in_child=lambda: [owner._after_fork() for owner in list(_AFTER_FORK)])
 
 
+class _OwnLock:
+    """A lock shared between threads, made anew in a forked child (a thread of the parent may have held it)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        _AFTER_FORK.add(self)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+
+
 def _env_get(env: _Env, name: str) -> Optional[str]:
     # curl and urllib prefer the lower-case form of proxy variables.
     return env.get(name.lower()) or env.get(name.upper()) or None
@@ -3018,9 +3029,10 @@ class _PoolBook:
             conn = held.pop()
         except IndexError:
             return  # closed by its holder meanwhile, who frees the slot
+        leases = self._leases(key)  # first: a fork since resets the book
         try:
             idle = self._idle.setdefault(key, [])
-            if conn is None or conn.pid != os.getpid():
+            if conn is None or conn.pid != self._pid:
                 pass  # opened before a fork: the parent's to reuse
             elif reusable and not self._closed and len(idle) < self.max_idle:
                 conn.reused = True  # from now on, a failure may only mean the server closed it while idle
@@ -3029,7 +3041,7 @@ class _PoolBook:
         finally:
             if conn is not None:
                 conn.close()  # before its slot is free: never more sockets open than max_connections
-            self._leases(key).pop(id(held), None)
+            leases.pop(id(held), None)
 
     def _wake(self, key: _PoolKey, finalizing: bool) -> None:
         raise NotImplementedError
@@ -3252,22 +3264,18 @@ class _ResponseBase:
         self._pool.give_back(self._key, self._held, finalizing)
 
 
-class _TransportBase:
+class _TransportBase(_OwnLock):
     """The settings both transports share, the one TLS context of a client, and where requests go."""
 
     def __init__(self, verify: Union[bool, str, "os.PathLike[str]"], env: _Env, limits: Tuple[int, int]) -> None:
+        super().__init__()
         self._verify = verify
         # The environment as the client was made: proxies and CA files are
         # read once, not on every request (as httpx does).
         self._env = {name: value for name, value in env.items() if name.upper() in _TRANSPORT_VARIABLES}
         self._limits = limits
         self._context: Optional[ssl.SSLContext] = None
-        self._lock = threading.Lock()
         self._route_cache: Dict[str, _Route] = {}
-        _AFTER_FORK.add(self)
-
-    def _after_fork(self) -> None:
-        self._lock = threading.Lock()
 
     def route(self, url: str) -> _Route:
         """The route of a URL, worked out once (parsing it and the proxy rules cost microseconds)."""
@@ -3379,14 +3387,13 @@ def _pump(conn: Any, exchange: _Exchange, goal: Callable[[], Any], timeout: Call
     return result
 
 
-class _ConnectionPool(_PoolBook):
+class _ConnectionPool(_PoolBook, _OwnLock):
     """The threaded transport's pool: a caller wanting a connection past the bound waits."""
 
     def __init__(self, max_connections: int, max_idle: int) -> None:
-        super().__init__(max_connections, max_idle)
-        self._lock = threading.Lock()
+        _PoolBook.__init__(self, max_connections, max_idle)
+        _OwnLock.__init__(self)
         self._slot_freed: Dict[_PoolKey, threading.Condition] = {}  # per host: a freed slot wakes its own waiters
-        _AFTER_FORK.add(self)
 
     def _waiters(self, key: _PoolKey) -> threading.Condition:
         cond = self._slot_freed.get(key)
@@ -3422,7 +3429,7 @@ class _ConnectionPool(_PoolBook):
             self._lock.release()
 
     def _after_fork(self) -> None:
-        self._lock = threading.Lock()
+        super()._after_fork()
         self._slot_freed = {}
 
 
@@ -3938,17 +3945,6 @@ def _text_of(data: bytes) -> str:
 
 def _bytes_of(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
-
-
-class _OwnLock:
-    """A lock for what record and replay share between threads, made anew in a forked child."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        _AFTER_FORK.add(self)
-
-    def _after_fork(self) -> None:
-        self._lock = threading.Lock()
 
 
 class _Recording(_OwnLock):
