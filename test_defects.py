@@ -880,3 +880,21 @@ def test_from_chunks_keeps_an_int_subclass_index_as_its_own_choice():
         ]
     )
     assert [(choice.index, choice.message.content) for choice in folded.choices] == [(0, "a"), (1, "b")]
+
+
+def test_chunks_before_a_malformed_one_in_the_same_read_are_handed_out_first(raw_server, flavor):
+    """Whole chunks a read holds come as one piece: a malformed chunk after them, in the same write, must not
+    take them down with it. The stream yields every event before it, then raises the framing error."""
+    events = [sse_event(chunk("", role="assistant"))] + [sse_event(chunk(f" w{i}")) for i in range(5)]
+    body = b"".join(b"%x\r\n%s\r\n" % (len(event), event) for event in events) + b"zz\r\n"
+
+    def handler(sock, request):
+        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n" + body)
+        wait_for_close(sock, 3)
+
+    raw_server.handler = handler
+    client = raw_client(flavor, raw_server)
+    got = []
+    with pytest.raises(OctoAIValidationError, match="malformed chunk-size line"):
+        flavor.collect(client, got)
+    assert "".join(got) == "".join(f" w{i}" for i in range(5))
