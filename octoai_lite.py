@@ -4120,15 +4120,19 @@ def replay(path: Union[str, "os.PathLike[str]"]) -> _Replay:
 # been handed out.
 
 
-class _PayloadReader:
-    """The JSON payloads of a streamed answer, by the rules of a chat stream, for both iterators.
+_MORE = object()  # what a stream's reader gives when it needs the next read
+_END = object()  # and once the stream is over
 
-    `payloads(data)` gives those a read completed (through `convert`), and
-    None once the body is over; the server's error is raised where it
+
+class _PayloadReader:
+    """The JSON payloads of a streamed answer, by the rules of a chat stream, for both stream classes.
+
+    `add` each read of the body (b"" at its end); `take` gives the next
+    payload (through `convert`), `_MORE` when it needs the next read, and
+    `_END` once the body is over; the server's error is raised where it
     stands. After `[DONE]` the answer is complete: the rest of the body may
     take `_DONE_GRACE_S` in all, and a failure then loses nothing (see
-    `_ResponseBase.grace`). As a context manager around the iteration, it
-    closes the response on any exit.
+    `_ResponseBase.grace`). A failure anywhere goes through `failed`.
     """
 
     def __init__(
@@ -4139,37 +4143,44 @@ class _PayloadReader:
         self._secrets = response.secrets
         self._convert = convert
         self._decoder = SSEDecoder()
+        self._events: List[ServerSentEvent] = []  # of the last read, last first
         self._count = 0  # payloads handed out
         self._done = False  # [DONE] arrived
+        self._over = False  # the body ended, or the iteration failed
         self._json = _Body(_MAX_BODY_BYTES) if response.content_type == "application/json" else None
         self.error: Optional[OctoAIError] = None  # what ended the iteration, if it failed
 
-    def payloads(self, data: bytes) -> Optional[Iterable[Any]]:
+    def take(self) -> Any:
+        events, response = self._events, self.response
+        while events:
+            event = events.pop()
+            if event.data == "[DONE]":
+                self._done = True
+                events.clear()
+                response.grace(_DONE_GRACE_S)
+                break
+            payload = _payload_from_event(event, response.headers, self._secrets)
+            if response.closed_early:
+                break  # closed by its holder: nothing more is handed out
+            self._count += 1
+            return self._convert(payload)
+        return _END if self._over or response.closed_early else _MORE
+
+    def add(self, data: bytes) -> None:
         if self._json is not None:  # a plain JSON answer to a streaming request
             if self._json.add(data):
-                return ()
+                return
             if self._json.over:
                 self.response._abort()
             body = self._json.value(self.response.where)
             raise _stream_answered_with_json(body, self.response.headers, self._secrets)
         if not data:
+            self._over = True
             if not self._done and not self.response.closed_early:
                 self._end()
-            return None
-        return () if self._done else self._converted(data)
-
-    def _converted(self, data: bytes) -> Iterator[Any]:
-        response, convert, headers, secrets = self.response, self._convert, self.response.headers, self._secrets
-        for event in self._decoder.feed(data):
-            if event.data == "[DONE]":
-                self._done = True
-                response.grace(_DONE_GRACE_S)
-                return
-            payload = _payload_from_event(event, headers, secrets)
-            if response.closed_early:
-                return  # closed by its holder: nothing more is handed out
-            self._count += 1
-            yield convert(payload)
+        elif not self._done:
+            self._events = self._decoder.feed(data)
+            self._events.reverse()
 
     def _end(self) -> None:
         """At a clean end of the body without `[DONE]`: raise if the stream never said anything."""
@@ -4186,26 +4197,12 @@ class _PayloadReader:
                 "on every choice: it was probably cut short"
             )
 
-    def __enter__(self) -> "_PayloadReader":
-        return self
-
-    def __exit__(self, kind: Any, exc: Optional[BaseException], traceback: Any) -> None:
-        self.response.close(finalizing=kind is GeneratorExit)  # a no-op once the body was read to the end
+    def failed(self, exc: BaseException) -> None:
+        """After any failure (a cancellation too): the response is closed, and no more is handed out."""
+        self._over = True
+        self.response.close()
         if isinstance(exc, OctoAIError):
             self.error = _scrub(exc, self._secrets)  # and raised again by get_final_completion
-
-
-def _iter_payloads(reader: _PayloadReader) -> Generator[Any, None, None]:
-    with reader:
-        while (items := reader.payloads(reader.response.read_chunk())) is not None:
-            yield from items
-
-
-async def _aiter_payloads(reader: _PayloadReader) -> AsyncGenerator[Any, None]:
-    with reader:
-        while (items := reader.payloads(await reader.response.read_chunk())) is not None:
-            for item in items:
-                yield item
 
 
 def _chunks(cls: Any, folder: _ChunkFolder, headers: Mapping[str, str], secrets: _Secrets) -> Callable[[Any], Any]:
@@ -4249,7 +4246,6 @@ class _AsyncClosing:
 class _StreamBase(_Answer):
     """What the stream classes share: the answer's headers (`_Answer`), the iterator, closing, folding chunks."""
 
-    _iterate: Any  # _iter_payloads or _aiter_payloads
     _result: ClassVar[Any] = None  # the chunk class (ChatCompletion, Completion): chunks checked, folded, built
 
     def __init__(self, response: Any, convert: Optional[Callable[[Any], Any]] = None) -> None:
@@ -4260,7 +4256,6 @@ class _StreamBase(_Answer):
             self._folder = _ChunkFolder(self._result._KIND)
             convert = _chunks(self._result, self._folder, response.headers, response.secrets)
         self._reader = _PayloadReader(response, convert or _identity, self._folder.finished if self._result else None)
-        self._items = type(self)._iterate(self._reader)
 
     def _close(self) -> None:
         # Closing the response ends the iteration too: the next read finds it closed.
@@ -4272,8 +4267,7 @@ class _StreamBase(_Answer):
         return self._result.from_dict(self._folder.result())
 
     def __del__(self) -> None:
-        # A stream dropped unfinished must not leak its socket. The iterator
-        # holds the response, not the stream, so this runs at once.
+        # A stream dropped unfinished must not leak its socket.
         response = getattr(self, "_response", None)
         if response is not None:
             response.close(finalizing=True)
@@ -4282,13 +4276,20 @@ class _StreamBase(_Answer):
 class _EventStream(_StreamBase, _Closing):
     """Iterate the JSON payloads of an event-stream answer; owns the response until closed."""
 
-    _iterate = staticmethod(_iter_payloads)
-
     def __iter__(self: _SelfT) -> _SelfT:
         return self
 
     def __next__(self) -> Any:
-        return next(self._items)
+        reader = self._reader
+        try:
+            while (item := reader.take()) is _MORE:
+                reader.add(self._response.read_chunk())
+        except BaseException as exc:
+            reader.failed(exc)
+            raise
+        if item is _END:
+            raise StopIteration
+        return item
 
     def close(self) -> None:
         """End the HTTP response now; the connection is closed, not reused. Safe from another thread."""
@@ -4298,8 +4299,9 @@ class _EventStream(_StreamBase, _Closing):
 class _ChunkStream(_EventStream, _Of["_ChunkT"]):
     """What `Stream` and `CompletionStream` share: chunks, their text, their folding."""
 
-    def __next__(self) -> _ChunkT:
-        return next(self._items)  # type: ignore[no-any-return]
+    if TYPE_CHECKING:
+
+        def __next__(self) -> _ChunkT: ...
 
     @property
     def text_stream(self) -> Iterator[str]:
@@ -4336,19 +4338,24 @@ class CompletionStream(_ChunkStream["Completion"]):
 class _AsyncEventStream(_StreamBase, _AsyncClosing):
     """The async form of `_EventStream`: ``async for``, ``async with``, `aclose()`."""
 
-    _iterate = staticmethod(_aiter_payloads)
-
     def __aiter__(self: _SelfT) -> _SelfT:
         return self
 
     async def __anext__(self) -> Any:
-        return await self._items.__anext__()
+        reader = self._reader
+        try:
+            while (item := reader.take()) is _MORE:
+                reader.add(await self._response.read_chunk())
+        except BaseException as exc:
+            reader.failed(exc)
+            raise
+        if item is _END:
+            raise StopAsyncIteration
+        return item
 
     async def aclose(self) -> None:
-        """End the HTTP response now; the connection is closed, not reused."""
+        """End the HTTP response now; the connection is closed, not reused (a read awaited meanwhile ends)."""
         self._close()
-        if not self._items.ag_running:  # else another task is awaiting it: that read ends by itself
-            await self._items.aclose()
 
     close = aclose
 
@@ -4356,8 +4363,9 @@ class _AsyncEventStream(_StreamBase, _AsyncClosing):
 class _AsyncChunkStream(_AsyncEventStream, _Of["_ChunkT"]):
     """What `AsyncStream` and `AsyncCompletionStream` share."""
 
-    async def __anext__(self) -> _ChunkT:
-        return await self._items.__anext__()  # type: ignore[no-any-return]
+    if TYPE_CHECKING:
+
+        async def __anext__(self) -> _ChunkT: ...
 
     @property
     def text_stream(self) -> AsyncIterator[str]:
