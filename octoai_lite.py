@@ -1027,6 +1027,7 @@ class HTTPResponse:
 # across reads is never broken. Chat meaning ([DONE], errors) lives in 4c.
 
 _BOM = b"\xef\xbb\xbf"
+_new_tuple = tuple.__new__  # a namedtuple made without its Python-level __new__
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 _MAX_RETRY_DIGITS = 18  # a longer reconnection time (ms) is ignored: no real one, and int() refuses 4,300 digits
 
@@ -1086,22 +1087,22 @@ class SSEDecoder:
                 scanned = 0
         events: List[ServerSentEvent] = []
         if b"\n" in data and b"\r" not in data:
-            # The usual case, LF only: split in C. What the buffer held had no
-            # line end, so the last piece is the unfinished line. Data lines
-            # and blank lines, nearly all there is, are taken here inline.
-            lines = buffer.split(b"\n")
-            buffer = self._buffer = lines.pop()
+            # The usual case, LF only: the whole lines decoded and split at
+            # once, in C (an LF byte always ends a UTF-8 sequence, whole or
+            # broken, so this decodes as line by line would). Data lines and
+            # blank lines, nearly all there is, are taken here inline.
+            end = buffer.rfind(b"\n")  # -1 when the LF was a CRLF's second half
+            lines = [] if end < 0 else buffer[:end].decode("utf-8", "replace").split("\n")
+            del buffer[: end + 1]
             for line in lines:
-                if line.startswith(b"data: "):
-                    self._add_data(line[6:].decode("utf-8", "replace"))
-                elif not line:
-                    event = self._dispatch()
-                    if event is not None:
-                        events.append(event)
+                if line.startswith("data: "):
+                    self._add_data(line[6:])
+                elif line:
+                    self.decode_line(line)  # a line that is not blank ends no event
+                elif self._data:
+                    events.append(self._dispatch())
                 else:
-                    event = self._take_line(line)
-                    if event is not None:
-                        events.append(event)
+                    self._event_type = ""  # a blank line with no data dispatches nothing, and resets the type
         elif b"\r" in data:
             start = 0
             for match in _LINE_END.finditer(buffer, scanned):
@@ -1166,7 +1167,7 @@ class SSEDecoder:
 
     def _make_event(self) -> ServerSentEvent:
         data = self._data[0] if len(self._data) == 1 else "\n".join(self._data)
-        return ServerSentEvent(self._event_type or "message", data, self._last_event_id, self._retry)
+        return _new_tuple(ServerSentEvent, (self._event_type or "message", data, self._last_event_id, self._retry))
 
     def _dispatch(self) -> Optional[ServerSentEvent]:
         # Only an event with at least one data line is dispatched; the event
@@ -2078,6 +2079,7 @@ _LINE_END_CRLF = re.compile(rb"\r?\n")
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: .*)?", re.DOTALL)
 _DIGITS = re.compile(r"[0-9]{1,18}")  # not str.isdigit, which takes "²"
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+_NEXT_CHUNK = re.compile(rb"\r\n([0-9A-Fa-f]{1,16})\r?\n")  # a chunk's end and the next one's size line
 _MAX_INTERIM_ANSWERS = 8  # 100 Continue, 103 Early Hints... before the real one
 _MAX_CHUNK_LINE_BYTES = 4096  # a chunk-size or trailer line (h11: the same)
 # Empty lines before a status line, and a chunked body's trailer section, are bounded by _MAX_HEAD_BYTES too.
@@ -2192,15 +2194,13 @@ class _Exchange:
     def _whole_chunks(self, pieces: List[Any]) -> None:
         """After a chunk's data, take the next whole chunks (CRLF, a size line of hex digits, the data) in one
         pass: what `_chunk_end`, `_chunk_size` and `_data` would give, one call each; anything else is theirs."""
-        buffer, at = self._buffer, 0
-        while buffer[at : at + 2] == b"\r\n" and (end := buffer.find(b"\n", at + 2)) >= 0:
-            size_line = buffer[at + 2 : end - 1 if buffer[end - 1] == 0x0D else end]
-            if not _CHUNK_SIZE.fullmatch(size_line):
-                break
-            stop = end + 1 + int(size_line, 16)
-            if stop == end + 1 or len(buffer) < stop:
+        buffer, at, next_chunk = self._buffer, 0, _NEXT_CHUNK.match
+        while (size_line := next_chunk(buffer, at)) is not None:
+            start = size_line.end()
+            stop = start + int(size_line[1], 16)
+            if stop == start or len(buffer) < stop:
                 break  # the last chunk, or one not all here
-            pieces.append(buffer[end + 1 : stop])
+            pieces.append(buffer[start:stop])
             at = stop
         del buffer[:at]
 
