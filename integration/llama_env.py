@@ -130,6 +130,34 @@ def smollm2_model(python: str = sys.executable) -> Path:
     return target
 
 
+def model_shape(python: str, model: Path) -> Tuple[str, int]:
+    """(architecture, embedding length) of a GGUF model, read from its metadata with the venv's `gguf`.
+
+    `python` is the llama venv's (llama_python()). For the tiny model: ("llama", N_EMBD of build_tiny_model.py).
+    """
+    code = (
+        "import sys, gguf\n"
+        "reader = gguf.GGUFReader(sys.argv[1])\n"
+        "arch = reader.get_field('general.architecture').contents()\n"
+        "print(arch, int(reader.get_field(arch + '.embedding_length').contents()))\n"
+    )
+    result = subprocess.run([python, "-c", code, str(model)], capture_output=True, text=True, timeout=120, check=True)
+    arch, length = result.stdout.split()
+    return arch, int(length)
+
+
+def mean_pooling(arch: str) -> Tuple[str, ...]:
+    """Server arguments that make it pool each input's token vectors into one (their mean), for `extra`.
+
+    llama-cpp-python's server (0.3) has no setting for the context's pooling type
+    (Llama(pooling_type=...)); left unspecified, llama.cpp takes the model's own,
+    its GGUF's `{arch}.pooling_type`, which a generative model does not name (none:
+    one vector per token). --kv_overrides sets that metadata key at load time;
+    1 is LLAMA_POOLING_TYPE_MEAN.
+    """
+    return ("--kv_overrides", f"{arch}.pooling_type=int:1")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import math
 import os
 import socket
 import socketserver
@@ -413,16 +414,23 @@ def test_legacy_completions_async(llama_server):
 
 
 @pytest.fixture(scope="module")
-def embedding_server(tmp_path_factory):
-    """A second server on the same model with embeddings on (llama-cpp-python serves them only then)."""
+def embedding_model(tmp_path_factory):
+    """(llama venv python, model file, its embedding length, its architecture) for the embedding servers."""
     python = llama_env.llama_python()
-    folder = tmp_path_factory.mktemp("embed")
     if MODEL == "smollm2":
         model = llama_env.smollm2_model(python)
     else:
-        model = llama_env.tiny_model(python, folder / "tiny.gguf")
+        model = llama_env.tiny_model(python, tmp_path_factory.mktemp("embed") / "tiny.gguf")
+    arch, n_embd = llama_env.model_shape(python, model)
+    return python, model, n_embd, arch
+
+
+def serve_embeddings(tmp_path_factory, embedding_model, *extra):
+    """A server on the embedding model with embeddings on (llama-cpp-python serves them only then); stop it after."""
+    python, model = embedding_model[:2]
+    folder = tmp_path_factory.mktemp("embed-server")
     server, base_url = llama_env.start_server(
-        python, model, folder / "server.log", alias=ALIAS, n_ctx=N_CTX, extra=("--embedding", "true")
+        python, model, folder / "server.log", alias=ALIAS, n_ctx=N_CTX, extra=("--embedding", "true", *extra)
     )
     try:
         yield base_url
@@ -430,16 +438,115 @@ def embedding_server(tmp_path_factory):
         llama_env.stop_server(server)
 
 
+@pytest.fixture(scope="module")
+def embedding_server(tmp_path_factory, embedding_model):
+    """A second server on the same model with embeddings on, pooling left to the model (none, for these two)."""
+    yield from serve_embeddings(tmp_path_factory, embedding_model)
+
+
+@pytest.fixture(scope="module")
+def pooled_embedding_server(tmp_path_factory, embedding_model):
+    """A third server with embeddings on and mean pooling (llama_env.mean_pooling): one vector per input."""
+    yield from serve_embeddings(tmp_path_factory, embedding_model, *llama_env.mean_pooling(embedding_model[3]))
+
+
 def test_embeddings_of_a_model_without_pooling(embedding_server):
     """Difference: for a model whose GGUF names no pooling (these two), the server sends one vector per
     token, a list of lists; `embedding` is declared a list of floats, so it reads as [] (the lenient rule:
-    a field of the wrong shape is absent). The server's own lists stay in the object's kept JSON."""
+    a field of the wrong shape is absent). The server's own lists stay in the object's kept JSON.
+    (llama-cpp-python 0.3.36 also reads the token vectors of every input after the first from the wrong
+    offset, `pos += size` instead of `size * n_embd`: only the first input's lists are that input's.)
+    A server that pools sends vectors: the tests below."""
     with Client(base_url=embedding_server, timeout=60, max_retries=0) as client:
         answer = client.embeddings.create(model=ALIAS, input=["Seattle", "Portland"])
     assert [item.index for item in answer.data] == [0, 1]
     assert [item.embedding for item in answer.data] == [[], []]
     sent = [item._raw["embedding"] for item in answer.data]
     assert all(vector and all(isinstance(value, float) for value in vector[0]) for vector in sent)
+
+
+def assert_vectors(answer, count, n_embd):
+    """`count` items, indexed 0..count-1 in order, each a finite, non-zero vector of n_embd floats, as the server sent it."""
+    assert isinstance(answer, octoai_lite.CreateEmbeddingResponse)
+    assert answer.object == "list" and answer.model == ALIAS
+    assert [item.index for item in answer.data] == list(range(count))
+    for item in answer.data:
+        assert item.object == "embedding"
+        vector = item.embedding
+        assert isinstance(vector, list) and len(vector) == n_embd
+        assert all(type(value) is float and math.isfinite(value) for value in vector)
+        assert any(vector)
+        assert vector == item._raw["embedding"]
+    if answer.usage is not None:  # llama-cpp-python sends prompt_tokens and total_tokens
+        assert answer.usage.prompt_tokens > 0 and answer.usage.total_tokens == answer.usage.prompt_tokens
+    return [item.embedding for item in answer.data]
+
+
+def close(a, b, tolerance=1e-4):
+    """The same vector up to float32 noise (one input alone or in a batch is summed in another order)."""
+    return len(a) == len(b) and all(abs(x - y) <= tolerance * max(1.0, abs(y)) for x, y in zip(a, b))
+
+
+def test_embeddings_pooled_one_vector_per_input(pooled_embedding_server, embedding_model):
+    """With mean pooling the server sends what OpenAI documents: `embedding` a list of floats per input."""
+    n_embd = embedding_model[2]
+    if MODEL == "tiny":
+        assert n_embd == 64  # build_tiny_model.py's N_EMBD
+    with Client(base_url=pooled_embedding_server, timeout=60, max_retries=0) as client:
+        answer = client.embeddings.create(model=ALIAS, input=["Seattle", "Portland"])
+        seattle, portland = assert_vectors(answer, 2, n_embd)
+        assert answer.usage is not None
+        assert not close(seattle, portland)
+        (alone,) = assert_vectors(client.embeddings.create(model=ALIAS, input="Seattle"), 1, n_embd)
+        assert close(alone, seattle)
+        assert client.embeddings.create(model=ALIAS, input="Seattle").data[0].embedding == alone  # repeatable
+    printed = answer.dict()
+    assert [item["embedding"] for item in printed["data"]] == [seattle, portland]
+    assert printed["usage"]["prompt_tokens"] == answer.usage.prompt_tokens
+
+
+def test_pooled_embedding_is_the_mean_of_the_token_vectors(pooled_embedding_server, embedding_server):
+    """The pooled vector is the mean of the vectors the unpooled server sends for the input's tokens (one
+    input per request: see test_embeddings_of_a_model_without_pooling for why not several)."""
+    text = "Write a blog about Seattle"
+    with Client(base_url=embedding_server, timeout=60, max_retries=0) as client:
+        tokens = client.embeddings.create(model=ALIAS, input=text).data[0]._raw["embedding"]
+    with Client(base_url=pooled_embedding_server, timeout=60, max_retries=0) as client:
+        pooled = client.embeddings.create(model=ALIAS, input=text).data[0].embedding
+    assert len(tokens) > 1
+    assert close(pooled, [sum(column) / len(tokens) for column in zip(*tokens)])
+
+
+def test_embeddings_pooled_async(pooled_embedding_server, embedding_model):
+    n_embd = embedding_model[2]
+
+    async def main():
+        async with AsyncClient(base_url=pooled_embedding_server, timeout=60, max_retries=0) as client:
+            both = await client.embeddings.create(model=ALIAS, input=["Seattle", "Portland"])
+            one = await client.embeddings.create(model=ALIAS, input="Portland")
+            return both, one
+
+    both, one = asyncio.run(main())
+    seattle, portland = assert_vectors(both, 2, n_embd)
+    (alone,) = assert_vectors(one, 1, n_embd)
+    assert close(alone, portland) and not close(alone, seattle)
+    with Client(base_url=pooled_embedding_server, timeout=60, max_retries=0) as client:
+        assert client.embeddings.create(model=ALIAS, input=["Seattle", "Portland"]).data[0].embedding == seattle
+
+
+def test_embeddings_base64_and_dimensions_are_ignored(pooled_embedding_server, embedding_model):
+    """Difference: llama-cpp-python's server (0.3) knows neither `encoding_format` nor `dimensions` (its
+    request model has only model, input and user; pydantic drops the rest): asked for base64, it sends
+    floats, which the client takes as they are; asked for 8 dimensions, it sends them all."""
+    n_embd = embedding_model[2]
+    with Client(base_url=pooled_embedding_server, timeout=60, max_retries=0) as client:
+        floats = client.embeddings.create(model=ALIAS, input=["Seattle", "Portland"])
+        in_base64 = client.embeddings.create(model=ALIAS, input=["Seattle", "Portland"], encoding_format="base64")
+        short = client.embeddings.create(model=ALIAS, input="Seattle", dimensions=8)
+    assert [type(item._raw["embedding"]) for item in in_base64.data] == [list, list]  # not a base64 str
+    assert assert_vectors(in_base64, 2, n_embd) == [item.embedding for item in floats.data]
+    (vector,) = assert_vectors(short, 1, n_embd)
+    assert close(vector, floats.data[0].embedding)
 
 
 # -- issue 22: record against the real server, replay with it stopped -----------
