@@ -529,6 +529,17 @@ class _Model:
     dict = to_dict
     model_dump = to_dict
 
+    # What dataclasses would generate for each class, written once (each generated method costs import time).
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        names = [field.name for field in _fields(type(self))]
+        return tuple(getattr(self, name) for name in names) == tuple(getattr(other, name) for name in names)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{field.name}={getattr(self, field.name)!r}" for field in _fields(type(self)))
+        return f"{type(self).__qualname__}({shown})"
+
     def json(self, **dumps_kwargs: Any) -> str:
         """Return `to_dict()` as a JSON string."""
         return json.dumps(self.to_dict(), **dumps_kwargs)
@@ -545,7 +556,7 @@ def _fields(cls: type) -> Tuple[Any, ...]:
     return found
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False, repr=False)  # _Model's ==, repr
 class FunctionCall(_Model):
     """A function name and its JSON arguments (as a string)."""
 
@@ -567,7 +578,7 @@ def _function_or_none(value: Any) -> Optional[FunctionCall]:
     return FunctionCall.from_dict(value) if isinstance(value, dict) else None
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False, repr=False)  # _Model's ==, repr
 class ToolCall(_Model):
     """One tool call; in a stream chunk, a fragment of one (see `index`)."""
 
@@ -597,7 +608,7 @@ def _tool_calls_or_none(value: Any) -> Optional[List[ToolCall]]:
     return [ToolCall.from_dict(item) for item in value if isinstance(item, dict)]
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False, repr=False)  # _Model's ==, repr
 class ChatMessage(_Model):
     """A message: what the model answered, or what you send."""
 
@@ -631,7 +642,7 @@ class ChatMessage(_Model):
         return self.reasoning if self.reasoning is not None else self.reasoning_content
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False, repr=False)  # _Model's ==, repr
 class ChoiceDelta(ChatMessage):
     """The part of a message one stream chunk adds; `content` is "" when it adds no text.
 
@@ -647,7 +658,7 @@ class ChoiceDelta(ChatMessage):
             self.content = ""
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False, repr=False)  # _Model's ==, repr
 class Choice(_Model):
     """One answer: `message` in a completion, `delta` in a stream chunk (the other is empty)."""
 
@@ -673,7 +684,7 @@ class Choice(_Model):
         )
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False, repr=False)  # _Model's ==, repr
 class CompletionUsage(_Model):
     """Token counts, the basis of billing."""
 
@@ -773,7 +784,7 @@ class _Answer:
         return RateLimits.from_headers(self.headers)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False, repr=False)  # _Model's ==, repr
 class _Completion(_Answer, _Model):
     """What a chat completion and a legacy text completion (and their stream chunks) share."""
 
@@ -826,7 +837,7 @@ class _Completion(_Answer, _Model):
         return cls.from_dict(folder.result())
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False, repr=False)  # _Model's ==, repr
 class ChatCompletion(_Completion):
     """A chat completion, or one chunk of a streamed one."""
 
@@ -886,7 +897,7 @@ def _plain_chat_chunk(data: Dict[str, Any]) -> Optional[ChatCompletion]:
     return ChatCompletion(chunk_id, built, created, model, kind, fingerprint, None, data)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False, repr=False)  # _Model's ==, repr
 class CompletionChoice(_Model):
     """One answer of a legacy text completion, or the piece of it a stream chunk adds."""
 
@@ -910,7 +921,7 @@ class CompletionChoice(_Model):
         )
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False, repr=False)  # _Model's ==, repr
 class Completion(_Completion):
     """A legacy text completion (``client.completions.create``), or one chunk of a streamed one."""
 
@@ -940,7 +951,7 @@ def _floats(value: Any) -> List[float]:
     return floats.tolist()
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False, repr=False)  # _Model's ==, repr
 class Embedding(_Model):
     """One input's embedding vector."""
 
@@ -957,7 +968,7 @@ class Embedding(_Model):
                    _str_or_none(data.get("object")), data)  # fmt: skip
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False, repr=False)  # _Model's ==, repr
 class CreateEmbeddingResponse(_Answer, _Model):
     """The answer of ``client.embeddings.create``: ``data[i].embedding`` for input i."""
 
@@ -1099,10 +1110,8 @@ class SSEDecoder:
                     self._add_data(line[6:])
                 elif line:
                     self.decode_line(line)  # a line that is not blank ends no event
-                elif self._data:
-                    events.append(self._dispatch())
-                else:
-                    self._event_type = ""  # a blank line with no data dispatches nothing, and resets the type
+                elif (event := self._dispatch()) is not None:
+                    events.append(event)
         elif b"\r" in data:
             start = 0
             for match in _LINE_END.finditer(buffer, scanned):
@@ -1239,7 +1248,7 @@ def _build_headers(
     return _merge_headers(base, default_headers, extra_headers)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
 class _Call:
     """One call as the caller made it: the request, and the bounds it runs under.
 
@@ -1823,14 +1832,11 @@ def _retry_delay(
     backoff = min(initial_s * 2.0**attempt, _BACKOFF_MAX_S)
     return backoff * (1.0 - 0.25 * rand)  # jitter: 75% to 100% of the backoff
 
-@dataclasses.dataclass(frozen=True)
-class _Attempt:
-    """The next try of a call: where it goes, what came before it, and the wait before it."""
+class _Attempt(collections.namedtuple("_Attempt", ["url", "retries", "hops", "wait_s"], defaults=[0, 0, 0.0])):
+    """The next try of a call: its URL, the failed tries waited for so far, the redirects followed since the
+    last of them, and the seconds to wait before it."""
 
-    url: str
-    retries: int = 0  # failed tries waited for so far
-    hops: int = 0  # redirects followed since the last of them
-    wait_s: float = 0.0
+    __slots__ = ()
 
 
 def _judge(
@@ -1854,14 +1860,14 @@ def _judge(
         if error.request_sent and call.method not in _IDEMPOTENT_METHODS:
             raise error
         if error.stale:
-            return dataclasses.replace(attempt, wait_s=0.0)
+            return attempt._replace(wait_s=0.0)
     else:
         status, headers = outcome.status, outcome.headers
         if _is_redirect(status, headers):
             target = _redirect_target(call.method, attempt.url, status, headers)
             if attempt.hops >= _MAX_REDIRECTS:
                 raise OctoAIClientError(f"more than {_MAX_REDIRECTS} redirects, the last to {target}")
-            return dataclasses.replace(attempt, url=target, hops=attempt.hops + 1, wait_s=0.0)
+            return attempt._replace(url=target, hops=attempt.hops + 1, wait_s=0.0)
         if status < 300:
             return None
         error = _error_from_response(
