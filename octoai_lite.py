@@ -3634,10 +3634,12 @@ class _AsyncConnection:
     def close(self) -> None:
         """Close at once, without flushing: nobody wants the rest."""
         self._eof = True
-        if self.transport is not None and not self.loop.is_closed():
+        if self.transport is not None and not self.loop.is_closed() and self.pid == os.getpid():
             self.transport.abort()
         elif self.sock is not None:
-            # Not connected yet, or its event loop has ended: only the socket is left to close.
+            # Not connected yet, its event loop has ended, or it was inherited across a fork (aborting
+            # the transport would unregister the parent's socket from the epoll both share): the
+            # socket, this process's descriptor, is all there is to close.
             # (A transport whose loop ended without shutdown_asyncgens still warns when collected:
             # asyncio offers no public way to finish it.)
             self.sock.close()
