@@ -3490,9 +3490,10 @@ class _Transport(_TransportBase):
 
 
 # -- 5b. asyncio ---------------------------------------------------------------
-# No thread per request: connections are asyncio protocols whose bytes wait
-# in a list until the pump asks; every wait is a future with a timer beside
-# it. asyncio is imported inside functions, so that sync users never pay for it.
+# No thread per request: a connection is a non-blocking socket read when the
+# pump asks, and every wait is a future with a timer beside it, woken by the
+# loop's add_reader. asyncio is imported inside functions, so that sync users
+# never pay for it.
 
 
 def _settle(waiter: "asyncio.Future[None]", error: Optional[BaseException]) -> None:
@@ -3505,60 +3506,37 @@ def _settle(waiter: "asyncio.Future[None]", error: Optional[BaseException]) -> N
 
 
 class _AsyncConnection:
-    """One connection as an asyncio protocol: received bytes wait here until read."""
+    """One non-blocking socket of its own, watched with the loop's `add_reader` (and `add_writer`).
+
+    No asyncio transport: the socket is the connection, so closing it is
+    closing the socket, at any moment (after its loop has ended, or in a
+    child after a fork, where only the child's descriptor is closed). What
+    arrives waits in a list until read; TLS runs in memory (`ssl.SSLObject`).
+    """
 
     def __init__(self, loop: "asyncio.AbstractEventLoop") -> None:
         self.loop = loop
         self.pid = os.getpid()
         self.reused = False
-        self._unsent = False  # bytes of the request were in asyncio's buffer when last seen
-        self.sock: Optional[socket.socket] = None  # ours, to close even once the loop has ended
-        self.transport: Any = None
+        self.sock: Optional[socket.socket] = None
         self._chunks: List[bytes] = []
         self._size = 0
+        self._watching = False  # add_reader is on: a pause leaves bytes in the socket (the server slows down)
         self._eof = False
+        self._closed = False
         self._error: Optional[BaseException] = None
-        self._waiter: Optional["asyncio.Future[None]"] = None
-        self._paused = False
-
-    # -- asyncio.Protocol callbacks
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-        transport.set_write_buffer_limits(high=0)  # pause/resume_writing tell when the buffer fills and empties
-
-    def data_received(self, data: bytes) -> None:
-        self._chunks.append(data)
-        self._size += len(data)
-        if self._size > 4 * _READ_SIZE and not self._paused:
-            self._paused = True  # the caller reads slower than the server sends: push back
-            self.transport.pause_reading()
-        self._wake()
-
-    def eof_received(self) -> bool:
-        self._eof = True
-        self._wake()
-        return False
-
-    def connection_lost(self, exc: Optional[BaseException]) -> None:
-        self._eof = True
-        self._error = exc
-        self._wake()
-
-    def pause_writing(self) -> None:
-        self._unsent = True
-
-    def resume_writing(self) -> None:
-        self._unsent = False
-
-    def _wake(self) -> None:
-        if self._waiter is not None:
-            _settle(self._waiter, None)
+        self._waiter: Optional["asyncio.Future[None]"] = None  # a read waiting for bytes
+        self._unsent = bytearray()  # what the socket has not taken yet, written as it becomes writable
+        self._tls: Any = None  # an ssl.SSLObject, and its two MemoryBIOs: what came in, what goes out
+        self._tls_in: Any = None
+        self._tls_out: Any = None
 
     # -- the steps of `_opening`
     async def connect(self, address: Tuple[str, int], timeout_s: float) -> None:
         import asyncio
 
         await asyncio.wait_for(self._open(address), timeout_s)
+        self._watch(True)
 
     async def _open(self, address: Tuple[str, int]) -> None:
         loop, error = self.loop, None
@@ -3568,12 +3546,11 @@ class _AsyncConnection:
             try:
                 self.sock.setblocking(False)
                 await loop.sock_connect(self.sock, sockaddr)
+                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                return
             except OSError as exc:
                 self.sock.close()
                 error = exc
-                continue
-            await loop.create_connection(lambda: self, sock=self.sock)  # type: ignore[type-var]
-            return
         raise error or OSError(f"no address for {address[0]}")
 
     async def trade(self, data: bytes, timeout_s: float) -> bytes:
@@ -3582,27 +3559,82 @@ class _AsyncConnection:
         return await self.receive(timeout_s)
 
     async def tls(self, how: Tuple[ssl.SSLContext, str], timeout_s: float) -> None:
-        import asyncio
+        import ssl
 
-        starting = self.loop.start_tls(self.transport, self, how[0], server_hostname=how[1])  # type: ignore[arg-type]
-        transport = await asyncio.wait_for(starting, timeout_s)
-        if transport is None:  # the peer closed during the handshake
-            raise ConnectionResetError("the connection closed during the TLS handshake")
-        self.transport = transport
-        self.transport.set_write_buffer_limits(high=0)
+        give_up_at = time.monotonic() + timeout_s
+        self._tls_in, self._tls_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = how[0].wrap_bio(self._tls_in, self._tls_out, server_hostname=how[1])
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._write(self._tls_out.read())
+                data = await self._receive(max(0.0, give_up_at - time.monotonic()))
+                if not data:
+                    raise ConnectionResetError("the connection closed during the TLS handshake") from None
+                self._tls_in.write(data)
+        self._write(self._tls_out.read())
+        self._tls = tls
+
+    # -- the loop's
+    def _watch(self, on: bool) -> None:
+        if on and not self._watching:
+            try:
+                self.loop.add_reader(self.sock.fileno(), self._readable)  # type: ignore[union-attr]
+            except NotImplementedError:
+                raise OctoAIClientError(_NEEDS_SELECTOR_LOOP) from None
+        elif self._watching and not on:
+            self.loop.remove_reader(self.sock.fileno())  # type: ignore[union-attr]
+        self._watching = on
+
+    def _readable(self) -> None:
+        try:
+            data = self.sock.recv(_READ_SIZE)  # type: ignore[union-attr]
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            data, self._error = b"", exc
+        if data:
+            self._chunks.append(data)
+            self._size += len(data)
+            if self._size > 4 * _READ_SIZE:
+                self._watch(False)  # the caller reads slower than the server sends: push back
+        else:
+            self._eof = True
+            self._watch(False)
+        if self._waiter is not None:
+            _settle(self._waiter, None)
 
     # -- the exchange's
     def is_gone(self) -> bool:
         """Closed, or holding bytes nobody asked for (the loop may not have seen them yet)."""
-        if self._eof or self.transport is None or self.transport.is_closing() or self._chunks:
+        if self._eof or self._closed or self._chunks or self._unsent:
             return True
-        sock = self.transport.get_extra_info("socket")
-        return sock is None or _is_dropped(sock)
+        return (self._tls is not None and self._tls.pending() > 0) or _is_dropped(self.sock)
 
     async def receive(self, timeout_s: float) -> bytes:
         """The bytes received so far, waiting up to `timeout_s` for some; b"" at the end."""
+        if self._tls is None:
+            return await self._receive(timeout_s)
+        import ssl
+
+        while True:
+            try:
+                return self._tls.read(_READ_SIZE)  # type: ignore[no-any-return]  # b"" after the peer's close_notify
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLEOFError:
+                return b""  # closed without close_notify: the end, as for a blocking TLS socket
+            data = await self._receive(timeout_s)
+            if data:
+                self._tls_in.write(data)
+            else:
+                self._tls_in.write_eof()
+
+    async def _receive(self, timeout_s: float) -> bytes:
         while not self._chunks:
-            if self._eof:
+            if self._eof or self._closed:
                 if self._error is not None:
                     raise self._error
                 return b""
@@ -3616,33 +3648,71 @@ class _AsyncConnection:
         data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
         self._chunks.clear()
         self._size = 0
-        if self._paused:
-            self._paused = False
-            self.transport.resume_reading()
+        if not (self._watching or self._eof or self._closed):
+            self._watch(True)
         return data
 
     def send(self, data: bytes, timeout_s: float) -> None:
-        self.transport.write(data)  # buffered by asyncio; a failure shows on the next read
+        """Write `data`; what the socket does not take at once follows as it can (a failure shows on a read)."""
+        if self._tls is not None:
+            self._tls.write(data)
+            data = self._tls_out.read()
+        self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        if self._unsent:
+            self._unsent += data  # behind what waits already
+            return
+        try:
+            sent = self.sock.send(data)  # type: ignore[union-attr]
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._unsent += data  # not sent; the read that follows tells why
+            return
+        if sent < len(data):
+            self._unsent += data[sent:]
+            try:
+                self.loop.add_writer(self.sock.fileno(), self._writable)  # type: ignore[union-attr]
+            except NotImplementedError:
+                raise OctoAIClientError(_NEEDS_SELECTOR_LOOP) from None
+
+    def _writable(self) -> None:
+        try:
+            del self._unsent[: self.sock.send(self._unsent)]  # type: ignore[union-attr]
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            pass  # stays unsent, and the read that follows tells why
+        else:
+            if self._unsent:
+                return
+        self.loop.remove_writer(self.sock.fileno())  # type: ignore[union-attr]
 
     @property
     def writing(self) -> bool:
-        """Whether bytes of the request still wait in asyncio's buffer (as last seen, once the connection is lost)."""
-        if not self._eof and self.transport is not None and not self.transport.is_closing():
-            self._unsent = self.transport.get_write_buffer_size() > 0
-        return self._unsent
+        """Whether bytes of the request are still unsent."""
+        return bool(self._unsent)
 
     def close(self) -> None:
-        """Close at once, without flushing: nobody wants the rest."""
-        self._eof = True
-        if self.transport is not None and not self.loop.is_closed() and self.pid == os.getpid():
-            self.transport.abort()
-        elif self.sock is not None:
-            # Not connected yet, its event loop has ended, or it was inherited across a fork (aborting
-            # the transport would unregister the parent's socket from the epoll both share): the
-            # socket, this process's descriptor, is all there is to close.
-            # (A transport whose loop ended without shutdown_asyncgens still warns when collected:
-            # asyncio offers no public way to finish it.)
-            self.sock.close()
+        """Close at once, without flushing: nobody wants the rest. A read waiting on it ends with b""."""
+        self._closed = True
+        sock = self.sock
+        if sock is None or sock.fileno() < 0:
+            return
+        if self.pid == os.getpid() and not self.loop.is_closed():  # in a child, the loop and its epoll are the parent's
+            self._watch(False)
+            if self._unsent:
+                self.loop.remove_writer(sock.fileno())
+            if self._waiter is not None:
+                _settle(self._waiter, None)
+        sock.close()
+
+
+_NEEDS_SELECTOR_LOOP = (
+    "AsyncClient needs an event loop that can watch sockets (add_reader): the default one on Linux and macOS, "
+    "or uvloop; on Windows, asyncio.WindowsSelectorEventLoopPolicy()"
+)
 
 
 async def _apump(conn: Any, exchange: _Exchange, goal: Callable[[], Any], timeout: Callable[[], float]) -> Any:
@@ -3657,7 +3727,8 @@ class _AsyncPool(_PoolBook):
 
     Its connections close when the loop shuts down: `asyncio.run` finalizes
     the loop's async generators before closing it, and the pool keeps one
-    waiting for that moment (sockets must close while their loop still runs).
+    waiting for that moment. After a bare `loop.close()`, `client.close()` or
+    the garbage collector closes them (each socket is the pool's own).
     """
 
     def __init__(self, max_connections: int, max_idle: int) -> None:

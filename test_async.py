@@ -120,3 +120,25 @@ def test_async_errors_carry_the_server_message(server):
     with pytest.raises(octoai_lite.RateLimitError, match="slow down") as info:
         asyncio.run(main())
     assert info.value.retry_after == 120
+
+
+class LoopThatCannotWatchSockets(asyncio.SelectorEventLoop):
+    """A real event loop without add_reader, as Windows' default (proactor) loop is."""
+
+    def add_reader(self, *args):
+        raise NotImplementedError
+
+
+def test_a_loop_that_cannot_watch_sockets_gets_a_clear_error(server):
+    server.script.append(stall(0.2))  # nothing to read at once: the client must wait for the socket
+
+    async def main():
+        async with octoai_lite.AsyncClient(base_url=server.url + "/v1", timeout=5, max_retries=0) as client:
+            await client.chat.completions.create(model="m", messages=[])
+
+    loop = LoopThatCannotWatchSockets()
+    try:
+        with pytest.raises(octoai_lite.OctoAIClientError, match="WindowsSelectorEventLoopPolicy"):
+            loop.run_until_complete(main())
+    finally:
+        loop.close()
