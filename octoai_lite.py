@@ -1965,6 +1965,26 @@ class _ChunkFolder:
                 else:
                     state["choice"][key] = value
 
+    def add_plain(self, chunk: Dict[str, Any]) -> None:
+        """`add` for a chunk `_plain_chat_chunk` accepted: the same folding, without the checks it made."""
+        states = self._choices
+        if not self._top or any((choice.get("index") or 0) not in states for choice in chunk["choices"]):
+            self.add(chunk)  # a first chunk, or a new choice
+            return
+        for choice in chunk["choices"]:
+            state = states[choice.get("index") or 0]
+            texts = state["texts"]
+            for key, value in choice["delta"].items():
+                if value is None:
+                    continue
+                if key in _FOLDED_TEXTS:
+                    (texts.get(key) or texts.setdefault(key, _Text())).add(value)
+                else:
+                    state["message"][key] = value
+            finish = choice.get("finish_reason")
+            if finish is not None:
+                state["choice"]["finish_reason"] = finish
+
     def finished(self) -> bool:
         """Whether every choice seen so far has its finish_reason (so the answer is whole)."""
         return bool(self._choices) and all(state["choice"].get("finish_reason") for state in self._choices.values())
@@ -4292,7 +4312,9 @@ def _chunks(cls: Any, folder: _ChunkFolder, headers: Mapping[str, str], secrets:
         built = plain(payload) if type(payload) is dict else None
         if built is None:
             built = cls.from_dict(_check_completion(payload, headers, secrets, chunk=True))
-        folder.add(payload)
+            folder.add(payload)
+        else:
+            folder.add_plain(payload)
         return built
 
     return convert
