@@ -3547,6 +3547,7 @@ class _AsyncConnection:
         self._error: Optional[BaseException] = None
         self._waiter: Optional["asyncio.Future[None]"] = None  # a read waiting for bytes
         self._unsent = bytearray()  # what the socket has not taken yet, written as it becomes writable
+        self._wrote = False  # some of it went out while a read waited: the read's wait starts again
         self._tls: Any = None  # an ssl.SSLObject, and its two MemoryBIOs: what came in, what goes out
         self._tls_in: Any = None
         self._tls_out: Any = None
@@ -3576,7 +3577,9 @@ class _AsyncConnection:
     async def trade(self, data: bytes, timeout_s: float) -> bytes:
         if data:
             self.send(data, timeout_s)
-        return await self.receive(timeout_s)
+        while (received := await self.receive(timeout_s)) is None:
+            pass
+        return received
 
     async def tls(self, how: Tuple[ssl.SSLContext, str], timeout_s: float) -> None:
         import ssl
@@ -3590,7 +3593,8 @@ class _AsyncConnection:
                 break
             except ssl.SSLWantReadError:
                 self._write(self._tls_out.read())
-                data = await self._receive(max(0.0, give_up_at - time.monotonic()))
+                while (data := await self._receive(max(0.0, give_up_at - time.monotonic()))) is None:
+                    pass
                 if not data:
                     raise ConnectionResetError("the connection closed during the TLS handshake") from None
                 self._tls_in.write(data)
@@ -3631,10 +3635,13 @@ class _AsyncConnection:
         """Closed, or holding bytes nobody asked for (the loop may not have seen them yet)."""
         if self._eof or self._closed or self._chunks or self._unsent:
             return True
-        return (self._tls is not None and self._tls.pending() > 0) or _is_dropped(self.sock)
+        if self._tls is not None and (self._tls.pending() or self._tls_in.pending):
+            return True  # a record not yet read (a close_notify, say)
+        return _is_dropped(self.sock)
 
-    async def receive(self, timeout_s: float) -> bytes:
-        """The bytes received so far, waiting up to `timeout_s` for some; b"" at the end."""
+    async def receive(self, timeout_s: float) -> Optional[bytes]:
+        """The bytes received so far, waiting up to `timeout_s` for some; b"" at the end. None when
+        the request's upload moved on meanwhile: the wait is the write's, asked of the call again."""
         if self._tls is None:
             return await self._receive(timeout_s)
         import ssl
@@ -3647,12 +3654,14 @@ class _AsyncConnection:
             except ssl.SSLEOFError:
                 return b""  # closed without close_notify: the end, as for a blocking TLS socket
             data = await self._receive(timeout_s)
+            if data is None:
+                return None
             if data:
                 self._tls_in.write(data)
             else:
                 self._tls_in.write_eof()
 
-    async def _receive(self, timeout_s: float) -> bytes:
+    async def _receive(self, timeout_s: float) -> Optional[bytes]:
         while not self._chunks:
             if self._eof or self._closed:
                 if self._error is not None:
@@ -3665,6 +3674,9 @@ class _AsyncConnection:
             finally:
                 timer.cancel()
                 self._waiter = None
+            if self._wrote and not self._chunks:
+                self._wrote = False
+                return None
         data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
         self._chunks.clear()
         self._size = 0
@@ -3705,6 +3717,9 @@ class _AsyncConnection:
         except OSError:
             pass  # stays unsent, and the read that follows tells why
         else:
+            if self._waiter is not None:
+                self._wrote = True
+                _settle(self._waiter, None)
             if self._unsent:
                 return
         self.loop.remove_writer(self.sock.fileno())  # type: ignore[union-attr]
@@ -3736,9 +3751,10 @@ _NEEDS_SELECTOR_LOOP = (
 
 
 async def _apump(conn: Any, exchange: _Exchange, goal: Callable[[], Any], timeout: Callable[[], float]) -> Any:
-    """`_pump` for an asyncio connection."""
+    """`_pump` for an asyncio connection (whose `receive` gives None when only the upload moved on)."""
     while (result := goal()) is None:
-        exchange.feed(await conn.receive(timeout()))
+        if (data := await conn.receive(timeout())) is not None:
+            exchange.feed(data)
     return result
 
 
