@@ -1943,36 +1943,41 @@ class _ChunkFolder:
             self._usage = _usage_of(chunk) or self._usage  # an empty one leaves the last
         choices = chunk.get("choices")
         for choice in choices if isinstance(choices, list) else ():
-            if not isinstance(choice, dict):
+            if isinstance(choice, dict):
+                self._add_choice(choice)
+
+    def _add_choice(self, choice: Dict[str, Any]) -> None:
+        index = _int_or_none(choice.get("index")) or 0
+        state = self._choices.get(index)
+        if state is None:
+            state = self._choices[index] = {
+                "choice": {"index": index}, "message": {}, "texts": {}, "tools": {}, "ids": {}, "last": -1,
+            }  # fmt: skip
+        delta = choice.get("delta")
+        if not (isinstance(delta, dict) and delta):
+            delta = _dict_or_empty(choice.get("message"))
+        self._add_delta(state, delta)
+        for key, value in choice.items():
+            if key in ("delta", "message", "index") or value is None:
                 continue
-            index = _int_or_none(choice.get("index")) or 0
-            state = self._choices.get(index)
-            if state is None:
-                state = self._choices[index] = {
-                    "choice": {"index": index}, "message": {}, "texts": {}, "tools": {}, "ids": {}, "last": -1,
-                }  # fmt: skip
-            delta = choice.get("delta")
-            if not (isinstance(delta, dict) and delta):
-                delta = _dict_or_empty(choice.get("message"))
-            self._add_delta(state, delta)
-            for key, value in choice.items():
-                if key in ("delta", "message", "index") or value is None:
-                    continue
-                if key == "logprobs" and isinstance(value, dict):
-                    self._add_logprobs(state["choice"], value)
-                elif key == "text":
-                    (state["texts"].get(key) or state["texts"].setdefault(key, _Text())).add(value)
-                else:
-                    state["choice"][key] = value
+            if key == "logprobs" and isinstance(value, dict):
+                self._add_logprobs(state["choice"], value)
+            elif key == "text":
+                (state["texts"].get(key) or state["texts"].setdefault(key, _Text())).add(value)
+            else:
+                state["choice"][key] = value
 
     def add_plain(self, chunk: Dict[str, Any]) -> None:
         """`add` for a chunk `_plain_chat_chunk` accepted: the same folding, without the checks it made."""
-        states = self._choices
-        if not self._top or any((choice.get("index") or 0) not in states for choice in chunk["choices"]):
-            self.add(chunk)  # a first chunk, or a new choice
+        if not self._top:
+            self.add(chunk)
             return
+        states = self._choices
         for choice in chunk["choices"]:
-            state = states[choice.get("index") or 0]
+            state = states.get(choice.get("index") or 0)
+            if state is None:
+                self._add_choice(choice)
+                continue
             texts = state["texts"]
             for key, value in choice["delta"].items():
                 if value is None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import octoai_lite
@@ -171,6 +171,10 @@ def test_one_value_of_another_type_anywhere_in_a_plain_chunk(payload):
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.one_of(plain_chunks, one_wrong_value(), near_plain_chunks, chunks), min_size=1, max_size=5))
+@example(  # a choice first seen in a later plain chunk
+    [{"id": "a", "choices": [{"index": 0, "delta": {"content": "x"}}]}]
+    + [{"id": "a", "choices": [{"index": 0, "delta": {"content": "y"}}, {"index": 1, "delta": {"role": "assistant"}}]}]
+)
 def test_a_sequence_folds_the_same_whichever_path_each_chunk_took(sequence):
     folder, reference = octoai_lite._ChunkFolder(), octoai_lite._ChunkFolder()
     for payload in sequence:
