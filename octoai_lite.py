@@ -1451,16 +1451,6 @@ def _loads(data: Union[str, bytes]) -> Any:
 _scan_json = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # not in typeshed
 
 
-def _event_json(data: str) -> Any:
-    """`_loads(data)` for an event's data, without json.loads' wrappers (about 1 µs a chunk) when it is
-    exactly one JSON value; anything else goes to `_loads`, for its value or its error."""
-    try:
-        value, end = _scan_json(data, 0)
-    except (ValueError, StopIteration, RecursionError):
-        return _loads(data)
-    return value if end == len(data) else _loads(data)
-
-
 def _parse_json(body: bytes, secrets: _Secrets = None) -> Any:
     """Parse a JSON body; raise `OctoAIValidationError` saying what it was instead."""
     try:
@@ -1620,10 +1610,20 @@ def _check_completion(
 
 
 def _payload_from_event(event: ServerSentEvent, headers: Mapping[str, str], secrets: _Secrets) -> Any:
-    """The JSON of one event (not `[DONE]`); raises for an error event or bad JSON."""
+    """The JSON of one event (not `[DONE]`); raises for an error event or bad JSON.
+
+    Exactly one JSON value, nearly every event, is scanned without json.loads'
+    wrappers (about 1 µs a chunk); anything else goes to `_loads`, for its
+    value or its error.
+    """
     data = event.data
     try:
-        payload = _event_json(data)
+        payload, end = _scan_json(data, 0)
+    except (ValueError, StopIteration, RecursionError):
+        end = -1
+    try:
+        if end != len(data):
+            payload = _loads(data)
     except ValueError as exc:
         if event.event == "error":  # an error event's text is the message
             raise _error_from_payload(data, headers, secrets=secrets) from None
@@ -4260,7 +4260,7 @@ class _PayloadReader:
     ) -> None:
         self.response = response
         self._finished = finished  # for chunks: whether every choice has its finish_reason
-        self._secrets = response.secrets
+        self._secrets, self._headers = response.secrets, response.headers
         self._convert = convert
         self._decoder = SSEDecoder()
         self._events: List[ServerSentEvent] = []  # of the last read, last first
@@ -4279,7 +4279,7 @@ class _PayloadReader:
                 events.clear()
                 response.grace(_DONE_GRACE_S)
                 break
-            payload = _payload_from_event(event, response.headers, self._secrets)
+            payload = _payload_from_event(event, self._headers, self._secrets)
             if response.closed_early:
                 break  # closed by its holder: nothing more is handed out
             self._count += 1
