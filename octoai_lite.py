@@ -3307,6 +3307,12 @@ class _TransportBase(_OwnLock):
         self._limits = limits
         self._context: Optional[ssl.SSLContext] = None
         self._route_cache: Dict[str, _Route] = {}
+        self._pools: Dict[Any, Any] = {}  # the threaded transport's one pool, or one per event loop
+        # Idle keep-alive connections go with the last client that used them. A weakref
+        # callback, not __del__: a client sits in a reference cycle (its namespaces), and
+        # the collector calls such callbacks before any finalizer, so no socket of the
+        # pools is ever finalized (with a ResourceWarning) before they are closed.
+        weakref.finalize(self, _close_pools, self._pools, True)
 
     def route(self, url: str) -> _Route:
         """The route of a URL, worked out once (parsing it and the proxy rules cost microseconds)."""
@@ -3329,19 +3335,20 @@ class _TransportBase(_OwnLock):
 
     def close(self, finalizing: bool = False) -> None:
         """Close the idle pooled connections; busy ones close when released."""
-        for pool in self.pools():
-            pool.close(finalizing)
+        _close_pools(self._pools, finalizing)
 
     def pools(self) -> List[Any]:
-        raise NotImplementedError
+        with self._lock:
+            return list(self._pools.values())
 
-    def __del__(self) -> None:
-        # Idle keep-alive connections go with the last client that used them.
-        if "_limits" in self.__dict__:
-            try:
-                self.close(finalizing=True)
-            except Exception:  # at interpreter exit, imports and loops may already be gone
-                pass
+
+def _close_pools(pools: Dict[Any, Any], finalizing: bool) -> None:
+    for pool in list(pools.values()):
+        try:
+            pool.close_from_anywhere(finalizing)
+        except Exception:  # at interpreter exit, imports and loops may already be gone
+            if not finalizing:
+                raise
 
 
 # -- 5a. Threads: blocking sockets ---------------------------------------------
@@ -3459,6 +3466,8 @@ class _ConnectionPool(_PoolBook, _OwnLock):
         finally:
             self._lock.release()
 
+    close_from_anywhere = close  # safe from any thread already
+
     def _after_fork(self) -> None:
         super()._after_fork()
         self._slot_freed = {}
@@ -3478,10 +3487,7 @@ class _Transport(_TransportBase):
 
     def __init__(self, verify: Union[bool, str, "os.PathLike[str]"], env: _Env, limits: Tuple[int, int]) -> None:
         super().__init__(verify, env, limits)
-        self.pool = _ConnectionPool(*limits)
-
-    def pools(self) -> List[_ConnectionPool]:
-        return [self.pool]
+        self.pool = self._pools[None] = _ConnectionPool(*limits)
 
     def send(self, call: _Call, url: str) -> _Response:
         """One try of `call` at `url`: the answer's head (and an error answer's body), or the typed failure."""
@@ -3830,6 +3836,19 @@ class _AsyncPool(_PoolBook):
                 if not waiter.get_loop().is_closed():
                     _settle(waiter, None)
 
+    def close_from_anywhere(self, finalizing: bool = False) -> None:
+        """`close`, in the loop's own thread when it runs in another."""
+        import asyncio
+
+        try:
+            current: Any = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        if self.loop is current or not self.loop.is_running():
+            self.close()
+        else:
+            self.loop.call_soon_threadsafe(self.close)
+
 
 class _AsyncResponse(_ResponseBase):
     """A response on an asyncio connection; see `_ResponseBase`."""
@@ -3842,10 +3861,6 @@ class _AsyncResponse(_ResponseBase):
 
 class _AsyncTransport(_TransportBase):
     """Sends requests over pooled asyncio connections, one pool per event loop."""
-
-    def __init__(self, verify: Union[bool, str, "os.PathLike[str]"], env: _Env, limits: Tuple[int, int]) -> None:
-        super().__init__(verify, env, limits)
-        self._pools: Dict[Any, _AsyncPool] = {}
 
     @property
     def pool(self) -> _AsyncPool:
@@ -3860,26 +3875,6 @@ class _AsyncTransport(_TransportBase):
                     self._pools.pop(ended).close()  # what asyncio.run left behind
                 pool = self._pools[loop] = _AsyncPool(*self._limits)
             return pool
-
-    def pools(self) -> List[_AsyncPool]:
-        with self._lock:
-            return list(self._pools.values())
-
-    def close(self, finalizing: bool = False) -> None:
-        """Close each loop's idle connections, in that loop's own thread when it runs in another."""
-        import asyncio
-
-        try:
-            current: Any = asyncio.get_running_loop()
-        except RuntimeError:
-            current = None
-        with self._lock:
-            pools = list(self._pools.items())
-        for loop, pool in pools:
-            if loop is current or not loop.is_running():
-                pool.close()
-            else:
-                loop.call_soon_threadsafe(pool.close)
 
     async def send(self, call: _Call, url: str) -> _AsyncResponse:
         """One try of `call` at `url`: the answer's head (and an error answer's body), or the typed failure."""

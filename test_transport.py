@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import gc
 import json
 import logging
 import socket
@@ -80,6 +81,39 @@ def test_streams_read_to_the_end_return_their_connection(server, flavor):
     for _ in range(5):
         assert flavor.collect(client, []).choices[0].message.content
     assert server.connections == 1
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_client_dropped_unclosed_closes_its_sockets_before_any_finalizer(server, kind):
+    """A client sits in a reference cycle (its namespaces), so the garbage collector frees it and
+    calls the finalizers of all it reached in an order of its own: a socket finalized while still
+    open warns (ResourceWarning, an error in this suite). Its pools are closed by a weakref callback,
+    which the collector calls before any finalizer; a probe dropped with the client, older than it
+    (so finalized first), sees every pooled socket closed already."""
+    seen = []
+
+    class Probe:
+        def __del__(self):
+            seen.append([sock.fileno() for sock in sockets])
+
+    probe = Probe()
+    options = dict(base_url=server.url + "/v1", timeout=5, max_retries=0)
+    if kind == "sync":
+        client = octoai_lite.Client(**options)
+        assert client.models.list()
+    else:
+        client = octoai_lite.AsyncClient(**options)
+        loop = asyncio.new_event_loop()
+        assert loop.run_until_complete(client.models.list())
+    (pool,) = client._transport.pools()
+    sockets = [conn.sock for conns in pool._idle.values() for conn in conns]
+    assert sockets and all(sock.fileno() >= 0 for sock in sockets)
+    probe.cycle = (probe, client)
+    del probe, client, pool
+    gc.collect()
+    assert seen == [[-1] * len(sockets)], "a pooled socket was still open when the collector finalized"
+    if kind == "async":
+        loop.close()
 
 
 def test_unread_response_is_never_reused(server, make_client):
