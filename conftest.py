@@ -303,6 +303,37 @@ def separate_server():
 # -- raw sockets: a per-test handler writes exact bytes ------------------------------
 
 
+def read_head(recv, buffer=b""):
+    """What `recv()` gives up to a request's blank line, and any of the body after it; None at EOF."""
+    data = bytearray(buffer)  # grows in place: linear in what arrives
+    while b"\r\n\r\n" not in data:
+        more = recv()
+        if not more:
+            return None
+        data += more
+    return bytes(data)
+
+
+def read_request(recv, buffer=b""):
+    """(head, body, rest) of one request (Content-Length body) read with `recv()`; None at EOF."""
+    data = read_head(recv, buffer)
+    if data is None:
+        return None
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    body = bytearray(body)
+    while len(body) < length:
+        more = recv()
+        if not more:
+            return None
+        body += more
+    return head, bytes(body[:length]), bytes(body[length:])
+
+
 class RawServer:
     """Accepts connections on 127.0.0.1 and gives each to `handler(sock, request_bytes)`."""
 
@@ -337,23 +368,12 @@ class RawServer:
             sock.close()
 
     def read_request(self, sock):
-        """Read one request (headers and Content-Length body); record and return it."""
-        data = b""
-        while b"\r\n\r\n" not in data:
-            more = sock.recv(65536)
-            if not more:
-                return None
-            data += more
-        head, _, body = data.partition(b"\r\n\r\n")
-        length = 0
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        while len(body) < length:
-            body += sock.recv(65536)
-        self.requests.append((head, body))
-        return head, body
+        """Read one request (headers and Content-Length body); record and return (head, body)."""
+        request = read_request(lambda: sock.recv(65536))
+        if request is None:
+            return None
+        self.requests.append(request[:2])
+        return request[:2]
 
     def close(self):
         self._stop = True
@@ -387,12 +407,9 @@ class ProxyHandler(socketserver.BaseRequestHandler):
     def handle(self):
         client = self.request
         client.settimeout(10)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            more = client.recv(65536)
-            if not more:
-                return
-            data += more
+        data = read_head(lambda: client.recv(65536))
+        if data is None:
+            return
         head, _, rest = data.partition(b"\r\n\r\n")
         lines = head.decode().split("\r\n")
         headers = {}

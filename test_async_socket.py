@@ -19,7 +19,7 @@ import time
 import pytest
 
 import octoai_lite
-from conftest import MESSAGES, chunk, delta_text, open_fds, sse_event
+from conftest import MESSAGES, chunk, delta_text, open_fds, read_head, read_request, sse_event
 from octoai_lite import OctoAIConnectionError, OctoAIError
 
 READ = octoai_lite._READ_SIZE
@@ -82,28 +82,6 @@ class ServerTLS:
             except ssl.SSLError:
                 pass  # our close_notify is written (WantRead: the peer's is not awaited)
         self._flush()
-
-
-def read_request(recv, buffer=b""):
-    """(head, body, rest) of one request read with `recv()`; None at EOF."""
-    data = bytearray(buffer)  # grows in place: a big body costs linear time
-    while b"\r\n\r\n" not in data:
-        more = recv()
-        if not more:
-            return None
-        data += more
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    while len(body) < length:
-        more = recv()
-        if not more:
-            return None
-        body += more
-    return bytes(head), bytes(body[:length]), bytes(body[length:])
 
 
 def json_answer(payload, *, status=b"200 OK", close=False):
@@ -332,12 +310,9 @@ def test_an_early_413_with_close_is_reported_not_sent(raw_server, certificates, 
 
     def handler(sock, server):
         recv, send = serve(tls, sock, server_context)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            more = recv()
-            if not more:
-                return
-            data += more
+        data = read_head(recv)
+        if data is None:
+            return
         server.requests.append(data)
         send(json_answer({"error": {"message": "too big"}}, status=b"413 Payload Too Large", close=True), notify)
 
@@ -385,12 +360,8 @@ def test_a_reset_before_the_body_went_out_says_not_sent(raw_server, certificates
 
     def handler(sock, server):
         recv, send = serve(tls, sock, server_context)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            more = recv()
-            if not more:
-                return
-            data += more
+        if read_head(recv) is None:
+            return
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
         sock.close()
 
@@ -710,9 +681,7 @@ def test_an_early_413_on_keep_alive_leaves_no_half_sent_connection(raw_server, c
         calls.append(1)
         recv, send = serve(tls, sock, server_context)
         if len(calls) == 1:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                data += recv()
+            read_head(recv)
             send(json_answer({"error": {"message": "too big"}}, status=b"413 Content Too Large"))
             time.sleep(1.0)
             return
