@@ -1978,14 +1978,7 @@ class _ChunkFolder:
             if state is None:
                 self._add_choice(choice)
                 continue
-            texts = state["texts"]
-            for key, value in choice["delta"].items():
-                if value is None:
-                    continue
-                if key in _FOLDED_TEXTS:
-                    (texts.get(key) or texts.setdefault(key, _Text())).add(value)
-                else:
-                    state["message"][key] = value
+            self._add_delta(state, choice["delta"])
             finish = choice.get("finish_reason")
             if finish is not None:
                 state["choice"]["finish_reason"] = finish
