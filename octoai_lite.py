@@ -3330,10 +3330,6 @@ class _TransportBase(_OwnLock):
         """Close the idle pooled connections; busy ones close when released."""
         _close_pools(self._pools, finalizing)
 
-    def pools(self) -> List[Any]:
-        with self._lock:
-            return list(self._pools.values())
-
 
 def _close_pools(pools: Dict[Any, Any], finalizing: bool) -> None:
     for pool in list(pools.values()):

@@ -111,7 +111,7 @@ chat_stream = client.chat.completions.create(model="m", messages=[{"role": "user
 next(chat_stream)  # unfinished: it holds its connection
 chat_stream.cycle = chat_stream  # only the cyclic collector frees it
 del chat_stream
-(pool,) = client._transport.pools()
+(pool,) = list(client._transport._pools.values())
 lock_types = (type(threading.Lock()), type(threading.RLock()))
 locks = [value for value in vars(pool).values() if isinstance(value, lock_types)]
 assert locks, "the pool has no lock: update this lookup"
@@ -167,7 +167,7 @@ def fork_and_call():
 
 
 if how == "lock held":
-    (pool,) = client._transport.pools()
+    (pool,) = list(client._transport._pools.values())
     lock_types = (type(threading.Lock()), type(threading.RLock()))
     locks = [value for value in vars(pool).values() if isinstance(value, lock_types)]
     assert locks, "the pool has no lock: update this lookup"

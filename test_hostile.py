@@ -1088,7 +1088,7 @@ def test_closing_an_async_client_closes_a_running_loops_pool_in_that_loops_threa
             while not closed.is_set():
                 await asyncio.sleep(0.01)
             await asyncio.sleep(0.05)  # the scheduled close runs
-            idle_after.extend(pool.idle_count() for pool in client._transport.pools())
+            idle_after.extend(pool.idle_count() for pool in client._transport._pools.values())
 
         asyncio.run(go())
 

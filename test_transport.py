@@ -105,7 +105,7 @@ def test_a_client_dropped_unclosed_closes_its_sockets_before_any_finalizer(serve
         client = octoai_lite.AsyncClient(**options)
         loop = asyncio.new_event_loop()
         assert loop.run_until_complete(client.models.list())
-    (pool,) = client._transport.pools()
+    (pool,) = list(client._transport._pools.values())
     sockets = [conn.sock for conns in pool._idle.values() for conn in conns]
     assert sockets and all(sock.fileno() >= 0 for sock in sockets)
     probe.cycle = (probe, client)
