@@ -200,10 +200,16 @@ def slow_stream(count=100, delay=0.05):
 
 def test_ctrl_c_mid_stream_closes_prints_newline_and_exits_130(server):
     server.script.append(slow_stream())
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / "octoai_lite.py"), "--base-url", server.url + "/v1", "hi"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(),
-    )  # fmt: skip
+    # As a terminal's foreground job gets Ctrl-C: a suite run in the background (`cmd &` in a script) has SIGINT
+    # ignored, and a child inherits that; a handler, unlike SIG_IGN, is reset to the default at exec.
+    ignored = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        process = subprocess.Popen(
+            [sys.executable, str(ROOT / "octoai_lite.py"), "--base-url", server.url + "/v1", "hi"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(),
+        )  # fmt: skip
+    finally:
+        signal.signal(signal.SIGINT, ignored)
     assert process.stdout.read(3) == b"w0 "
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=10)
