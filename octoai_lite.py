@@ -3772,7 +3772,8 @@ class _AsyncPool(_PoolBook):
 
         super().__init__(max_connections, max_idle)
         self.loop = asyncio.get_running_loop()
-        self._waiters: Dict[_PoolKey, List["asyncio.Future[None]"]] = {}  # per host, woken in turn
+        # per host, woken in turn; an ordered set, so that waking one and leaving are O(1) with thousands waiting
+        self._waiters: Dict[_PoolKey, "collections.OrderedDict[asyncio.Future[None], None]"] = {}
         self._watch = self._close_at_shutdown()
         self.loop.create_task(self._watch.__anext__())
 
@@ -3789,8 +3790,8 @@ class _AsyncPool(_PoolBook):
         loop, key = asyncio.get_running_loop(), route.key
         for wait_s in self._slot(route, call, held):
             waiter: "asyncio.Future[None]" = loop.create_future()
-            waiters = self._waiters.setdefault(key, [])
-            waiters.append(waiter)
+            waiters = self._waiters.setdefault(key, collections.OrderedDict())
+            waiters[waiter] = None
             timer = loop.call_later(wait_s, _settle, waiter, None)
             try:
                 await waiter
@@ -3799,13 +3800,12 @@ class _AsyncPool(_PoolBook):
                 raise
             finally:
                 timer.cancel()
-                if waiter in waiters:
-                    waiters.remove(waiter)
+                waiters.pop(waiter, None)
 
     def _wake_one(self, key: _PoolKey) -> None:
-        waiters = self._waiters.get(key, [])
+        waiters = self._waiters.get(key)
         while waiters:
-            waiter = waiters.pop(0)
+            waiter = waiters.popitem(last=False)[0]
             if not waiter.done():
                 waiter.set_result(None)
                 return
