@@ -2982,7 +2982,8 @@ class _PoolBook:
     """The bookkeeping both pools share: idle connections and leases per key.
 
     At most `max_connections` connections to one key are open at once (idle,
-    or leased to a try), and at most `max_idle` of them wait idle for reuse.
+    or leased to a try), and at most `max_idle` of them wait idle for reuse,
+    unless callers are waiting for one (closing it would make them open anew).
     Idle ones are reused most recent first, after a check that the server has
     not closed them or sent bytes nobody asked for. A slot is taken and freed
     in one atomic step each (a dict's store and pop), so an interrupt landing
@@ -2996,6 +2997,7 @@ class _PoolBook:
         self.max_idle = max_idle
         self._idle: Dict[_PoolKey, List[Any]] = {}
         self._leased: Dict[_PoolKey, Dict[int, List[Any]]] = {}  # id(held) -> held, for each try holding a slot
+        self._waiting: Dict[_PoolKey, int] = {}  # callers waiting for a slot: a connection they will want stays open
         self._closed = False
         self._pid = os.getpid()
 
@@ -3004,7 +3006,7 @@ class _PoolBook:
             for inherited in self._idle.values():
                 for conn in inherited:
                     conn.close()  # this process's descriptor only (see the connections' close)
-            self._idle, self._leased, self._pid = {}, {}, os.getpid()
+            self._idle, self._leased, self._waiting, self._pid = {}, {}, {}, os.getpid()
         leases = self._leased.get(key)
         if leases is None:
             leases = self._leased[key] = {}
@@ -3058,7 +3060,7 @@ class _PoolBook:
             idle = self._idle.setdefault(key, [])
             if conn is None or conn.pid != self._pid:
                 pass  # opened before a fork: the parent's to reuse
-            elif reusable and not self._closed and len(idle) < self.max_idle:
+            elif reusable and not self._closed and (len(idle) < self.max_idle or self._waiting.get(key)):
                 conn.reused = True  # from now on, a failure may only mean the server closed it while idle
                 idle.append(conn)
                 conn = None
@@ -3084,7 +3086,11 @@ class _PoolBook:
                 raise OctoAITimeoutError(
                     f"all {self.max_connections} connections to {route.host}:{route.port} stayed busy for {wait_s:g} s"
                 )
-            yield give_up_at - now
+            self._waiting[route.key] = self._waiting.get(route.key, 0) + 1
+            try:
+                yield give_up_at - now
+            finally:
+                self._waiting[route.key] -= 1
 
     def _close_idle(self) -> None:
         self._closed = True

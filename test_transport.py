@@ -282,6 +282,20 @@ def test_idle_connections_after_a_burst_are_bounded(flavor):
         assert server.connections == opened
 
 
+def test_a_connection_others_wait_for_stays_open_past_the_idle_bound(flavor):
+    """12 calls at once over 3 connections with max_idle_connections=0: a connection that ends its answer while
+    calls wait for one goes to them (3 connections in all), instead of closing and making them open new ones."""
+    with running(LoopbackServer()) as server:  # its own server: it counts only this test's connections
+        server.script += [stream(delay=0.02) for _ in range(12)]
+        client = flavor.make(base_url=server.url + "/v1", max_connections=3, max_idle_connections=0, timeout=10)
+        assert run_at_once(flavor, client, 12, slow_words) == ["".join(WORDS)] * 12
+        assert server.connections == 3
+        give_up_at = time.monotonic() + 5
+        while server.closed < 3 and time.monotonic() < give_up_at:
+            time.sleep(0.01)
+        assert server.closed == 3  # with nobody waiting, the idle bound holds: none stays open
+
+
 def test_pool_wait_is_bounded(server, make_client):
     client = make_client(timeout=0.3)
     client._transport.pool.max_connections = 1
