@@ -113,6 +113,7 @@ if TYPE_CHECKING:  # typing costs 3.5 ms to import; annotations are strings here
     _Prompt = Union[str, List[str], List[int], List[List[int]]]  # text, or token ids
     _StreamT = TypeVar("_StreamT")
     _ChunkT = TypeVar("_ChunkT", bound="_Completion")
+    _ParsedT = TypeVar("_ParsedT")
 else:
 
     class _Of:  # typing.Generic for type checkers; at run time X[...] is just X
@@ -390,7 +391,7 @@ class OctoAIConnectionError(OctoAIError):
     ``request_sent`` is True when the request had gone out whole before the
     failure, so the server may have acted on it; such a POST is not re-sent.
     ``stale`` is True when it met a pooled connection that the server had
-    closed while idle (no byte of an answer came): the retry policy (4d)
+    closed while idle (no byte of an answer came): the retry policy (4e)
     decides whether the request may go out again on another.
     """
 
@@ -469,13 +470,19 @@ def _text(value: Any) -> Optional[str]:
     if value is None or isinstance(value, str):
         return value
     if isinstance(value, list):
-        return "".join(
-            part if isinstance(part, str) else part.get("text") or "" if isinstance(part, dict) else ""
-            for part in value
-            if isinstance(part, (str, dict))
-            and isinstance(part if isinstance(part, str) else part.get("text", ""), str)
-        )
+        texts = (part.get("text") if isinstance(part, dict) else part for part in value)
+        return "".join(text for text in texts if isinstance(text, str))
     return json.dumps(value)
+
+
+def _object(cls: Any, value: Any) -> Any:
+    """`cls.from_dict(value)` for a JSON object, None for any other value."""
+    return cls.from_dict(value) if isinstance(value, dict) else None
+
+
+def _objects(cls: Any, value: Any) -> Optional[List[Any]]:
+    """`cls.from_dict` of each JSON object in a list (other items skipped), None for any other value."""
+    return [cls.from_dict(item) for item in value if isinstance(item, dict)] if isinstance(value, list) else None
 
 
 def _raw_field() -> Any:
@@ -574,10 +581,6 @@ class FunctionCall(_Model):
         return cls(_str_or_none(data.get("name")), arguments, data)
 
 
-def _function_or_none(value: Any) -> Optional[FunctionCall]:
-    return FunctionCall.from_dict(value) if isinstance(value, dict) else None
-
-
 @dataclasses.dataclass(eq=False, repr=False)  # _Model's ==, repr
 class ToolCall(_Model):
     """One tool call; in a stream chunk, a fragment of one (see `index`)."""
@@ -592,20 +595,13 @@ class ToolCall(_Model):
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "ToolCall":
         """Build from the server's JSON object."""
-        function = _function_or_none(data.get("function")) or FunctionCall()
         return cls(
             _str_or_none(data.get("id")),
             _str_or_none(data.get("type")),
-            function,
+            _object(FunctionCall, data.get("function")) or FunctionCall(),
             _int_or_none(data.get("index")),
             data,
         )
-
-
-def _tool_calls_or_none(value: Any) -> Optional[List[ToolCall]]:
-    if not isinstance(value, list):
-        return None
-    return [ToolCall.from_dict(item) for item in value if isinstance(item, dict)]
 
 
 @dataclasses.dataclass(eq=False, repr=False)  # _Model's ==, repr
@@ -628,8 +624,8 @@ class ChatMessage(_Model):
         return cls(
             _str_or_none(data.get("role")),
             _text(data.get("content")),
-            _function_or_none(data.get("function_call")),
-            _tool_calls_or_none(data.get("tool_calls")),
+            _object(FunctionCall, data.get("function_call")),
+            _objects(ToolCall, data.get("tool_calls")),
             _text(data.get("reasoning_content")),
             _str_or_none(data.get("refusal")),
             _text(data.get("reasoning")),
@@ -673,11 +669,11 @@ class Choice(_Model):
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "Choice":
         """Build from the server's JSON object."""
-        message, delta, logprobs = data.get("message"), data.get("delta"), data.get("logprobs")
+        logprobs = data.get("logprobs")
         return cls(
             _int_or_none(data.get("index")) or 0,
-            ChatMessage.from_dict(message) if isinstance(message, dict) else ChatMessage(),
-            ChoiceDelta.from_dict(delta) if isinstance(delta, dict) else ChoiceDelta(),
+            _object(ChatMessage, data.get("message")) or ChatMessage(),
+            _object(ChoiceDelta, data.get("delta")) or ChoiceDelta(),
             _str_or_none(data.get("finish_reason")),
             logprobs if isinstance(logprobs, dict) else None,
             data,
@@ -806,17 +802,15 @@ class _Completion(_Answer, _Model):
     @classmethod
     def from_dict(cls: Type[_ResultT], data: Dict[str, Any]) -> _ResultT:
         """Build from the server's JSON object, leniently: whatever its shape, this does not raise."""
-        usage, choices = data.get("usage") if "x_groq" not in data else _usage_of(data), data.get("choices")
+        usage = data.get("usage") if "x_groq" not in data else _usage_of(data)
         return cls(
             _str_or_none(data.get("id")),
-            [cls._CHOICE.from_dict(choice) for choice in choices if isinstance(choice, dict)]
-            if isinstance(choices, list)
-            else [],
+            _objects(cls._CHOICE, data.get("choices")) or [],
             _int_or_none(data.get("created")),
             _str_or_none(data.get("model")),
             _str_or_none(data.get("object")),
             _str_or_none(data.get("system_fingerprint")),
-            CompletionUsage.from_dict(usage) if isinstance(usage, dict) else None,
+            _object(CompletionUsage, usage),
             data,
         )
 
@@ -982,12 +976,11 @@ class CreateEmbeddingResponse(_Answer, _Model):
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "CreateEmbeddingResponse":
         """Build from the server's JSON object."""
-        items, usage = data.get("data"), _usage_of(data)
         return cls(
-            [Embedding.from_dict(item) for item in items if isinstance(item, dict)] if isinstance(items, list) else [],
+            _objects(Embedding, data.get("data")) or [],
             _str_or_none(data.get("model")),
             _str_or_none(data.get("object")),
-            CompletionUsage.from_dict(usage) if usage is not None else None,
+            _object(CompletionUsage, _usage_of(data)),
             data,
         )
 
@@ -1134,12 +1127,10 @@ class SSEDecoder:
         judge it, then forgotten.
         """
         if self._buffer:
-            self._take_line(self._buffer)
-        unterminated = self._make_event() if self._data else None
+            self._take_line(self._buffer)  # a line that is not blank: it dispatches nothing
         self._buffer.clear()
         self._at_start, self._skip_lf = True, False
-        self._dispatch()
-        return unterminated
+        return self._dispatch()
 
     def _take_line(self, line: Union[bytes, bytearray]) -> Optional[ServerSentEvent]:
         if line.startswith(b"data: "):  # the line nearly every event is made of
@@ -1174,14 +1165,13 @@ class SSEDecoder:
                 self._retry = int(value)
         return None  # any other field is ignored
 
-    def _make_event(self) -> ServerSentEvent:
-        data = self._data[0] if len(self._data) == 1 else "\n".join(self._data)
-        return _new_tuple(ServerSentEvent, (self._event_type or "message", data, self._last_event_id, self._retry))
-
     def _dispatch(self) -> Optional[ServerSentEvent]:
         # Only an event with at least one data line is dispatched; the event
         # type resets either way, the last event ID does not.
-        event = self._make_event() if self._data else None
+        data, event = self._data, None
+        if data:
+            text = data[0] if len(data) == 1 else "\n".join(data)
+            event = _new_tuple(ServerSentEvent, (self._event_type or "message", text, self._last_event_id, self._retry))
         self._data = []
         self._data_chars = 0
         self._event_type = ""
@@ -1191,17 +1181,13 @@ class SSEDecoder:
 # -- 4b. Building requests, and the call ---------------------------------------
 
 
-def _model_name(model: Union[str, TextModel]) -> str:
-    return model.value if isinstance(model, TextModel) else str(model)
-
-
 def _build_chat_body(
     model: Union[str, TextModel], messages: Iterable[Any], params: Mapping[str, Any], key: str = "messages"
 ) -> Dict[str, Any]:
     """The JSON body of a request: model, `messages` (or the `key` given), and the parameters not None."""
     if not isinstance(messages, (list, str, bytes, dict)):
         messages = list(messages)  # a generator or tuple; anything else goes as given, for the server to judge
-    body: Dict[str, Any] = {"model": _model_name(model), key: messages}
+    body: Dict[str, Any] = {"model": str(model), key: messages}  # TextModel's str is its value
     body.update((key, value) for key, value in params.items() if value is not None)
     return body
 
@@ -1255,7 +1241,7 @@ class _Call:
     Immutable, and built by keyword; the transport reads it, never writes
     it. `wait` is the one deadline rule: every phase of every attempt (pool,
     connect, tunnel, TLS, write, head, body) asks it just before it waits,
-    and the retry policy checks its sleeps against `deadline_at` (4d).
+    and the retry policy checks its sleeps against `deadline_at` (4e).
     """
 
     method: str
@@ -1278,11 +1264,10 @@ class _Call:
         return min(self.timeout_s, self.deadline_at - now)
 
     def deadline_error(self, phase: str, where: str) -> OctoAITimeoutError:
-        sent = phase in ("wait", "body")
         error = OctoAITimeoutError(
             f"the call's deadline passed {_PHASES[phase]} {where}" + (_SENT_NOTE if phase == "wait" else "")
         )
-        error.request_sent = sent
+        error.request_sent = phase in ("wait", "body")
         return error
 
 
@@ -1435,9 +1420,9 @@ def _cut(text: str, limit: int = _MAX_MESSAGE_CHARS) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _preview(text: str, secrets: _Secrets, limit: int = 200) -> str:
+def _preview(text: str, secrets: _Secrets) -> str:
     """Server text to quote in a message: the secrets out first, then cut (a cut could split one)."""
-    return _cut(_redact(text, secrets), limit)
+    return _cut(_redact(text, secrets), 200)
 
 
 def _loads(data: Union[str, bytes]) -> Any:
@@ -1467,10 +1452,7 @@ def _error_details(payload: Any) -> Tuple[str, Optional[str], Optional[int]]:
         error = payload.get("error") or payload
         if isinstance(error, dict):
             message = error.get("message") or error.get("detail") or error.get("msg")
-            if isinstance(message, str):
-                text = message
-            else:
-                text = _detail_text(message) if message is not None else _json_text(error)
+            text = message if isinstance(message, str) else _detail_text(error if message is None else message)
             code, kind = error.get("code"), error.get("type")
             name = code if isinstance(code, str) else kind if isinstance(kind, str) else None
             status = code if isinstance(code, int) and not isinstance(code, bool) else None
@@ -1512,14 +1494,6 @@ def _with_answer_secrets(secrets: _Secrets, headers: Mapping[str, str]) -> _Secr
     return ((secrets,) if isinstance(secrets, str) else tuple(secrets or ())) + found if found else secrets
 
 
-def _decode_error_body(body: bytes, secrets: _Secrets) -> Any:
-    """An error body as JSON, or as text; the secrets taken out either way."""
-    try:
-        return _redact_json(_loads(body), secrets)
-    except ValueError:
-        return _redact(body.decode("utf-8", "replace"), secrets)
-
-
 def _error_from_response(
     status: int,
     headers: Mapping[str, str],
@@ -1530,16 +1504,14 @@ def _error_from_response(
 ) -> OctoAIError:
     """The typed error for an HTTP error answer; returned, not raised. No secret shows in it."""
     secrets = _with_answer_secrets(secrets, headers)
-    payload = _decode_error_body(body, secrets)
+    try:  # the body as JSON, or as text; the secrets taken out either way
+        payload: Any = _redact_json(_loads(body), secrets)
+    except ValueError:
+        payload = _redact(body.decode("utf-8", "replace"), secrets)
     text, _code, _status = _error_details(payload)
-    if status in _ERRORS_BY_STATUS:
-        cls = _ERRORS_BY_STATUS[status]
-    elif 400 <= status < 500:
-        cls = OctoAIClientError
-    elif status >= 500:
-        cls = OctoAIServerError
-    else:
-        cls = OctoAIError
+    cls = _ERRORS_BY_STATUS.get(status) or (
+        OctoAIClientError if 400 <= status < 500 else OctoAIServerError if status >= 500 else OctoAIError
+    )
     reason = _REASONS.get(status, "")
     message = f"{status} {reason}".rstrip()
     if text:
@@ -1579,10 +1551,6 @@ def _error_from_payload(payload: Any, headers: Mapping[str, str], *, secrets: _S
     return _server_error(cls, "the server reported an error: " + text, status, payload, headers, secrets)
 
 
-def _error_code(payload: Any) -> Optional[str]:
-    return _error_details(payload)[1]
-
-
 def _check_completion(
     payload: Any,
     headers: Mapping[str, str],
@@ -1598,7 +1566,7 @@ def _check_completion(
         raise OctoAIValidationError(
             f"expected a {what} object, got {type(payload).__name__}: {_preview(_json_text(payload), secrets)}"
         )
-    if "error" in payload and payload["error"]:
+    if payload.get("error"):
         raise _error_from_payload(payload, headers, secrets=secrets)
     items = payload.get(key)
     if type(items) is not list or any(type(item) is not dict for item in items):
@@ -1740,28 +1708,24 @@ def _redirect_target(method: str, url: str, status: int, headers: Mapping[str, s
     that is not a valid URL.
     """
     location = headers.get("location", "")
-    why = ""
     try:
         target = urljoin(url, location)  # which splits the Location too
         elsewhere = _origin(target) != _origin(url)
     except (ValueError, OctoAIClientError):
-        target, elsewhere, why = _cut(location, 200), False, "the Location is not a valid URL"
-    if not why and status not in (307, 308) and method not in _IDEMPOTENT_METHODS:
-        why = f"a {method} cannot follow a {status} without turning into a GET"
-    elif not why and elsewhere:
-        why = "it leads to another origin, where the token must not go"
-    if why:
-        raise OctoAIClientError(
-            f"{status} redirect to {target} not followed: {why}; set base_url to the new address",
-            status_code=status,
-            headers=headers,
-            request_id=_request_id(headers),
-        )
-    return target
-
-
-def _is_redirect(status: int, headers: Mapping[str, str]) -> bool:
-    return status in _REDIRECT_STATUSES and "location" in headers
+        target, why = _cut(location, 200), "the Location is not a valid URL"
+    else:
+        if status not in (307, 308) and method not in _IDEMPOTENT_METHODS:
+            why = f"a {method} cannot follow a {status} without turning into a GET"
+        elif elsewhere:
+            why = "it leads to another origin, where the token must not go"
+        else:
+            return target
+    raise OctoAIClientError(
+        f"{status} redirect to {target} not followed: {why}; set base_url to the new address",
+        status_code=status,
+        headers=headers,
+        request_id=_request_id(headers),
+    )
 
 
 # -- 4e. Retry policy: one judge of every attempt's outcome -------------------
@@ -1781,23 +1745,17 @@ def _seconds(text: str, scale: float = 1.0) -> Optional[float]:
 
 def _parse_retry_after(headers: Mapping[str, str], now: float) -> Optional[float]:
     """Seconds the server asked to wait (retry-after-ms, Retry-After seconds or HTTP date), or None."""
-    millis = headers.get("retry-after-ms")
-    seconds = _seconds(millis, 0.001) if millis else None
-    if seconds is not None:
-        return seconds
-    text = headers.get("retry-after")
-    if not text:
-        return None
-    seconds = _seconds(text)
-    if seconds is not None:
+    text = headers.get("retry-after", "")
+    seconds = _seconds(headers.get("retry-after-ms", ""), 0.001)
+    if seconds is None:
+        seconds = _seconds(text)
+    if seconds is not None or not text:
         return seconds
     import email.utils  # only this path needs it
 
     try:
         parsed = email.utils.parsedate_tz(text)
-        if parsed is None:
-            return None
-        return max(0.0, email.utils.mktime_tz(parsed) - now)
+        return None if parsed is None else max(0.0, email.utils.mktime_tz(parsed) - now)
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
 
@@ -1863,7 +1821,7 @@ def _judge(
             return attempt._replace(wait_s=0.0)
     else:
         status, headers = outcome.status, outcome.headers
-        if _is_redirect(status, headers):
+        if status in _REDIRECT_STATUSES and "location" in headers:
             target = _redirect_target(call.method, attempt.url, status, headers)
             if attempt.hops >= _MAX_REDIRECTS:
                 raise OctoAIClientError(f"more than {_MAX_REDIRECTS} redirects, the last to {target}")
@@ -1881,10 +1839,9 @@ def _judge(
             if status is not None and call.deadline_at is not None and clock + delay >= call.deadline_at:
                 return None  # out of time: the last 5xx is the answer
     elif attempt.retries < call.retries:
-        code = _error_code(error.body)
         delay = _retry_delay(
-            attempt.retries, status=status, headers=headers, error_code=code, now=now, rand=rand(),
-            initial_s=_BACKOFF_INITIAL_S,
+            attempt.retries, status=status, headers=headers, error_code=_error_details(error.body)[1], now=now,
+            rand=rand(), initial_s=_BACKOFF_INITIAL_S,
         )  # fmt: skip
     if delay is None or (call.deadline_at is not None and clock + delay >= call.deadline_at):
         raise error
@@ -2427,7 +2384,7 @@ def _whole_body(answer: HTTPResponse) -> HTTPResponse:
     body = answer.body
     if isinstance(body, (dict, list)) and not any(name.lower() == "content-type" for name in answer.headers):
         answer.headers = {**answer.headers, "Content-Type": "application/json"}
-    if not isinstance(body, (bytes, bytearray)) and (isinstance(body, (str, dict, list)) or body is None):
+    if isinstance(body, (str, dict, list)) or body is None:
         answer.body = body.encode("utf-8") if isinstance(body, str) else _build_json(body)
     return answer
 
@@ -2465,18 +2422,8 @@ def _answer_bytes(answer: HTTPResponse) -> Iterator[bytes]:
 # keywords ($ref, minimum, pattern...) are the server's to enforce. Then the
 # dataclass is built.
 
-if TYPE_CHECKING:
-    from typing import Generic as _Generic
 
-    _ParsedT = TypeVar("_ParsedT")
-else:
-
-    class _Generic:  # typing.Generic's subscript, without importing typing at run time
-        def __class_getitem__(cls, item):
-            return cls
-
-
-class ParsedChatMessage(ChatMessage, _Generic["_ParsedT"]):
+class ParsedChatMessage(ChatMessage, _Of["_ParsedT"]):
     """A `ChatMessage` with `parsed`, the answer as the type asked for (in `repr`; not in `==` or `dict()`)."""
 
     parsed: _ParsedT
@@ -2485,13 +2432,13 @@ class ParsedChatMessage(ChatMessage, _Generic["_ParsedT"]):
         return f"{super().__repr__()[:-1]}, parsed={self.parsed!r})"
 
 
-class ParsedChoice(Choice, _Generic["_ParsedT"]):
+class ParsedChoice(Choice, _Of["_ParsedT"]):
     """A `Choice` whose `message` is a `ParsedChatMessage`."""
 
     message: ParsedChatMessage[_ParsedT]
 
 
-class ParsedChatCompletion(ChatCompletion, _Generic["_ParsedT"]):
+class ParsedChatCompletion(ChatCompletion, _Of["_ParsedT"]):
     """What `parse` returns: a `ChatCompletion` whose every choice has ``message.parsed``."""
 
     choices: List[ParsedChoice[_ParsedT]]  # type: ignore[assignment]
