@@ -13,14 +13,16 @@ Quick start::
         model=TextModel.LLAMA_2_70B_CHAT, messages=[{"role": "user", "content": "Hi"}])
     print(completion.choices[0].message.content)
 
-Map of the file (each section uses only the ones above it)::
+Map of the file (each section uses only the ones above it, but for
+`from_chunks` in 3, which folds with 4f's `_ChunkFolder`)::
 
     1 Constants     2 Errors      3 Data types (TextModel, response dataclasses)
     4 Protocol, pure: 4a SSE  4b requests and the `_Call`  4c responses and errors
                       4d redirects  4e retry policy (`_judge`)  4f folding stream chunks
                       4g one HTTP/1.1 exchange  4h structured output (schemas from types)
     5 Transport, the only code that touches sockets: proxies, TLS, pools, and
-                      the pumps that move bytes: 5a threads, 5b asyncio
+                      the pumps that move bytes: 5a threads, 5b asyncio;
+                      5c a handler in place of the network (record, replay)
     6 Client API: Stream, Client, AsyncStream, AsyncClient (chat.completions,
                       completions, embeddings, models, infer*, health_check),
                       sharing one _BaseClient
@@ -755,6 +757,10 @@ class RateLimits:
         )  # fmt: skip
 
 
+def _request_id(headers: Mapping[str, str]) -> Optional[str]:
+    return headers.get("x-user-request-id") or headers.get("x-request-id")
+
+
 class _Answer:
     """The HTTP answer a result came in: headers, request id, rate limits.
 
@@ -1410,10 +1416,6 @@ def _parse_config_token(text: str) -> Optional[str]:
 _HTML_TAG = re.compile(r"<[^>]*>")
 _WHITESPACE = re.compile(r"\s+")
 _VERSION_SEGMENT = re.compile(r"/v\d+")
-
-
-def _request_id(headers: Mapping[str, str]) -> Optional[str]:
-    return headers.get("x-user-request-id") or headers.get("x-request-id")
 
 
 def _cut(text: str, limit: int = _MAX_MESSAGE_CHARS) -> str:
