@@ -84,7 +84,6 @@ if TYPE_CHECKING:  # typing costs 3.5 ms to import; annotations are strings here
         ClassVar,
         Dict,
         FrozenSet,
-        Generator,
         Generic,
         Iterable,
         Iterator,
@@ -2852,18 +2851,6 @@ class _Route:
             headers = {**headers, **self.proxy_headers}
         return _build_request(method, self.target, self.host_header, headers, body)
 
-    def tunnel(self) -> _Exchange:
-        """The CONNECT exchange that asks the proxy for a tunnel to the host."""
-        assert self.proxy is not None
-        authority = self.authority
-        credentials = _proxy_authorization(self.proxy)
-        request = _build_request("CONNECT", authority, authority, credentials, None)
-        return _Exchange("CONNECT", request, self.where, _header_secrets(credentials, _SECRET_HEADERS))
-
-    def check_tunnel(self, exchange: _Exchange) -> None:
-        if exchange.status != 200:
-            raise OctoAIConnectionError(f"the proxy refused a tunnel to {self.where}: {exchange.status}")
-
 
 def _numeric_addresses(host: str, port: int) -> List[Any]:
     """getaddrinfo's answer for an IP literal, found without a lookup; [] for a name."""
@@ -2897,34 +2884,31 @@ def _lookup(address: Tuple[str, int], timeout_s: float) -> List[Any]:
     return found[0]  # type: ignore[no-any-return]
 
 
-def _opening(
-    route: _Route, call: _Call, context: Optional[ssl.SSLContext]
-) -> Generator[Tuple[str, Any, float], bytes, None]:
+def _opening(route: _Route, call: _Call, context: Optional[ssl.SSLContext]) -> Iterator[Tuple[str, Any, float]]:
     """The steps that open a connection along `route`, for either flavour to take in turn.
 
     Each is (step, argument, wait), its wait asked of the call just before
-    it: "connect" to (host, port); through a proxy to an https URL, "trade"
-    the CONNECT request for bytes (then b"" to read on) until the proxy's
-    answer is in; then "tls" with (context, host name). What a "trade"
-    receives comes back through the generator's `send`.
+    it: "connect" to (host, port); through a proxy to an https URL,
+    "tunnel" with (the CONNECT exchange, the wait of each of its reads),
+    the proxy's answer checked once it is in; then "tls" with (context,
+    host name).
     """
     where = route.where
     yield "connect", (route.connect_host, route.connect_port), call.wait("connect", where, time.monotonic())
     if context is None:
         return
     if route.proxy:
-        exchange = route.tunnel()
-        data = exchange.request
-        while not exchange.head():
-            exchange.feed((yield "trade", data, call.wait("tunnel", where, time.monotonic())))
-            data = b""
-        route.check_tunnel(exchange)
+
+        def wait() -> float:
+            return call.wait("tunnel", where, time.monotonic())
+
+        credentials = _proxy_authorization(route.proxy)
+        request = _build_request("CONNECT", route.authority, route.authority, credentials, None)
+        exchange = _Exchange("CONNECT", request, where, _header_secrets(credentials, _SECRET_HEADERS))
+        yield "tunnel", (exchange, wait), wait()
+        if exchange.status != 200:
+            raise OctoAIConnectionError(f"the proxy refused a tunnel to {where}: {exchange.status}")
     yield "tls", (context, route.host), call.wait("tls", where, time.monotonic())
-
-
-def _held() -> List[Any]:
-    """One try's lease on a pool: [] until a slot is reserved, then [its connection, or None until opened]."""
-    return []
 
 
 class _PoolBook:
@@ -2956,10 +2940,7 @@ class _PoolBook:
                 for conn in inherited:
                     conn.close()  # this process's descriptor only (see the connections' close)
             self._idle, self._leased, self._waiting, self._pid = {}, {}, {}, os.getpid()
-        leases = self._leased.get(key)
-        if leases is None:
-            leases = self._leased[key] = {}
-        return leases
+        return self._leased.setdefault(key, {})
 
     def _reserve(self, key: _PoolKey, held: List[Any]) -> bool:
         """Whether the caller may go on, with an idle connection put in `held`, or None there to open a new one."""
@@ -3069,7 +3050,6 @@ class _ResponseBase:
     """
 
     def __init__(self, pool: Any, route: _Route, held: List[Any], call: _Call) -> None:
-        self.url = route.url
         self.secrets = call.secrets  # what to keep out of what it reports
         self.error_body = b""  # an error answer's body, read by `start` (up to a limit)
         self.closed_early = False  # closed by its holder before the answer ended
@@ -3092,10 +3072,6 @@ class _ResponseBase:
     @property
     def headers(self) -> Dict[str, str]:
         return self._exchange.headers
-
-    @property
-    def ends_at_close(self) -> bool:
-        return self._exchange.ends_at_close
 
     @property
     def content_type(self) -> str:
@@ -3191,30 +3167,26 @@ class _ResponseBase:
         return self
 
     def __exit__(self, kind: Any, exc: Optional[BaseException], traceback: Any) -> bool:
-        """Around every pump: a failure closes the connection and becomes the right error."""
+        """Around every pump: a failure closes the connection and becomes the right error, or ends quietly."""
         if exc is None:
             return False
-        error = self._failed(exc)
-        if error is None:
-            return True  # closed by its holder, or the rest of a complete answer
-        if error is exc:
-            return False
-        raise error from exc
-
-    def _failed(self, exc: BaseException) -> Optional[BaseException]:
-        """Close after a failure; return the error to raise, or None to end quietly."""
-        if not self._exchange.sent:
+        exchange = self._exchange
+        if not exchange.sent:
             self._check_sent()  # before closing: a lost connection's buffer is dropped, not sent
         self._abort()
         if isinstance(exc, Exception) and (self.closed_early or self._quiet):
-            return None
-        exchange = self._exchange
+            return True  # closed by its holder, or the rest of a complete answer
+        failed = exc
         if self._send_error is not None and exchange.phase != "body":
-            exc = self._send_error  # the write failed and no answer came: that is the story
-        error = _failure(exc, exchange.phase, self.where, self._call)
+            failed = self._send_error  # the write failed and no answer came: that is the story
+        error = _failure(failed, exchange.phase, self.where, self._call)
         if type(error) is OctoAIConnectionError and self._conn.reused and not exchange.received:
             error.stale = True  # a pooled connection the server closed while it was idle
-        return _scrub(error, self.secrets) if isinstance(error, OctoAIError) else error  # framing errors quote bytes
+        if isinstance(error, OctoAIError):
+            error = _scrub(error, self.secrets)  # framing errors quote bytes
+        if error is exc:
+            return False
+        raise error from exc
 
     def _release(self) -> None:
         """Hand the connection back after the answer's end."""
@@ -3234,9 +3206,8 @@ class _ResponseBase:
         # An answer dropped before anyone took it (an interrupt between `send`
         # returning and the caller's next line), or whose release an interrupt
         # cut short, must not keep its pool slot.
-        held = self.__dict__.get("_held")
-        if held is not None:
-            self._pool.give_back(self._key, held, finalizing=True)
+        if "_held" in self.__dict__:
+            self._abort(finalizing=True)
 
     def _abort(self, finalizing: bool = False) -> None:
         """Close the connection and free its slot (this module's own decision, not the holder's)."""
@@ -3246,8 +3217,11 @@ class _ResponseBase:
 class _TransportBase(_OwnLock):
     """The settings both transports share, the one TLS context of a client, and where requests go."""
 
-    def __init__(self, verify: Union[bool, str, "os.PathLike[str]"], env: _Env, limits: Tuple[int, int]) -> None:
+    def __init__(
+        self, verify: Union[bool, str, "os.PathLike[str]"], env: _Env, limits: Tuple[int, int], handler: Any = None
+    ) -> None:
         super().__init__()
+        self.handler = handler  # `transport=handler` (5c): each connection an exchange with it, not a socket
         self._verify = verify
         # The environment as the client was made: proxies and CA files are
         # read once, not on every request (as httpx does).
@@ -3277,9 +3251,6 @@ class _TransportBase(_OwnLock):
             if self._context is None:
                 self._context = _ssl_context(self._verify, self._env)
             return self._context
-
-    def _connect_failed(self, exc: BaseException, route: _Route, call: _Call, step: str) -> BaseException:
-        return _failure(exc, {"trade": "tunnel"}.get(step, step), route.where, call)
 
     def close(self, finalizing: bool = False) -> None:
         """Close the idle pooled connections; busy ones close when released."""
@@ -3329,10 +3300,9 @@ class _Connection:
                 error = exc
         raise error or OSError(f"no address for {address[0]}")
 
-    def trade(self, data: bytes, timeout_s: float) -> bytes:
-        if data:
-            self.send(data, timeout_s)
-        return self.receive(timeout_s)
+    def tunnel(self, how: Tuple[_Exchange, Callable[[], float]], timeout_s: float) -> None:
+        self.send(how[0].request, timeout_s)
+        _pump(self, how[0], how[0].head, how[1])
 
     def tls(self, how: Tuple[ssl.SSLContext, str], timeout_s: float) -> None:
         self._settimeout(timeout_s)  # the handshake's own bound
@@ -3429,18 +3399,20 @@ class _Response(_ResponseBase):
 class _Transport(_TransportBase):
     """Sends requests over pooled blocking sockets; shared by a Client and its copies."""
 
-    def __init__(self, verify: Union[bool, str, "os.PathLike[str]"], env: _Env, limits: Tuple[int, int]) -> None:
-        super().__init__(verify, env, limits)
-        self.pool = self._pools[None] = _ConnectionPool(*limits)
+    def __init__(self, *settings: Any) -> None:  # _TransportBase's
+        super().__init__(*settings)
+        self.pool = self._pools[None] = _ConnectionPool(*self._limits)
 
     def send(self, call: _Call, url: str) -> _Response:
         """One try of `call` at `url`: the answer's head (and an error answer's body), or the typed failure."""
-        route, held = self.route(url), _held()  # what this try holds of the pool: given back whatever stops it
+        route = self.route(url)
+        held: List[Any] = []  # this try's lease: [] until a slot is reserved, then [its connection, or None]
         try:
             self.pool.acquire(route, call, held)
             if held[0] is None:
                 held[0] = conn = self._new_connection(route, call)
-                self._connect(conn, route, call)
+                if self.handler is None:
+                    self._connect(conn, route, call)
             response = _Response(self.pool, route, held, call)
             response.start()
         except BaseException:
@@ -3449,19 +3421,15 @@ class _Transport(_TransportBase):
         return response
 
     def _new_connection(self, route: _Route, call: _Call) -> Any:
-        return _Connection()
+        return _Connection() if self.handler is None else _HandlerConnection(self.handler, route, call)
 
     def _connect(self, conn: _Connection, route: _Route, call: _Call) -> None:
         step = "connect"
         try:
-            steps = _opening(route, call, self.ssl_context() if route.scheme == "https" else None)
-            step, argument, wait_s = next(steps)
-            while True:
-                step, argument, wait_s = steps.send(getattr(conn, step)(argument, wait_s))
-        except StopIteration:
-            return
+            for step, argument, wait in _opening(route, call, self.ssl_context() if route.scheme == "https" else None):
+                getattr(conn, step)(argument, wait)
         except BaseException as exc:
-            raise self._connect_failed(exc, route, call, step) from exc
+            raise _failure(exc, step, route.where, call) from exc
 
 
 # -- 5b. asyncio ---------------------------------------------------------------
@@ -3529,12 +3497,9 @@ class _AsyncConnection:
                 error = exc
         raise error or OSError(f"no address for {address[0]}")
 
-    async def trade(self, data: bytes, timeout_s: float) -> bytes:
-        if data:
-            self.send(data, timeout_s)
-        while (received := await self.receive(timeout_s)) is None:
-            pass
-        return received
+    async def tunnel(self, how: Tuple[_Exchange, Callable[[], float]], timeout_s: float) -> None:
+        self.send(how[0].request, timeout_s)
+        await _apump(self, how[0], how[0].head, how[1])
 
     async def tls(self, how: Tuple[ssl.SSLContext, str], timeout_s: float) -> None:
         import ssl
@@ -3739,7 +3704,6 @@ class _AsyncPool(_PoolBook):
             self.close()
 
     async def acquire(self, route: _Route, call: _Call, held: List[Any]) -> None:
-        """Put an idle connection in `held`, or None with a slot reserved for a new one (see `_slot`)."""
         import asyncio
 
         loop, key = asyncio.get_running_loop(), route.key
@@ -3751,13 +3715,13 @@ class _AsyncPool(_PoolBook):
             try:
                 await waiter
             except BaseException:
-                self._wake_one(key)  # a wakeup meant for this cancelled task goes to the next one
+                self._wake(key)  # a wakeup meant for this cancelled task goes to the next one
                 raise
             finally:
                 timer.cancel()
                 waiters.pop(waiter, None)
 
-    def _wake_one(self, key: _PoolKey) -> None:
+    def _wake(self, key: _PoolKey, finalizing: bool = False) -> None:
         waiters = self._waiters.get(key)
         while waiters:
             waiter = waiters.popitem(last=False)[0]
@@ -3766,12 +3730,8 @@ class _AsyncPool(_PoolBook):
                 return
 
     def release(self, key: _PoolKey, held: List[Any], reusable: bool) -> None:
-        """End a lease after a whole answer (see `_give`)."""
         self._give(key, held, reusable)
-        self._wake_one(key)
-
-    def _wake(self, key: _PoolKey, finalizing: bool) -> None:
-        self._wake_one(key)
+        self._wake(key)
 
     def close(self, finalizing: bool = False) -> None:
         self._close_idle()
@@ -3822,12 +3782,14 @@ class _AsyncTransport(_TransportBase):
 
     async def send(self, call: _Call, url: str) -> _AsyncResponse:
         """One try of `call` at `url`: the answer's head (and an error answer's body), or the typed failure."""
-        pool, route, held = self.pool, self.route(url), _held()  # as in `_Transport.send`
+        pool, route = self.pool, self.route(url)
+        held: List[Any] = []  # as in `_Transport.send`
         try:
             await pool.acquire(route, call, held)
             if held[0] is None:
                 held[0] = conn = self._new_connection(route, call, pool.loop)
-                await self._connect(conn, route, call)
+                if self.handler is None:
+                    await self._connect(conn, route, call)
             response = _AsyncResponse(pool, route, held, call)
             await response.start()
         except BaseException:
@@ -3836,22 +3798,18 @@ class _AsyncTransport(_TransportBase):
         return response
 
     def _new_connection(self, route: _Route, call: _Call, loop: Any) -> Any:
-        return _AsyncConnection(loop)
+        return _AsyncConnection(loop) if self.handler is None else _AsyncHandlerConnection(self.handler, route, call)
 
     async def _connect(self, conn: _AsyncConnection, route: _Route, call: _Call) -> None:
         import asyncio
 
         step = "connect"
         try:
-            steps = _opening(route, call, self.ssl_context() if route.scheme == "https" else None)
-            step, argument, wait_s = next(steps)
-            while True:
-                step, argument, wait_s = steps.send(await getattr(conn, step)(argument, wait_s))
-        except StopIteration:
-            return
+            for step, argument, wait in _opening(route, call, self.ssl_context() if route.scheme == "https" else None):
+                await getattr(conn, step)(argument, wait)
         except BaseException as exc:
             failure = socket.timeout("timed out") if isinstance(exc, asyncio.TimeoutError) else exc
-            raise self._connect_failed(failure, route, call, step) from exc
+            raise _failure(failure, step, route.where, call) from exc
 
 
 # -- 5c. A handler in place of the network: the seam, record and replay -------
@@ -3903,13 +3861,7 @@ class _AsyncHandlerConnection(_HandlerConnection):
         if self._pieces is None:
             answer = self._handler(self._request(timeout_s))
             answer = _whole_body(await answer if hasattr(answer, "__await__") else answer)
-            body = answer.body
-            if not hasattr(body, "__aiter__"):
-                self._pieces = _answer_bytes(answer)
-            else:
-                answer.body = ()
-                head = _answer_head(answer, True)
-                self._pieces = _async_pieces(head, body)
+            self._pieces = (_async_pieces if hasattr(answer.body, "__aiter__") else _answer_bytes)(answer)
         if hasattr(self._pieces, "__anext__"):
             return await self._pieces.__anext__()  # type: ignore[no-any-return]
         return next(self._pieces, b"")
@@ -3919,41 +3871,15 @@ class _AsyncHandlerConnection(_HandlerConnection):
             super().close()
 
 
-async def _async_pieces(head: bytes, body: Any) -> AsyncGenerator[bytes, None]:
-    yield head
+async def _async_pieces(answer: HTTPResponse) -> AsyncGenerator[bytes, None]:
+    """`_answer_bytes` for an async body."""
+    body, answer.body = answer.body, ()
+    yield _answer_head(answer, True)
     async for piece in body:
         yield _chunk_of(piece)
     yield b"0\r\n\r\n"
     while True:
         yield b""
-
-
-class _HandlerTransport(_Transport):
-    """`Client(transport=handler)`: the pool, the exchange and all above them as usual; a handler for sockets."""
-
-    def __init__(self, handler: Any, env: _Env, limits: Tuple[int, int]) -> None:
-        super().__init__(True, env, limits)
-        self.handler = handler
-
-    def _new_connection(self, route: _Route, call: _Call) -> Any:
-        return _HandlerConnection(self.handler, route, call)
-
-    def _connect(self, conn: Any, route: _Route, call: _Call) -> None:
-        pass
-
-
-class _AsyncHandlerTransport(_AsyncTransport):
-    """`AsyncClient(transport=handler)`; see `_HandlerTransport`."""
-
-    def __init__(self, handler: Any, env: _Env, limits: Tuple[int, int]) -> None:
-        super().__init__(True, env, limits)
-        self.handler = handler
-
-    def _new_connection(self, route: _Route, call: _Call, loop: Any) -> Any:
-        return _AsyncHandlerConnection(self.handler, route, call)
-
-    async def _connect(self, conn: Any, route: _Route, call: _Call) -> None:
-        pass
 
 
 def _network_handler(transport: Any) -> Callable[[HTTPRequest], Any]:
@@ -3967,11 +3893,7 @@ def _network_handler(transport: Any) -> Callable[[HTTPRequest], Any]:
 
     def pieces(response: _Response) -> Iterator[bytes]:
         try:
-            while True:
-                piece = response.read_chunk()
-                if not piece:
-                    return
-                yield piece
+            yield from iter(response.read_chunk, b"")
         finally:
             response.close()
 
@@ -4250,7 +4172,7 @@ class _PayloadReader:
             raise OctoAIValidationError(
                 "the stream ended before any event arrived (a server may do this when the prompt is too long)"
             )
-        if self.response.ends_at_close and self._finished is not None and not self._finished():
+        if self.response._exchange.ends_at_close and self._finished is not None and not self._finished():
             raise OctoAIConnectionError(  # with no framing, a close is all a cut looks like
                 f"the stream from {self.response.where} ended at a close with neither [DONE] nor a finish_reason "
                 "on every choice: it was probably cut short"
@@ -4318,10 +4240,6 @@ class _StreamBase(_Answer):
             convert = _chunks(self._result, self._folder, response.headers, response.secrets)
         self._reader = _PayloadReader(response, convert or _identity, self._folder.finished if self._result else None)
 
-    def _close(self) -> None:
-        # Closing the response ends the iteration too: the next read finds it closed.
-        self._response.close()
-
     def _final(self) -> Any:
         if self._reader.error is not None:
             raise self._reader.error  # the stream failed: what came before it is not the whole answer
@@ -4354,7 +4272,7 @@ class _EventStream(_StreamBase, _Closing):
 
     def close(self) -> None:
         """End the HTTP response now; the connection is closed, not reused. Safe from another thread."""
-        self._close()
+        self._response.close()  # which ends the iteration too: the next read finds it closed
 
 
 class _ChunkStream(_EventStream, _Of["_ChunkT"]):
@@ -4416,7 +4334,7 @@ class _AsyncEventStream(_StreamBase, _AsyncClosing):
 
     async def aclose(self) -> None:
         """End the HTTP response now; the connection is closed, not reused (a read awaited meanwhile ends)."""
-        self._close()
+        self._response.close()
 
     close = aclose
 
@@ -4431,12 +4349,7 @@ class _AsyncChunkStream(_AsyncEventStream, _Of["_ChunkT"]):
     @property
     def text_stream(self) -> AsyncIterator[str]:
         """Only the non-empty text of choice 0 (no role-only, empty or usage chunks); the stream still folds."""
-        return self._texts()
-
-    async def _texts(self) -> AsyncGenerator[str, None]:
-        async for chunk in self:
-            if text := chunk._first_text():
-                yield text
+        return (text async for chunk in self if (text := chunk._first_text()))
 
     async def get_final_completion(self) -> _ChunkT:
         """Read the rest of the stream and return the whole answer as one completion."""
@@ -4526,16 +4439,6 @@ class _BaseClient:
 
     _transport: Any
     _transport_class: ClassVar[Type[Any]]
-    _handler_class: ClassVar[Type[Any]]
-    _chat_class: ClassVar[Type[Any]]
-    _completions_class: ClassVar[Type[Any]]
-    _models_class: ClassVar[Type[Any]]
-    _legacy_class: ClassVar[Type[Any]]
-    _embeddings_class: ClassVar[Type[Any]]
-    chat: Any
-    models: Any
-    completions: Any
-    embeddings: Any
 
     def __init__(
         self,
@@ -4584,20 +4487,15 @@ class _BaseClient:
             transport.secret_headers = self.secret_headers
             if transport.handler is None:
                 transport.handler = _network_handler(self._transport_class(verify_ssl, env, limits))
-        if transport is None:
-            self._transport = self._transport_class(verify_ssl, env, limits)
-        elif not callable(transport):
+        if transport is not None and not callable(transport):
             raise TypeError(f"transport must be a handler (a callable taking an HTTPRequest), not {transport!r}")
-        else:
-            self._transport = self._handler_class(transport, env, limits)
+        self._transport = self._transport_class(verify_ssl, env, limits, transport)
         self._owns_transport = True
         self._bind()
 
     def _bind(self) -> None:
-        self.chat = self._chat_class(self._completions_class(self))
-        self.models = self._models_class(self)
-        self.completions = self._legacy_class(self)
-        self.embeddings = self._embeddings_class(self)
+        """Make the namespaces (``client.chat.completions``...), for this client or a copy."""
+        raise NotImplementedError
 
     def __repr__(self) -> str:
         token = "set" if self._token else "none"
@@ -4647,8 +4545,13 @@ class _BaseClient:
         What is not the answer is closed; what is raised has the token taken out.
         """
         answer = not isinstance(outcome, OctoAIError)
-        if answer:
-            self._log_answer(call, attempt.url, outcome.status, outcome.headers, started)
+        if answer and _log_enabled(_DEBUG):
+            request_id = _redact(_request_id(outcome.headers) or "", call.secrets)  # a server may echo anything
+            _log(
+                _DEBUG, "%s %s -> %d in %.1f ms%s", call.method, _redact(_redact_userinfo(attempt.url), call.secrets),
+                outcome.status, (time.monotonic() - started) * 1000,
+                f" [request id: {request_id}]" if request_id else "",
+            )  # fmt: skip
         try:
             following = _judge(call, attempt, outcome, now=time.time(), clock=time.monotonic(), rand=_random)
         except OctoAIError as error:
@@ -4724,19 +4627,6 @@ class _BaseClient:
             base_url=self.base_url if url.startswith(self.base_url.split("?")[0] + "/") else None,
             secrets=secrets,
         )
-
-    def _log_answer(self, call: _Call, url: str, status: int, headers: Mapping[str, str], started: float) -> None:
-        if _log_enabled(_DEBUG):
-            request_id = _redact(_request_id(headers) or "", call.secrets)  # a server may echo anything
-            _log(
-                _DEBUG,
-                "%s %s -> %d in %.1f ms%s",
-                call.method,
-                _redact(_redact_userinfo(url), call.secrets),
-                status,
-                (time.monotonic() - started) * 1000,
-                f" [request id: {request_id}]" if request_id else "",
-            )
 
 
 _CREATE_DOC = """Create a chat completion (``client.chat.completions``), a legacy
@@ -4955,9 +4845,11 @@ class Client(_BaseClient, _Closing):
 
     completions: _TextCompletions
     embeddings: _Embeddings
-    _transport_class, _chat_class, _completions_class, _models_class = _Transport, _Chat, _Completions, _Models
-    _handler_class = _HandlerTransport
-    _legacy_class, _embeddings_class = _TextCompletions, _Embeddings
+    _transport_class = _Transport
+
+    def _bind(self) -> None:
+        self.chat, self.models = _Chat(_Completions(self)), _Models(self)
+        self.completions, self.embeddings = _TextCompletions(self), _Embeddings(self)
 
     def _answer(self, response: _Response, stream: bool, endpoint: _Namespace) -> Any:
         return endpoint._stream(response) if stream else endpoint._parse(response.read(), response)
@@ -5086,20 +4978,19 @@ class AsyncClient(_BaseClient, _AsyncClosing):
 
     completions: _AsyncTextCompletions
     embeddings: _AsyncEmbeddings
-    _transport_class, _chat_class, _models_class = _AsyncTransport, _AsyncChat, _AsyncModels
-    _handler_class = _AsyncHandlerTransport
-    _completions_class, _legacy_class, _embeddings_class = _AsyncCompletions, _AsyncTextCompletions, _AsyncEmbeddings
+    _transport_class = _AsyncTransport
+
+    def _bind(self) -> None:
+        self.chat, self.models = _AsyncChat(_AsyncCompletions(self)), _AsyncModels(self)
+        self.completions, self.embeddings = _AsyncTextCompletions(self), _AsyncEmbeddings(self)
 
     async def _answer(self, sending: Awaitable[_AsyncResponse], stream: bool, endpoint: _Namespace) -> Any:
         response = await sending
-        if stream:
-            return endpoint._stream(response)
-        return endpoint._parse(await response.read(), response)
+        return endpoint._stream(response) if stream else endpoint._parse(await response.read(), response)
 
     async def _fetch(
         self, parse: Callable[[bytes, _Secrets], _T], method: str, url: str, body: Any, **options: Any
     ) -> _T:
-        """Send with retries; return the answer's body read through `parse`."""
         response = await self._send(method, url, body, **options)
         return parse(await response.read(), response.secrets)
 
@@ -5115,8 +5006,7 @@ class AsyncClient(_BaseClient, _AsyncClosing):
         self, endpoint_url: str, inputs: Mapping[str, Any], map_fn: _MapFn = None, **options: Any
     ) -> _AsyncEventStream:
         """POST `inputs`; ``async for`` each event's JSON (through `map_fn` if given) until `[DONE]`."""
-        response = await self._send("POST", endpoint_url, inputs, stream=True, **options)
-        return _AsyncEventStream(response, map_fn)
+        return _AsyncEventStream(await self._send("POST", endpoint_url, inputs, stream=True, **options), map_fn)
 
     async def infer_async(self, endpoint_url: str, inputs: Mapping[str, Any], **options: Any) -> InferenceFuture:
         """Start an inference in the background (header ``X-OctoAI-Async: 1``)."""
@@ -5257,11 +5147,6 @@ def _read_prompt(words: List[str]) -> Optional[str]:
     return None
 
 
-def _print_models(client: Client) -> None:
-    for model in client.models.list():  # the server's own list; a failure is an error, not a stale fallback
-        print(model)
-
-
 def _print_answer(client: Client, args: Any, messages: List[Dict[str, str]]) -> None:
     params = dict(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, stop=args.stop)
     if args.no_stream:
@@ -5306,7 +5191,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             base_url=args.base_url, timeout=args.timeout, max_retries=args.max_retries, transport=transport
         ) as cli_client:
             if args.list_models:
-                _print_models(cli_client)
+                for model in cli_client.models.list():  # the server's own; a failure is an error, not a stale list
+                    print(model)
                 return _EXIT_OK
             prompt = _read_prompt(args.prompt)
             if not prompt:
