@@ -156,17 +156,20 @@ def _cmake_version(cmake: str) -> Tuple[int, ...]:
     return (int(found.group(1)), int(found.group(2))) if found else ()
 
 
-def _cmake_command(python: str, log: IO[bytes], log_path: Path) -> List[str]:
-    """cmake and its generator: the system's cmake 3.18+ with make, else PyPI's `cmake` and `ninja` in a venv."""
+def _cmake_command(python: str, log: IO[bytes], log_path: Path) -> Tuple[List[str], Optional[Path]]:
+    """cmake and its generator: the system's cmake 3.18+ with make, else PyPI's `cmake` and `ninja` in a venv.
+
+    Also the folder to put first on PATH (that venv's bin), or None.
+    """
     cmake = shutil.which("cmake")
     if cmake and shutil.which("make") and _cmake_version(cmake) >= CMAKE_MINIMUM:
-        return [cmake]
+        return [cmake], None
     tools = CACHE / "build-tools" / "bin"
     if not ((tools / "ninja").exists() and _cmake_version(str(tools / "cmake")) >= CMAKE_MINIMUM):
         _step([python, "-m", "venv", "--clear", tools.parent], log, log_path, timeout=600)
         pip = [tools / "python", "-m", "pip", "install", "-q", "--disable-pip-version-check"]
         _step([*pip, "cmake>=3.18", "ninja"], log, log_path, timeout=1800)
-    return [str(tools / "cmake"), "-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={tools / 'ninja'}"]
+    return [str(tools / "cmake"), "-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={tools / 'ninja'}"], tools
 
 
 def _unpack_llama_cpp(sdist: Path, into: Path) -> Path:
@@ -228,6 +231,8 @@ def llama_server_binary(python: str = sys.executable) -> Path:
             return binary
         if stamp.exists():
             stamp.unlink()
+        for stale in folder.glob("tmp*"):  # a build killed outright (the lock says none is running)
+            shutil.rmtree(str(stale), ignore_errors=True)
         started = time.monotonic()
         print(
             f"building llama.cpp's llama-server into {folder} from llama-cpp-python's sdist: several minutes"
@@ -237,14 +242,17 @@ def llama_server_binary(python: str = sys.executable) -> Path:
         )
         with tempfile.TemporaryDirectory(dir=str(folder)) as scratch, open(log_path, "wb") as log:
             work = Path(scratch)
-            cmake = _cmake_command(python, log, log_path)
+            cmake, tools = _cmake_command(python, log, log_path)
+            env = dict(os.environ)
+            if tools:  # pip reads the sdist's metadata with scikit-build-core, which wants a cmake on PATH
+                env["PATH"] = os.pathsep.join([str(tools), env.get("PATH", "")])
             (work / "requirements.txt").write_text(LLAMA_SERVER_SDIST + "\n")
-            download = [python, "-m", "pip", "download", "--no-deps", "--no-binary=:all:", "--require-hashes",
+            # --no-binary for it alone: its build backend's own requirements come as wheels
+            download = [python, "-m", "pip", "download", "--no-deps", "--no-binary=llama-cpp-python", "--require-hashes",
                         "--no-cache-dir", "--disable-pip-version-check", "-q", "-d", work, "-r", work / "requirements.txt"]  # fmt: skip
-            _step(download, log, log_path, timeout=1800)
+            _step(download, log, log_path, timeout=1800, env=env)
             (sdist,) = work.glob("*.tar.gz")
             source, build = _unpack_llama_cpp(sdist, work / "source"), work / "build"
-            env = dict(os.environ)
             if flags:  # read by cmake's first configure as CMAKE_C_FLAGS and CMAKE_CXX_FLAGS
                 env["CFLAGS"] = (env.get("CFLAGS", "") + " " + flags).strip()
                 env["CXXFLAGS"] = (env.get("CXXFLAGS", "") + " " + flags).strip()
