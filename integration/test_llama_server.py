@@ -7,7 +7,7 @@ The first run installs `llama-cpp-python[server]`, `tokenizers`, `gguf` and
 `numpy` into a venv under ~/.cache/octoai_lite/llama (OCTOAI_LITE_CACHE moves
 it); pip compiles llama.cpp, several minutes on 2 cores, cached afterwards.
 Then it builds `llama-server` (cmake, the one target) from the llama.cpp that
-llama-cpp-python's sdist vendors, into llama/llama-server: about 6 more
+llama-cpp-python's sdist vendors, into llama/llama-server: 6 to 12 more
 minutes on 2 cores, once (llama_env.llama_server_binary).
 A tiny random-weight Llama model is built offline (build_tiny_model.py),
 the server is started on 127.0.0.1 with a small context and stopped by PID
