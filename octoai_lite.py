@@ -650,9 +650,13 @@ class ChoiceDelta(ChatMessage):
     content: str = _filler(str)
     _SEED_FIELDS = frozenset({"role", "content"})
 
-    def __post_init__(self) -> None:
-        if self.content is None:  # what the server sends for "no text" (or leaves out)
-            self.content = ""
+    @classmethod
+    def from_dict(cls: Type[_MessageT], data: Dict[str, Any]) -> _MessageT:
+        """Build from the server's JSON object."""
+        delta = super().from_dict(data)
+        if delta.content is None:  # what the server sends for "no text" (or leaves out)
+            delta.content = ""
+        return delta
 
 
 @dataclasses.dataclass(eq=False, repr=False)  # _Model's ==, repr
@@ -863,31 +867,31 @@ def _plain_chat_chunk(data: Dict[str, Any]) -> Optional[ChatCompletion]:
     model, fingerprint = get("model"), get("system_fingerprint")
     if (
         type(choices) is not list
-        or not data.keys() <= _PLAIN_CHUNK_KEYS
-        or not (type(chunk_id) is str or chunk_id is None)
-        or not (type(kind) is str or kind is None)
-        or not (type(model) is str or model is None)
+        or not _PLAIN_CHUNK_KEYS.issuperset(data)
+        or not (chunk_id is None or isinstance(chunk_id, str))
+        or not (kind is None or isinstance(kind, str))
+        or not (model is None or isinstance(model, str))
         or not (type(created) is int or created is None)
-        or not (fingerprint is None or type(fingerprint) is str)
+        or not (fingerprint is None or isinstance(fingerprint, str))
         or get("usage") is not None
     ):
         return None
     built = []
     for choice in choices:
-        if type(choice) is not dict or not choice.keys() <= _PLAIN_CHOICE_KEYS:
+        if type(choice) is not dict or not _PLAIN_CHOICE_KEYS.issuperset(choice):
             return None
         get = choice.get
         delta, index, finish = get("delta"), get("index"), get("finish_reason")
         if (
             type(delta) is not dict
             or not (type(index) is int or index is None)
-            or not (finish is None or type(finish) is str)
+            or not (finish is None or isinstance(finish, str))
             or get("logprobs") is not None
-            or not delta.keys() <= _PLAIN_DELTA_KEYS
+            or not _PLAIN_DELTA_KEYS.issuperset(delta)
         ):
             return None
         for value in delta.values():
-            if not (type(value) is str or value is None):
+            if not (value is None or isinstance(value, str)):
                 return None
         get = delta.get
         text, role, reasoning = get("content") or "", get("role"), get("reasoning")
