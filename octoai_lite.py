@@ -2218,6 +2218,7 @@ class _Exchange:
         connection = headers.get("connection", "").lower()
         self._keep_alive = "close" not in connection and (status_line.group(1) == b"1" or "keep-alive" in connection)
         self._reader = self._framing()
+        self.ends_at_close = self._reader == self._until_close
 
     def _framing(self) -> Callable[[], Optional[bytes]]:
         """The body's reader, by RFC 9112 section 6.3."""
@@ -2229,14 +2230,12 @@ class _Exchange:
         coding = headers.get("transfer-encoding")
         if coding is not None:
             if coding.lower().rsplit(",", 1)[-1].strip() != "chunked":
-                self._keep_alive = False
                 return self._until_close
             if "content-length" in headers:
                 self._keep_alive = False  # both framings: a request smuggling pattern, never reuse
             return self._chunk_size
         length = headers.get("content-length")
         if length is None:
-            self._keep_alive = False
             return self._until_close
         values = {value.strip() for value in length.split(",")}  # "5, 5" is one length said twice
         if len(values) != 1 or not _DIGITS.fullmatch(next(iter(values))):
@@ -2311,7 +2310,6 @@ class _Exchange:
                 raise self._invalid(f"a trailer section longer than {_MAX_HEAD_BYTES} bytes")
 
     def _until_close(self) -> Optional[bytes]:
-        self.ends_at_close = True
         if self._buffer:
             piece = bytes(self._buffer)
             self._buffer.clear()
@@ -2353,24 +2351,23 @@ class _Exchange:
 class _Body:
     """Collect a body up to a limit."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, where: str) -> None:
         self.limit = limit
-        self.over = False
+        self.where = where
         self._chunks: List[bytes] = []
         self._size = 0
 
     def add(self, data: bytes) -> bool:
-        """Take a piece; False once the body ended (b"") or passed the limit."""
+        """Take a piece; False once the body ended (b""). Raises past the limit (the response is then closed)."""
         if not data:
             return False
         self._chunks.append(data)
         self._size += len(data)
-        self.over = self._size > self.limit
-        return not self.over
+        if self._size > self.limit:
+            raise OctoAIValidationError(f"the answer from {self.where} is larger than {self.limit} bytes")
+        return True
 
-    def value(self, where: str) -> bytes:
-        if self.over:
-            raise OctoAIValidationError(f"the answer from {where} is larger than {self.limit} bytes")
+    def value(self) -> bytes:
         return b"".join(self._chunks)
 
 
@@ -3096,7 +3093,7 @@ class _ResponseBase:
 
     def read(self) -> Any:
         """The whole body; raises past `_MAX_BODY_BYTES`."""
-        body = _Body(_MAX_BODY_BYTES)
+        body = _Body(_MAX_BODY_BYTES, self.where)
 
         def whole() -> Optional[bytes]:
             while True:
@@ -3104,9 +3101,7 @@ class _ResponseBase:
                 if piece is None:
                     return None
                 if not body.add(piece):
-                    if body.over:
-                        self._abort()
-                    return body.value(self.where)
+                    return body.value()
 
         return self._drive(whole, b"")
 
@@ -3208,8 +3203,8 @@ class _ResponseBase:
 
     def __del__(self) -> None:
         # An answer dropped before anyone took it (an interrupt between `send`
-        # returning and the caller's next line), or whose release an interrupt
-        # cut short, must not keep its pool slot.
+        # returning and the caller's next line), whose release an interrupt cut
+        # short, or whose stream was dropped unfinished, must not keep its pool slot.
         if "_held" in self.__dict__:
             self._abort(finalizing=True)
 
@@ -3484,7 +3479,7 @@ class _AsyncConnection:
         import asyncio
 
         await asyncio.wait_for(self._open(address), timeout_s)
-        self._watch(True)
+        self._watch(True)  # a loop that cannot watch sockets is refused here, before any write needs add_writer
 
     async def _open(self, address: Tuple[str, int]) -> None:
         loop, error = self.loop, None
@@ -3628,10 +3623,7 @@ class _AsyncConnection:
             return
         if sent < len(data):
             self._unsent += data[sent:]
-            try:
-                self.loop.add_writer(self.sock.fileno(), self._writable)  # type: ignore[union-attr]
-            except NotImplementedError:
-                raise OctoAIClientError(_NEEDS_SELECTOR_LOOP) from None
+            self.loop.add_writer(self.sock.fileno(), self._writable)  # type: ignore[union-attr]  # see `connect`
 
     def _writable(self) -> None:
         try:
@@ -3903,10 +3895,7 @@ def _network_handler(transport: Any) -> Callable[[HTTPRequest], Any]:
 
     async def apieces(response: _AsyncResponse) -> AsyncGenerator[bytes, None]:
         try:
-            while True:
-                piece = await response.read_chunk()
-                if not piece:
-                    return
+            while piece := await response.read_chunk():
                 yield piece
         finally:
             response.close()
@@ -4132,7 +4121,8 @@ class _PayloadReader:
         self._count = 0  # payloads handed out
         self._done = False  # [DONE] arrived
         self._over = False  # the body ended, or the iteration failed
-        self._json = _Body(_MAX_BODY_BYTES) if response.content_type == "application/json" else None
+        json_answer = response.content_type == "application/json"  # a plain JSON answer to a streaming request
+        self._json = _Body(_MAX_BODY_BYTES, response.where) if json_answer else None
         self.error: Optional[OctoAIError] = None  # what ended the iteration, if it failed
 
     def take(self) -> Any:
@@ -4152,13 +4142,10 @@ class _PayloadReader:
         return _END if self._over or response.closed_early else _MORE
 
     def add(self, data: bytes) -> None:
-        if self._json is not None:  # a plain JSON answer to a streaming request
-            if self._json.add(data):
+        if self._json is not None:
+            if self._json.add(data):  # past the limit it raises, and `failed` closes the response
                 return
-            if self._json.over:
-                self.response._abort()
-            body = self._json.value(self.response.where)
-            raise _stream_answered_with_json(body, self.response.headers, self._secrets)
+            raise _stream_answered_with_json(self._json.value(), self.response.headers, self._secrets)
         if not data:
             self._over = True
             if not self._done and not self.response.closed_early:
@@ -4248,12 +4235,6 @@ class _StreamBase(_Answer):
         if self._reader.error is not None:
             raise self._reader.error  # the stream failed: what came before it is not the whole answer
         return self._result.from_dict(self._folder.result())
-
-    def __del__(self) -> None:
-        # A stream dropped unfinished must not leak its socket.
-        response = getattr(self, "_response", None)
-        if response is not None:
-            response.close(finalizing=True)
 
 
 class _EventStream(_StreamBase, _Closing):
