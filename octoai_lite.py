@@ -671,6 +671,14 @@ class Choice(_Model):
     _raw: Dict[str, Any] = _raw_field()
     _SEED_FIELDS = frozenset({"index", "message", "delta", "finish_reason"})
 
+    if not TYPE_CHECKING:
+
+        def __getattr__(self, name: str) -> Any:
+            if name == "message":  # a stream chunk's empty message, made when first asked for (see the fast path)
+                self.message = ChatMessage()
+                return self.message
+            return _Model.__getattr__(self, name)
+
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "Choice":
         """Build from the server's JSON object."""
@@ -855,6 +863,7 @@ class ChatCompletion(_Completion):
 # readers' calls into exactly what `from_dict` builds (test_fast_path.py
 # checks it); any other shape (tool calls, usage, logprobs, a value of
 # another type) gives None and takes the lenient path.
+_new_object = object.__new__
 _PLAIN_CHUNK_KEYS = frozenset({"id", "object", "created", "model", "system_fingerprint", "choices", "usage"})
 _PLAIN_CHOICE_KEYS = frozenset({"index", "delta", "finish_reason", "logprobs"})
 _PLAIN_DELTA_KEYS = frozenset({"role", "content", "reasoning_content", "refusal", "reasoning"})
@@ -896,7 +905,9 @@ def _plain_chat_chunk(data: Dict[str, Any]) -> Optional[ChatCompletion]:
         get = delta.get
         text, role, reasoning = get("content") or "", get("role"), get("reasoning")
         message = ChoiceDelta(role, text, None, None, get("reasoning_content"), get("refusal"), reasoning, delta)
-        built.append(Choice(index or 0, ChatMessage(), message, finish, None, choice))
+        made = _new_object(Choice)  # no __init__: its empty `message` is made only if asked for
+        made.index, made.delta, made.finish_reason, made.logprobs, made._raw = index or 0, message, finish, None, choice
+        built.append(made)
     return ChatCompletion(chunk_id, built, created, model, kind, fingerprint, None, data)
 
 

@@ -11,8 +11,12 @@ lenient build of the bytes the server sent.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
+import pickle
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -210,6 +214,21 @@ def test_the_plain_shapes_take_the_fast_path():
     ]
     for payload in other:
         assert octoai_lite._plain_chat_chunk(payload) is None, payload
+
+
+def test_a_fast_path_choice_makes_its_empty_message_when_asked():
+    """The fast path leaves a chunk's empty `message` out until it is read: then each choice has its own (as the
+    lenient path's), made once, and copies and replacements see one too."""
+    first, second = (octoai_lite._plain_chat_chunk(chunk(text)) for text in ("a", "b"))
+    assert "message" not in vars(first.choices[0])
+    assert first.choices[0].message == octoai_lite.ChatMessage() == lenient(chunk("a")).choices[0].message
+    first.choices[0].message.content = "changed"
+    assert first.choices[0].message.content == "changed"
+    assert second.choices[0].message.content is None
+    assert copy.deepcopy(second) == second and pickle.loads(pickle.dumps(second)) == second
+    assert dataclasses.replace(second.choices[0], index=3).message == octoai_lite.ChatMessage()
+    with pytest.raises(AttributeError, match="no attribute 'messages'"):
+        getattr(second.choices[0], "messages")  # noqa: B009
 
 
 def test_a_stream_over_a_socket_hands_out_what_the_lenient_path_builds(server, flavor):
