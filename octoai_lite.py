@@ -4964,8 +4964,8 @@ class AsyncClient(_BaseClient, _AsyncClosing):
     ``await client.chat.completions.create(...)``; with ``stream=True`` it
     returns an `AsyncStream` for ``async for``. Use ``async with
     AsyncClient() as client:`` or ``await client.close()``. Connections are
-    asyncio streams in a bounded pool: no thread per request. Cancelling a
-    task mid-stream closes its connection.
+    non-blocking sockets the event loop watches, in a bounded pool: no
+    thread per request. Cancelling a task mid-stream closes its connection.
     """
 
     chat: _AsyncChat
