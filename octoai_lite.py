@@ -1639,12 +1639,7 @@ _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 
 def _split_url(url: str) -> Tuple[Any, Optional[int]]:
-    """`urlsplit(url)` and its port, for every URL this module opens or compares.
-
-    A URL that cannot be split (a server's Location or poll URL, a proxy's:
-    a port past 65535 or not a number, an unclosed "[") is an
-    `OctoAIClientError`, not urllib's raw ValueError.
-    """
+    """`urlsplit(url)` and its port; a bad port or an unclosed "[" is an `OctoAIClientError`, not a ValueError."""
     try:
         parts = urlsplit(url)
         return parts, parts.port
@@ -1661,10 +1656,9 @@ def _origin(url: str) -> Tuple[str, str, Optional[int]]:
 def _redirect_target(method: str, url: str, status: int, headers: Mapping[str, str]) -> str:
     """Where to follow a redirect; raises `OctoAIClientError` where following would be wrong.
 
-    307 and 308 keep the method and body; 301/302/303 would turn a POST into
-    a GET of something else, so only GETs follow them. Nothing is followed to
-    another origin, so the token is never sent there, nor to a Location
-    that is not a valid URL.
+    Only 307 and 308 keep a POST's method and body (301/302/303 would make it
+    a GET of something else); nothing is followed to another origin, where
+    the token must not go, nor to a Location that is not a valid URL.
     """
     location = headers.get("location", "")
     try:
@@ -1689,8 +1683,7 @@ def _redirect_target(method: str, url: str, status: int, headers: Mapping[str, s
 
 # -- 4e. Retry policy: one judge of every attempt's outcome -------------------
 # What follows one try of a call is decided here alone, apart from the
-# sleeping (urllib3's Retry, openai's _should_retry): send it again at once
-# on another connection, follow a redirect, wait and try again, or raise.
+# sleeping (as urllib3's Retry and openai's _should_retry decide it).
 
 
 def _seconds(text: str, scale: float = 1.0) -> Optional[float]:
@@ -1739,15 +1732,14 @@ def _retry_delay(
     if should_retry == "false":
         return None
     if status is not None and should_retry != "true":
-        if status not in _RETRY_STATUSES:
-            return None
-        if status == 429 and error_code == "insufficient_quota":
-            return None  # waiting does not add quota
+        if status not in _RETRY_STATUSES or (status == 429 and error_code == "insufficient_quota"):
+            return None  # insufficient_quota: waiting does not add quota
     asked = _parse_retry_after(headers, now)
     if asked is not None:
         return asked if asked <= _RETRY_AFTER_MAX_S else None
     backoff = min(initial_s * 2.0**attempt, _BACKOFF_MAX_S)
     return backoff * (1.0 - 0.25 * rand)  # jitter: 75% to 100% of the backoff
+
 
 class _Attempt(collections.namedtuple("_Attempt", ["url", "retries", "hops", "wait_s"], defaults=[0, 0, 0.0])):
     """The next try of a call: its URL, the failed tries waited for so far, the redirects followed since the
@@ -1787,9 +1779,7 @@ def _judge(
             return attempt._replace(url=target, hops=attempt.hops + 1, wait_s=0.0)
         if status < 300:
             return None
-        error = _error_from_response(
-            status, headers, outcome.error_body, secrets=call.secrets, base_url=call.base_url
-        )
+        error = _error_from_response(status, headers, outcome.error_body, secrets=call.secrets, base_url=call.base_url)
         error.retry_after = _parse_retry_after(headers, now)
     delay: Optional[float] = None
     if call.retry_every_s is not None:  # health_check: a 5xx or no answer, again until the deadline
@@ -1852,9 +1842,8 @@ class _ChunkFolder:
         self._usage: Optional[Dict[str, Any]] = None
 
     def add(self, chunk: Mapping[str, Any]) -> None:
-        top = self._top
-        if not top:
-            top.update((key, value) for key, value in chunk.items() if key not in ("choices", "usage", "object"))
+        if not self._top:
+            self._top.update((key, value) for key, value in chunk.items() if key not in ("choices", "usage", "object"))
         if "usage" in chunk or "x_groq" in chunk:
             self._usage = _usage_of(chunk) or self._usage  # an empty one leaves the last
         choices = chunk.get("choices")
@@ -1973,11 +1962,8 @@ class _ChunkFolder:
                 folded[key] = value
 
     def result(self) -> Dict[str, Any]:
-        out = dict(self._top)
-        out["object"] = self._kind
         choices = []
-        for index in sorted(self._choices):
-            state = self._choices[index]
+        for _, state in sorted(self._choices.items()):
             texts = {key: text.value() for key, text in state["texts"].items()}
             choice = dict(state["choice"], finish_reason=state["choice"].get("finish_reason"))
             if self._kind == "text_completion":
@@ -1994,9 +1980,7 @@ class _ChunkFolder:
                     ]
                 choice["message"] = message
             choices.append(choice)
-        out["choices"] = choices
-        out["usage"] = self._usage
-        return out
+        return {**self._top, "object": self._kind, "choices": choices, "usage": self._usage}
 
 
 def _folded_function(function: Dict[str, Any]) -> Dict[str, Any]:
@@ -2006,13 +1990,11 @@ def _folded_function(function: Dict[str, Any]) -> Dict[str, Any]:
 
 # -- 4g. One HTTP/1.1 exchange ------------------------------------------------
 # A request and its answer on one connection, as bytes out and events in
-# (h11's shape). Both transports send `request`, feed what they receive (b""
-# once the peer closed) and ask `head()` and `body_piece()` what it means.
-# Every rule of RFC 9112 this client relies on is decided here, once:
-# framing (sections 6-7), interim 1xx answers, limits, and whether the
-# connection may carry another request. Failures are OctoAIErrors: a
-# malformed answer an OctoAIValidationError, one cut short an
-# OctoAIConnectionError.
+# (h11's shape), for both transports. Every rule of RFC 9112 this client
+# relies on is decided here, once: framing (sections 6-7), interim 1xx
+# answers, limits, and whether the connection may carry another request.
+# Failures are OctoAIErrors: a malformed answer an OctoAIValidationError, one
+# cut short an OctoAIConnectionError.
 
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 _LINE_END_CRLF = re.compile(rb"\r?\n")
@@ -2082,7 +2064,6 @@ class _Exchange:
             self._eof = True
 
     def head(self) -> Optional[bool]:
-        """True once the final answer's head is in; None while more input is needed."""
         while self._reader is None:
             buffer = self._buffer
             blank = len(buffer) - len(buffer.lstrip(b"\r\n"))
@@ -2132,8 +2113,7 @@ class _Exchange:
         return b"".join(pieces) if pieces else piece
 
     def _whole_chunks(self, pieces: List[Any]) -> None:
-        """After a chunk's data, take the next whole chunks (CRLF, a size line of hex digits, the data) in one
-        pass: what `_chunk_end`, `_chunk_size` and `_data` would give, one call each; anything else is theirs."""
+        """After a chunk's data, the next whole chunks in one pass, as `_chunk_end`, `_chunk_size` and `_data` would."""
         buffer, at, next_chunk = self._buffer, 0, _NEXT_CHUNK.match
         while (size_line := next_chunk(buffer, at)) is not None:
             start = size_line.end()
@@ -2232,8 +2212,7 @@ class _Exchange:
         return line
 
     def _chunk_size(self) -> Optional[bytes]:
-        line = self._line()
-        if line is None:
+        if (line := self._line()) is None:
             return None
         size = line.split(b";", 1)[0].strip()  # chunk extensions are ignored
         if not _CHUNK_SIZE.fullmatch(size):
@@ -2243,8 +2222,7 @@ class _Exchange:
         return self._reader()
 
     def _chunk_end(self) -> Optional[bytes]:
-        line = self._line()
-        if line is None:
+        if (line := self._line()) is None:
             return None
         if line:
             raise self._invalid("a chunk longer than its size line said")
@@ -2252,16 +2230,14 @@ class _Exchange:
         return self._reader()
 
     def _trailer(self) -> Optional[bytes]:
-        while True:
-            line = self._line()
-            if line is None:
-                return None
+        while (line := self._line()) is not None:
             if not line:  # the empty line that ends the trailer section
                 self._reader = self._ended
                 return self._reader()
             self._trailer_bytes += len(line) + 2
             if self._trailer_bytes > _MAX_HEAD_BYTES:
                 raise self._invalid(f"a trailer section longer than {_MAX_HEAD_BYTES} bytes")
+        return None
 
     def _until_close(self) -> Optional[bytes]:
         if self._buffer:
@@ -2293,11 +2269,10 @@ class _Exchange:
 
     def _cut_short(self) -> OctoAIConnectionError:
         if self._reader is None and not self._buffer:
-            error = OctoAIConnectionError(
-                f"the server {self.where} closed the connection without an answer" + (_SENT_NOTE if self.sent else "")
-            )
+            what = f"the server {self.where} closed the connection without an answer{_SENT_NOTE if self.sent else ''}"
         else:
-            error = OctoAIConnectionError(f"the connection closed before the whole answer arrived from {self.where}")
+            what = f"the connection closed before the whole answer arrived from {self.where}"
+        error = OctoAIConnectionError(what)
         error.request_sent = self.sent
         return error
 
