@@ -2334,8 +2334,7 @@ def _answer_bytes(answer: HTTPResponse) -> Iterator[bytes]:
         return
     yield _answer_head(answer, True)
     try:
-        for piece in body:
-            yield _chunk_of(piece)
+        yield from filter(None, map(_chunk_of, body))  # an empty piece is no bytes, not the end
     finally:  # read to its end, failed, or closed by the client: the body's own generator is told
         close = getattr(body, "close", None)
         if close is not None:
@@ -3801,7 +3800,8 @@ async def _async_pieces(answer: HTTPResponse) -> AsyncGenerator[bytes, None]:
     body, answer.body = answer.body, ()
     yield _answer_head(answer, True)
     async for piece in body:
-        yield _chunk_of(piece)
+        if chunk := _chunk_of(piece):
+            yield chunk
     yield b"0\r\n\r\n"
     while True:
         yield b""

@@ -200,6 +200,23 @@ def test_the_deadline_bounds_a_handler_that_trickles(flavor):
     assert time.monotonic() - started < 1.2
 
 
+def test_an_empty_body_piece_from_a_handler_is_no_bytes_not_the_end(flavor):
+    def with_gaps(request):
+        body = [b""] + [piece for event in events("Short", " text.") for piece in (event, b"")]
+        if flavor.name == "async":
+
+            async def pieces():
+                for piece in body:
+                    yield piece
+
+            return HTTPResponse(200, {"Content-Type": "text/event-stream"}, pieces())
+        return HTTPResponse(200, {"Content-Type": "text/event-stream"}, iter(body))
+
+    got = []
+    assert flavor.collect(flavored(flavor, with_gaps), got).choices[0].message.content == "Short text."
+    assert "".join(got) == "Short text."
+
+
 def test_a_handler_that_returns_something_else_is_a_clear_error(flavor):
     with pytest.raises(OctoAIClientError, match="must return an HTTPResponse"):
         flavor.chat(flavored(flavor, lambda request: {"choices": []}))
