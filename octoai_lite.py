@@ -349,21 +349,19 @@ class OctoAITimeoutError(OctoAIConnectionError):
 
 _ERRORS_BY_STATUS: Mapping[int, type] = types.MappingProxyType(
     {
-        400: BadRequestError,
-        401: AuthenticationError,
-        403: PermissionDeniedError,
-        404: NotFoundError,
-        422: UnprocessableEntityError,
-        429: RateLimitError,
+        400: BadRequestError, 401: AuthenticationError, 403: PermissionDeniedError, 404: NotFoundError,
+        422: UnprocessableEntityError, 429: RateLimitError,
     }
-)
+)  # fmt: skip
 
 
 # =============================================================================
 # 3. Data types
 # =============================================================================
 # Response objects are dataclasses that keep the dict the server sent
-# (`_raw`), so fields this module does not declare survive `dict()`.
+# (`_raw`): `dict()` gives back every field of it, and at run time a field
+# this module does not declare is an attribute too (`completion.service_tier`),
+# though type checkers only know the declared ones.
 
 
 class TextModel(str, enum.Enum):
@@ -420,12 +418,10 @@ def _text(value: Any) -> Optional[str]:
 
 
 def _object(cls: Any, value: Any) -> Any:
-    """`cls.from_dict(value)` for a JSON object, None for any other value."""
     return cls.from_dict(value) if isinstance(value, dict) else None
 
 
 def _objects(cls: Any, value: Any) -> Optional[List[Any]]:
-    """`cls.from_dict` of each JSON object in a list (other items skipped), None for any other value."""
     return [cls.from_dict(item) for item in value if isinstance(item, dict)] if isinstance(value, list) else None
 
 
@@ -440,13 +436,7 @@ def _filler(factory: Callable[[], Any]) -> Any:
 
 
 class _Model:
-    """What the response dataclasses share: `from_dict`, `dict()` and `json()`.
-
-    Each keeps the dict the server sent (`_raw`): `dict()` gives back every
-    field of it, and at run time a field this module does not declare is an
-    attribute too (`completion.service_tier`), though type checkers only
-    know the declared ones.
-    """
+    """What the response dataclasses share: `dict()`, `json()`, `==`, `repr`, and `_raw`'s fields as attributes."""
 
     _SEED_FIELDS: ClassVar[FrozenSet[str]] = frozenset()  # always present in dict(), null when absent
     _raw: Dict[str, Any]
@@ -716,11 +706,7 @@ def _request_id(headers: Mapping[str, str]) -> Optional[str]:
 
 
 class _Answer:
-    """The HTTP answer a result came in: headers, request id, rate limits.
-
-    Not dataclass fields, so no part of ``==``, ``repr``, ``dict()`` or
-    ``dataclasses.asdict``; empty for an object not built from an answer.
-    """
+    """The HTTP answer a result came in, if any; not dataclass fields, so out of ``==``, ``repr`` and ``dict()``."""
 
     _headers: Dict[str, str]
 
@@ -1120,12 +1106,10 @@ class SSEDecoder:
             self._add_data(value)
         elif name == "event":
             self._event_type = value
-        elif name == "id":
-            if "\0" not in value:
-                self._last_event_id = value
-        elif name == "retry":
-            if value.isascii() and value.isdigit() and len(value) <= _MAX_RETRY_DIGITS:  # int() takes " 5", "+5", "1_0"
-                self._retry = int(value)
+        elif name == "id" and "\0" not in value:
+            self._last_event_id = value
+        elif name == "retry" and value.isascii() and value.isdigit() and len(value) <= _MAX_RETRY_DIGITS:
+            self._retry = int(value)  # digits only: int() also takes " 5", "+5", "1_0"
         return None  # any other field is ignored
 
     def _dispatch(self) -> Optional[ServerSentEvent]:
@@ -1135,9 +1119,7 @@ class SSEDecoder:
         if data:
             text = data[0] if len(data) == 1 else "\n".join(data)
             event = _new_tuple(ServerSentEvent, (self._event_type or "message", text, self._last_event_id, self._retry))
-        self._data = []
-        self._data_chars = 0
-        self._event_type = ""
+        self._data, self._data_chars, self._event_type = [], 0, ""
         return event
 
 
@@ -1151,7 +1133,7 @@ def _build_chat_body(
     if not isinstance(messages, (list, str, bytes, dict)):
         messages = list(messages)  # a generator or tuple; anything else goes as given, for the server to judge
     body: Dict[str, Any] = {"model": str(model), key: messages}  # TextModel's str is its value
-    body.update((key, value) for key, value in params.items() if value is not None)
+    body.update((name, value) for name, value in params.items() if value is not None)
     return body
 
 
@@ -1168,7 +1150,7 @@ def _build_json(body: Any) -> bytes:
         raise ValueError(f"the request body cannot be sent as JSON: {exc}") from None
 
 
-def _merge_headers(*layers: Optional[Mapping[str, Optional[str]]]) -> Dict[str, str]:
+def _merge_headers(*layers: _Headers) -> Dict[str, str]:
     """Merge header dicts, later ones winning whatever their case; None removes."""
     merged: Dict[str, Tuple[str, Optional[str]]] = {}
     for layer in layers:
@@ -1179,8 +1161,8 @@ def _merge_headers(*layers: Optional[Mapping[str, Optional[str]]]) -> Dict[str, 
 
 def _build_headers(
     token: Optional[str],
-    default_headers: Optional[Mapping[str, Optional[str]]],
-    extra_headers: Optional[Mapping[str, Optional[str]]] = None,
+    default_headers: _Headers,
+    extra_headers: _Headers = None,
     *,
     stream: bool = False,
     has_body: bool = True,
@@ -1275,7 +1257,7 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "host"})  # the exchange writes these
 
 
-def _check_headers(headers: Optional[Mapping[str, Optional[str]]]) -> Dict[str, Optional[str]]:
+def _check_headers(headers: _Headers) -> Dict[str, Optional[str]]:
     """Caller headers, checked before anything is sent; None values remove a default."""
     checked: Dict[str, Optional[str]] = {}
     for name, value in (headers or {}).items():
@@ -1320,9 +1302,7 @@ def _redact(text: str, secrets: _Secrets) -> str:
             continue
         text = text.replace(secret, "***")
         for start in range(len(secret) - _PIECE_CHARS + 1):
-            piece = secret[start : start + _PIECE_CHARS]
-            if piece in text:
-                text = text.replace(piece, "***")
+            text = text.replace(secret[start : start + _PIECE_CHARS], "***")
         for size in range(min(_PIECE_CHARS - 1, len(secret) - 1, len(text)), 3, -1):
             if text.endswith(secret[:size]):  # the text was cut inside the secret's first characters
                 text = text[:-size] + "***"
@@ -1414,14 +1394,12 @@ def _error_details(payload: Any) -> Tuple[str, Optional[str], Optional[int]]:
             text = message if isinstance(message, str) else _detail_text(error if message is None else message)
             code, kind = error.get("code"), error.get("type")
             name = code if isinstance(code, str) else kind if isinstance(kind, str) else None
-            status = code if isinstance(code, int) and not isinstance(code, bool) else None
-            return _cut(text), name, status
+            return _cut(text), name, _int_or_none(code)
         payload = error
     if isinstance(payload, str):
-        text = payload
-        if text.lstrip().startswith("<"):
-            text = _HTML_TAG.sub(" ", text)  # an HTML error page from a proxy: keep its words
-        return _cut(_WHITESPACE.sub(" ", text).strip()), None, None
+        if payload.lstrip().startswith("<"):
+            payload = _HTML_TAG.sub(" ", payload)  # an HTML error page from a proxy: keep its words
+        return _cut(_WHITESPACE.sub(" ", payload).strip()), None, None
     return _cut(_json_text(payload)), None, None
 
 
@@ -1454,12 +1432,7 @@ def _with_answer_secrets(secrets: _Secrets, headers: Mapping[str, str]) -> _Secr
 
 
 def _error_from_response(
-    status: int,
-    headers: Mapping[str, str],
-    body: bytes,
-    *,
-    secrets: _Secrets = None,
-    base_url: Optional[str] = None,
+    status: int, headers: Mapping[str, str], body: bytes, *, secrets: _Secrets = None, base_url: Optional[str] = None
 ) -> OctoAIError:
     """The typed error for an HTTP error answer; returned, not raised. No secret shows in it."""
     secrets = _with_answer_secrets(secrets, headers)
@@ -1537,18 +1510,13 @@ def _check_completion(
 
 
 def _payload_from_event(event: ServerSentEvent, headers: Mapping[str, str], secrets: _Secrets) -> Any:
-    """The JSON of one event (not `[DONE]`); raises for an error event or bad JSON.
-
-    Exactly one JSON value, nearly every event, is scanned without json.loads'
-    wrappers (about 1 µs a chunk); anything else goes to `_loads`, for its
-    value or its error.
-    """
+    """The JSON of one event (not `[DONE]`); raises for an error event or bad JSON."""
     data = event.data
-    try:
+    try:  # exactly one JSON value, nearly every event: scanned without json.loads' wrappers (about 1 µs a chunk)
         payload, end = _scan_json(data, 0)
     except (ValueError, StopIteration, RecursionError):
         end = -1
-    try:
+    try:  # anything else: `_loads` gives its value, or its error
         if end != len(data):
             payload = _loads(data)
     except ValueError as exc:
@@ -1570,9 +1538,7 @@ def _stream_answered_with_json(body: bytes, headers: Mapping[str, str], secrets:
     )
 
 
-def _answer_from_body(
-    cls: Any, body: bytes, headers: Mapping[str, str], secrets: _Secrets, what: str, key: str
-) -> Any:
+def _answer_from_body(cls: Any, body: bytes, headers: Mapping[str, str], secrets: _Secrets, what: str, key: str) -> Any:
     """A plain answer as a `cls` object, with the response's headers on it (`_Answer`)."""
     answer = cls.from_dict(_check_completion(_parse_json(body, secrets), headers, secrets, what=what, key=key))
     answer._headers = headers
