@@ -2608,7 +2608,7 @@ def _proxy_for(scheme: str, host: str, port: int, env: _Env) -> Optional[str]:
     proxy = proxy or _env_get(env, "all_proxy")
     if proxy and "://" not in proxy:
         proxy = "http://" + proxy
-    return proxy or None
+    return proxy
 
 
 def _proxy_authorization(proxy_url: str) -> Dict[str, str]:
@@ -2839,20 +2839,17 @@ class _PoolBook:
 
     def _reserve(self, key: _PoolKey, held: List[Any]) -> bool:
         """Whether the caller may go on, with an idle connection put in `held`, or None there to open a new one."""
-        leases, idle = self._leases(key), self._idle.get(key)
-        while idle:
+        leases, idle, conn = self._leases(key), self._idle.get(key), None
+        while idle and conn is None:
             conn = idle.pop()
             if conn.is_gone():
                 conn.close()
-                continue
-            held.append(conn)
-            leases[id(held)] = held
-            return True
-        if len(leases) + len(idle or ()) < self.max_connections:
-            held.append(None)
-            leases[id(held)] = held
-            return True
-        return False
+                conn = None
+        if conn is None and len(leases) >= self.max_connections:
+            return False
+        held.append(conn)
+        leases[id(held)] = held
+        return True
 
     def give_back(self, key: _PoolKey, held: List[Any], finalizing: bool = False) -> None:
         """Close what `held` holds, then free its slot; once, whoever takes the connection out first (list.pop is
@@ -2883,7 +2880,7 @@ class _PoolBook:
         leases = self._leases(key)  # first: a fork since resets the book
         try:
             idle = self._idle.setdefault(key, [])
-            if conn is None or conn.pid != self._pid:
+            if conn.pid != self._pid:
                 pass  # opened before a fork: the parent's to reuse
             elif reusable and not self._closed and (len(idle) < self.max_idle or self._waiting.get(key)):
                 conn.reused = True  # from now on, a failure may only mean the server closed it while idle
@@ -2990,12 +2987,10 @@ class _ResponseBase:
         body = _Body(_MAX_BODY_BYTES, self.where)
 
         def whole() -> Optional[bytes]:
-            while True:
-                piece = self._piece()
-                if piece is None:
-                    return None
+            while (piece := self._piece()) is not None:
                 if not body.add(piece):
                     return body.value()
+            return None
 
         return self._drive(whole, b"")
 
@@ -3012,7 +3007,12 @@ class _ResponseBase:
         exchange = self._exchange
         if not self._written:
             self._written = True
-            self._write()
+            try:
+                self._conn.send(exchange.request, self._wait())
+            except (OSError, OctoAIError) as exc:
+                # The server may have answered early (401, 413) and closed
+                # without reading the body: what it said is read next.
+                self._send_error = exc
         self._check_sent()
         if exchange.head() is None:
             return None
@@ -3037,14 +3037,6 @@ class _ResponseBase:
             self._release()
         return piece
 
-    def _write(self) -> None:
-        try:
-            self._conn.send(self._exchange.request, self._wait())
-        except (OSError, OctoAIError) as exc:
-            # The server may have answered early (401, 413) and closed
-            # without reading the body: what it said is read next.
-            self._send_error = exc
-
     def _check_sent(self) -> None:
         # Sent whole: the write did not fail and nothing of it waits in a buffer (asyncio's).
         if self._written and self._send_error is None and not self._conn.writing:
@@ -3064,8 +3056,7 @@ class _ResponseBase:
         if exc is None:
             return False
         exchange = self._exchange
-        if not exchange.sent:
-            self._check_sent()  # before closing: a lost connection's buffer is dropped, not sent
+        self._check_sent()  # before closing: a lost connection's buffer is dropped, not sent
         self._abort()
         if isinstance(exc, Exception) and (self.closed_early or self._quiet):
             return True  # closed by its holder, or the rest of a complete answer
@@ -3333,7 +3324,6 @@ class _Transport(_TransportBase):
 
 
 def _settle(waiter: "asyncio.Future[None]", error: Optional[BaseException]) -> None:
-    """Resolve the future (with `error`, if any) unless it is done already."""
     if not waiter.done():
         if error is None:
             waiter.set_result(None)
@@ -3536,7 +3526,6 @@ class _AsyncConnection:
 
     @property
     def writing(self) -> bool:
-        """Whether bytes of the request are still unsent."""
         return bool(self._unsent)
 
     def close(self) -> None:
@@ -3594,9 +3583,7 @@ class _AsyncPool(_PoolBook):
             self.close()
 
     async def acquire(self, route: _Route, call: _Call, held: List[Any]) -> None:
-        import asyncio
-
-        loop, key = asyncio.get_running_loop(), route.key
+        loop, key = self.loop, route.key  # the running loop: `_AsyncTransport.pool` gives each loop its own pool
         for wait_s in self._slot(route, call, held):
             waiter: "asyncio.Future[None]" = loop.create_future()
             waiters = self._waiters.setdefault(key, collections.OrderedDict())
@@ -3833,9 +3820,7 @@ class _Recording(_OwnLock):
 
     def __call__(self, request: HTTPRequest) -> Any:
         answer = self.handler(request)
-        if hasattr(answer, "__await__"):
-            return self._later(request, answer)
-        return self._wrap(request, answer)
+        return self._later(request, answer) if hasattr(answer, "__await__") else self._wrap(request, answer)
 
     async def _later(self, request: HTTPRequest, answer: Any) -> HTTPResponse:
         return self._wrap(request, await answer)
