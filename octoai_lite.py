@@ -3979,14 +3979,12 @@ _END = object()  # and once the stream is over
 
 
 class _PayloadReader:
-    """The JSON payloads of a streamed answer, by the rules of a chat stream, for both stream classes.
+    """The JSON payloads of a streamed answer, for both stream classes.
 
-    `add` each read of the body (b"" at its end); `take` gives the next
-    payload (through `convert`), `_MORE` when it needs the next read, and
-    `_END` once the body is over; the server's error is raised where it
-    stands. After `[DONE]` the answer is complete: the rest of the body may
-    take `_DONE_GRACE_S` in all, and a failure then loses nothing (see
-    `_ResponseBase.grace`). A failure anywhere goes through `failed`.
+    `add` each read of the body (b"" at its end); `take` gives the next payload
+    through `convert` (a server's error event raises), `_MORE` when it needs a
+    read, `_END` once over. After `[DONE]` the answer is complete: the rest of
+    the body gets `_DONE_GRACE_S` in all (`_ResponseBase.grace`).
     """
 
     def __init__(
@@ -4254,12 +4252,6 @@ def _resolve_token(token: Optional[str], config_path: Optional[str], env: _Env) 
     return token or None
 
 
-def _configure_logging(env: _Env) -> None:
-    level = env.get("OCTOAI_LOG", "").upper()
-    if level in ("DEBUG", "INFO", "WARNING"):
-        _log_to_stderr(level, "%(asctime)s octoai_lite %(levelname)s %(message)s")
-
-
 def _log_to_stderr(level: str, format: str) -> None:
     """Send this module's records at `level` and above to stderr, unless a handler is set already."""
     import logging
@@ -4304,6 +4296,8 @@ class _BaseClient:
 
     _transport: Any
     _transport_class: ClassVar[Type[Any]]
+    _bind: Callable[[], None]  # makes the namespaces (``client.chat.completions``...), for this client or a copy
+    _run: Callable[[_Call], Any]  # each client's loop: try, let `_next` judge, sleep, try again
 
     def __init__(
         self,
@@ -4326,7 +4320,9 @@ class _BaseClient:
         if token and api_key:
             raise ValueError("pass token= or api_key=, not both")
         env = os.environ
-        _configure_logging(env)
+        level = env.get("OCTOAI_LOG", "").upper()
+        if level in ("DEBUG", "INFO", "WARNING"):
+            _log_to_stderr(level, "%(asctime)s octoai_lite %(levelname)s %(message)s")
         self._token = _resolve_token(token or api_key, config_path, env)
         self.base_url = _check_base_url(
             base_url or env.get("OCTOAI_BASE_URL") or (_SECURE_LINK_BASE_URL if secure_link else DEFAULT_BASE_URL)
@@ -4357,10 +4353,6 @@ class _BaseClient:
         self._transport = self._transport_class(verify_ssl, env, limits, transport)
         self._owns_transport = True
         self._bind()
-
-    def _bind(self) -> None:
-        """Make the namespaces (``client.chat.completions``...), for this client or a copy."""
-        raise NotImplementedError
 
     def __repr__(self) -> str:
         token = "set" if self._token else "none"
@@ -4393,10 +4385,6 @@ class _BaseClient:
     def _send(self, method: str, url: str, body: Any, **options: Any) -> Any:
         """Send with retries; return a 2xx response or raise the typed error (awaitable for AsyncClient)."""
         return self._run(self._prepare(method, url, body, **options))
-
-    def _run(self, call: _Call) -> Any:
-        """Each client's loop: try, let `_next` judge, sleep, try again."""
-        raise NotImplementedError
 
     def _health_call(self, url: str, timeout: float, interval: float) -> _Call:
         return dataclasses.replace(
@@ -4494,23 +4482,6 @@ class _BaseClient:
         )
 
 
-_CREATE_DOC = """Create a chat completion (``client.chat.completions``), a legacy
-text completion (``client.completions``) or embeddings (``client.embeddings``);
-with ``stream=True`` return a `Stream` (`CompletionStream`) of chunks, an
-`AsyncStream` (`AsyncCompletionStream`), awaited, for an AsyncClient.
-
-Keyword arguments: ``model`` (a str or `TextModel`), ``messages`` (or
-``prompt``, or ``input``), and any of ``max_tokens``, ``temperature``,
-``top_p``, ``stop``, ``frequency_penalty``, ``presence_penalty``,
-``response_format`` (``dimensions``, ``encoding_format`` for embeddings),
-and the per-call options ``extra_headers``, ``extra_query``,
-``extra_body``, ``timeout``, ``max_retries``, ``deadline``. Only
-parameters you set are sent; any other keyword (tools, seed, n,
-stream_options...) goes into the body unchanged. Raises the typed
-`OctoAIError` for the server's answer or the connection's failure.
-"""
-
-
 if TYPE_CHECKING:
     # Every other keyword (tools, seed, n, stream_options...) goes into the body as given: **more.
     class _CreateTypes(Generic[_CompletionT, _StreamT]):
@@ -4581,14 +4552,28 @@ else:
         """`create` at run time, for every endpoint and both clients; the signatures above are for type checkers."""
 
         def create(self, **arguments):
+            """Create a chat completion, a legacy text completion or embeddings (awaited, for an AsyncClient).
+
+            ``client.chat.completions``, ``client.completions``, ``client.embeddings``;
+            with ``stream=True`` return a `Stream` (`CompletionStream`) of chunks, or for
+            an AsyncClient an `AsyncStream` (`AsyncCompletionStream`).
+
+            Keyword arguments: ``model`` (a str or `TextModel`), ``messages`` (or
+            ``prompt``, or ``input``), and any of ``max_tokens``, ``temperature``,
+            ``top_p``, ``stop``, ``frequency_penalty``, ``presence_penalty``,
+            ``response_format`` (``dimensions``, ``encoding_format`` for embeddings),
+            and the per-call options ``extra_headers``, ``extra_query``,
+            ``extra_body``, ``timeout``, ``max_retries``, ``deadline``. Only
+            parameters you set are sent; any other keyword (tools, seed, n,
+            stream_options...) goes into the body unchanged. Raises the typed
+            `OctoAIError` for the server's answer or the connection's failure.
+            """
             client = self._client
             body, stream, options = _build_call({**self._defaults, **arguments}, self._key)
             if stream and self._stream is None:
                 raise TypeError("this endpoint does not stream")
             url = _join_url(client.base_url, self._path)
             return client._answer(client._send("POST", url, body, stream=stream, **options), stream, self)
-
-        create.__doc__ = _CREATE_DOC
 
     _TextCreateTypes = _EmbedTypes = _CreateTypes
 
@@ -4617,10 +4602,10 @@ class _Namespace:
     _path, _key, _what, _items = "chat/completions", "messages", "chat completion", "choices"
     _defaults: ClassVar[Dict[str, Any]] = {}  # parameters sent unless the caller sets them
     _result: ClassVar[Any] = ChatCompletion  # the answer's class
-    _stream: ClassVar[Any] = None  # the stream's class
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, stream: Any = None) -> None:
         self._client = client
+        self._stream = stream  # the stream's class, picked by the client's flavour; None: the endpoint does not stream
 
     def _parse(self, body: bytes, response: _ResponseBase) -> Any:
         return _answer_from_body(self._result, body, response.headers, response.secrets, self._what, self._items)
@@ -4629,7 +4614,7 @@ class _Namespace:
 class _Completions(_CreateTypes["ChatCompletion", "Stream"], _Namespace):
     """``client.chat.completions``."""
 
-    if TYPE_CHECKING:  # `parse`'s types: `parsed` is the caller's type (the code is _CreateTypes')
+    if TYPE_CHECKING:  # `parse`'s types: `parsed` is the caller's type (the code is `_chat_parse`)
 
         @_overload
         def parse(
@@ -4643,16 +4628,14 @@ class _Completions(_CreateTypes["ChatCompletion", "Stream"], _Namespace):
     else:
         parse = _chat_parse
 
-    _stream = Stream
 
-
-class _TextCompletions(_TextCreateTypes["Completion", "CompletionStream"], _Namespace):
+class _TextCompletions(_TextCreateTypes["_CompletionT", "_StreamT"], _Namespace):
     """``client.completions``: the legacy text completion, POST {base_url}/completions (``choices[i].text``)."""
 
-    _path, _key, _what, _result, _stream = "completions", "prompt", "completion", Completion, CompletionStream
+    _path, _key, _what, _result = "completions", "prompt", "completion", Completion
 
 
-class _Embeddings(_EmbedTypes["CreateEmbeddingResponse"], _Namespace):
+class _Embeddings(_EmbedTypes["_CompletionT"], _Namespace):
     """``client.embeddings``: POST {base_url}/embeddings, ``encoding_format="float"`` unless you say otherwise.
 
     ``input`` is a str or a list of them; a base64 answer is decoded to floats too.
@@ -4662,12 +4645,10 @@ class _Embeddings(_EmbedTypes["CreateEmbeddingResponse"], _Namespace):
     _defaults = {"encoding_format": "float"}
 
 
-class _Chat:
+class _Chat(_Of["_T"]):
     """``client.chat``."""
 
-    completions: _Completions
-
-    def __init__(self, completions: Any) -> None:
+    def __init__(self, completions: _T) -> None:
         self.completions = completions
 
 
@@ -4704,17 +4685,16 @@ class Client(_BaseClient, _Closing):
     ``client.models.list()``, and the methods below.
     """
 
-    chat: _Chat
+    chat: _Chat[_Completions]
+    completions: _TextCompletions[Completion, CompletionStream]
+    embeddings: _Embeddings[CreateEmbeddingResponse]
     models: _Models
     _transport: _Transport
-
-    completions: _TextCompletions
-    embeddings: _Embeddings
     _transport_class = _Transport
 
     def _bind(self) -> None:
-        self.chat, self.models = _Chat(_Completions(self)), _Models(self)
-        self.completions, self.embeddings = _TextCompletions(self), _Embeddings(self)
+        self.chat, self.models = _Chat(_Completions(self, Stream)), _Models(self)
+        self.completions, self.embeddings = _TextCompletions(self, CompletionStream), _Embeddings(self)
 
     def _answer(self, response: _Response, stream: bool, endpoint: _Namespace) -> Any:
         return endpoint._stream(response) if stream else endpoint._parse(response.read(), response)
@@ -4795,27 +4775,6 @@ class _AsyncCompletions(_CreateTypes["Awaitable[ChatCompletion]", "Awaitable[Asy
     else:
         parse = _chat_parse
 
-    _stream = AsyncStream
-
-
-class _AsyncTextCompletions(_TextCreateTypes["Awaitable[Completion]", "Awaitable[AsyncCompletionStream]"], _Namespace):
-    """``client.completions`` of an AsyncClient."""
-
-    _path, _key, _what, _result, _stream = "completions", "prompt", "completion", Completion, AsyncCompletionStream
-
-
-class _AsyncEmbeddings(_EmbedTypes["Awaitable[CreateEmbeddingResponse]"], _Namespace):
-    """``client.embeddings`` of an AsyncClient."""
-
-    _path, _key, _what, _items, _result = "embeddings", "input", "embeddings answer", "data", CreateEmbeddingResponse
-    _defaults = _Embeddings._defaults
-
-
-class _AsyncChat(_Chat):
-    """``client.chat`` of an AsyncClient."""
-
-    completions: _AsyncCompletions  # type: ignore[assignment]
-
 
 class _AsyncModels(_Namespace):
     """``client.models`` of an AsyncClient."""
@@ -4837,17 +4796,16 @@ class AsyncClient(_BaseClient, _AsyncClosing):
     thread per request. Cancelling a task mid-stream closes its connection.
     """
 
-    chat: _AsyncChat
+    chat: _Chat[_AsyncCompletions]
+    completions: _TextCompletions[Awaitable[Completion], Awaitable[AsyncCompletionStream]]
+    embeddings: _Embeddings[Awaitable[CreateEmbeddingResponse]]
     models: _AsyncModels
     _transport: _AsyncTransport
-
-    completions: _AsyncTextCompletions
-    embeddings: _AsyncEmbeddings
     _transport_class = _AsyncTransport
 
     def _bind(self) -> None:
-        self.chat, self.models = _AsyncChat(_AsyncCompletions(self)), _AsyncModels(self)
-        self.completions, self.embeddings = _AsyncTextCompletions(self), _AsyncEmbeddings(self)
+        self.chat, self.models = _Chat(_AsyncCompletions(self, AsyncStream)), _AsyncModels(self)
+        self.completions, self.embeddings = _TextCompletions(self, AsyncCompletionStream), _Embeddings(self)
 
     async def _answer(self, sending: Awaitable[_AsyncResponse], stream: bool, endpoint: _Namespace) -> Any:
         response = await sending
@@ -5005,11 +4963,11 @@ def _build_arg_parser() -> Any:
 def _read_prompt(words: List[str]) -> Optional[str]:
     if words and words != ["-"]:
         text = " ".join(words)
-        return text if text.strip() else None  # a blank prompt is no prompt
-    if words == ["-"] or (sys.stdin is not None and not sys.stdin.isatty()):
+    elif words == ["-"] or (sys.stdin is not None and not sys.stdin.isatty()):
         text = sys.stdin.read()
-        return text if text.strip() else None  # blank input is no prompt
-    return None
+    else:
+        return None
+    return text if text.strip() else None  # a blank prompt is no prompt
 
 
 def _print_answer(client: Client, args: Any, messages: List[Dict[str, str]]) -> None:
