@@ -1323,11 +1323,21 @@ def _scrub(error: OctoAIError, secrets: _Secrets) -> OctoAIError:
 
 def _redact_json(value: Any, secrets: _Secrets) -> Any:
     """A JSON value with the secrets replaced wherever they appear in a key or a string."""
+
+    def redacted(value: Any) -> Any:  # each string as it is, not as JSON escapes it (\", \\, \u00e9)
+        if isinstance(value, str):
+            return _redact(value, secrets)
+        if isinstance(value, list):
+            return [redacted(item) for item in value]
+        if isinstance(value, dict):
+            return {_redact(key, secrets): redacted(item) for key, item in value.items()}
+        return value
+
     if not secrets:
         return value
     try:
-        return json.loads(_redact(json.dumps(value), secrets))
-    except (RecursionError, ValueError):
+        return redacted(value)
+    except RecursionError:
         return "(a JSON value nested too deeply to show)"
 
 
@@ -1435,7 +1445,7 @@ def _error_from_response(
     status: int, headers: Mapping[str, str], body: bytes, *, secrets: _Secrets = None, base_url: Optional[str] = None
 ) -> OctoAIError:
     """The typed error for an HTTP error answer; returned, not raised. No secret shows in it."""
-    secrets = _with_answer_secrets(secrets, headers)
+    sent_credentials, secrets = bool(secrets), _with_answer_secrets(secrets, headers)
     try:  # the body as JSON, or as text; the secrets taken out either way
         payload: Any = _redact_json(_loads(body), secrets)
     except ValueError:
@@ -1448,7 +1458,7 @@ def _error_from_response(
     message = f"{status} {reason}".rstrip()
     if text:
         message += ": " + text
-    if status == 401 and not secrets:
+    if status == 401 and not sent_credentials:
         message += (
             " (no token is set: pass Client(token=...), set OCTOAI_TOKEN, or put 'token: ...' in ~/.octoai/config.yaml)"
         )
@@ -4332,9 +4342,10 @@ class _BaseClient:
         self.max_retries = _check_count("max_retries", max_retries, 0)
         self.deadline = None if deadline is None else _check_seconds("deadline", deadline)
         self.default_headers: Dict[str, Optional[str]] = _check_headers(default_headers)
-        if isinstance(secret_headers, str) or not all(isinstance(name, str) for name in secret_headers):
+        names = secret_headers if isinstance(secret_headers, str) else tuple(secret_headers)  # a generator: read once
+        if isinstance(names, str) or not all(isinstance(name, str) for name in names):
             raise TypeError("secret_headers must be header names, such as ('x-my-key',)")
-        self.secret_headers = _SECRET_HEADERS | {name.lower() for name in secret_headers}
+        self.secret_headers = _SECRET_HEADERS | {name.lower() for name in names}
         self._headers: Dict[Tuple[bool, bool], Tuple[Dict[str, str], Tuple[str, ...]]] = {}  # per (stream, has body)
         limits = (
             _check_count("max_connections", max_connections, 1),

@@ -261,6 +261,17 @@ def test_secret_header_names_are_case_insensitive_both_ways(server, flavor, debu
     assert_hidden(SECRETS["api-key"], exc, debug_log, client)
 
 
+def test_secret_headers_given_as_a_generator_are_all_kept(server, flavor, debug_log):
+    value = SECRETS[CALLER_NAMED]
+    server.script.append(echoing(CALLER_NAMED, lambda v: reply(400, {"error": {"message": "echo " + v}})))
+    names = (name for name in [CALLER_NAMED])  # read once: checking the names must not use them up
+    client = flavor.make(timeout=3, secret_headers=names, default_headers={CALLER_NAMED: value})
+    exc = caught(lambda: flavor.chat(client))
+    assert "x-my-secret" in client.secret_headers
+    assert "echo ***" in str(exc)
+    assert_hidden(value, exc, debug_log, client)
+
+
 def test_an_ordinary_header_is_not_taken_for_a_secret(server, flavor):
     """The rule redacts secrets, not everything: a header nobody named secret is quoted as sent."""
     server.script.append(echoing("x-trace", lambda v: reply(400, {"error": {"message": "trace " + v}})))
@@ -289,6 +300,29 @@ def test_a_set_cookie_value_the_body_repeats_is_hidden_too(server, flavor, debug
     client = flavor.make(timeout=3)
     exc = caught(lambda: flavor.chat(client))
     assert_hidden(SET_COOKIE, exc, debug_log, client)
+
+
+@pytest.mark.parametrize("token", [None, "tok-5d1f3a9b7c2e4680"])
+def test_a_401_says_no_token_is_set_only_when_none_was_sent_whatever_cookie_it_sets(server, flavor, token):
+    server.script.append(reply(401, {"error": {"message": "who are you"}}, headers={"Set-Cookie": SET_COOKIE}))
+    exc = caught(lambda: flavor.chat(flavor.make(timeout=3, token=token)))
+    assert ("no token is set" in str(exc)) is (token is None)
+    assert_hidden(SET_COOKIE, exc)
+
+
+# A secret JSON writes escaped: a quote, a backslash, and a Latin-1 letter (\u00e9 in ASCII JSON).
+ESCAPED_SECRET = 'q"Zk\\7v\u00e92LmR9xTb4Wp'
+
+
+def test_a_secret_that_json_escapes_is_hidden_in_a_json_error_body(server, flavor, debug_log):
+    server.script.append(
+        echoing("x-my-secret", lambda v: reply(400, {"error": {"message": "you sent " + v}, "echo": {v: [v]}}))
+    )
+    client = flavor.make(timeout=3, secret_headers=("x-my-secret",), default_headers={"x-my-secret": ESCAPED_SECRET})
+    exc = caught(lambda: flavor.chat(client))
+    assert server.requests[0].headers.get("x-my-secret") == ESCAPED_SECRET
+    assert "you sent ***" in str(exc) and exc.body["echo"] == {"***": ["***"]}
+    assert_hidden(ESCAPED_SECRET, exc, debug_log, client)
 
 
 # -- framing errors that quote what the server sent ---------------------------------
