@@ -4355,10 +4355,12 @@ class _BaseClient:
             transport = replay(env["OCTOAI_REPLAY"])
         elif transport is None and env.get("OCTOAI_RECORD"):
             transport = record(env["OCTOAI_RECORD"])
+        self._network = None  # a recording's own connections to the network, closed with the client's
         if isinstance(transport, _Recording):
             transport.secret_headers = self.secret_headers
             if transport.handler is None:
-                transport.handler = _network_handler(self._transport_class(verify_ssl, env, limits))
+                self._network = self._transport_class(verify_ssl, env, limits)
+                transport.handler = _network_handler(self._network)
         if transport is not None and not callable(transport):
             raise TypeError(f"transport must be a handler (a callable taking an HTTPRequest), not {transport!r}")
         self._transport = self._transport_class(verify_ssl, env, limits, transport)
@@ -4442,6 +4444,8 @@ class _BaseClient:
         """Close the pooled connections (a `with_options` copy leaves them to its original)."""
         if self._owns_transport:
             self._transport.close()
+            if self._network is not None:
+                self._network.close()
 
     @property
     def _models_url(self) -> str:

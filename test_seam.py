@@ -269,6 +269,18 @@ def test_a_recording_replays_the_same_offline(server, flavor, tmp_path):
     assert len(server.requests) == 4  # nothing reached the server
 
 
+def test_closing_a_recording_client_closes_its_network_connections(server, tmp_path):
+    server.script.append(reply(200, None))
+    client = Client(base_url=server.url + "/v1", transport=octoai_lite.record(tmp_path / "calls.jsonl"))
+    client.chat.completions.create(model="m", messages=MESSAGES)
+    assert server.closed < server.connections  # kept alive for the next call
+    client.close()
+    give_up_at = time.monotonic() + 3
+    while server.closed < server.connections and time.monotonic() < give_up_at:
+        time.sleep(0.01)
+    assert server.closed == server.connections
+
+
 def test_a_replayed_stream_has_the_recorded_pieces_byte_for_byte(server, tmp_path):
     path = tmp_path / "stream.jsonl"
     server.script += [stream(chat_events(WORDS))]
