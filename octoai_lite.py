@@ -748,7 +748,6 @@ class _Completion(_Answer, _Model):
     @classmethod
     def from_dict(cls: Type[_ResultT], data: Dict[str, Any]) -> _ResultT:
         """Build from the server's JSON object, leniently: whatever its shape, this does not raise."""
-        usage = data.get("usage") if "x_groq" not in data else _usage_of(data)
         return cls(
             _str_or_none(data.get("id")),
             _objects(cls._CHOICE, data.get("choices")) or [],
@@ -756,7 +755,7 @@ class _Completion(_Answer, _Model):
             _str_or_none(data.get("model")),
             _str_or_none(data.get("object")),
             _str_or_none(data.get("system_fingerprint")),
-            _object(CompletionUsage, usage),
+            _object(CompletionUsage, _usage_of(data)),
             data,
         )
 
@@ -1451,9 +1450,6 @@ def _error_from_response(
     except ValueError:
         payload = _redact(body.decode("utf-8", "replace"), secrets)
     text, _code, _status = _error_details(payload)
-    cls = _ERRORS_BY_STATUS.get(status) or (
-        OctoAIClientError if 400 <= status < 500 else OctoAIServerError if status >= 500 else OctoAIError
-    )
     reason = _REASONS.get(status, "")
     message = f"{status} {reason}".rstrip()
     if text:
@@ -1464,15 +1460,15 @@ def _error_from_response(
         )
     if status == 404 and base_url is not None and not _VERSION_SEGMENT.search(urlsplit(base_url).path):
         message += f" (base_url {_redact_userinfo(base_url)} has no version segment: does it lack '/v1'?)"
-    return _server_error(
-        cls, message, status, payload if not isinstance(payload, str) else _cut(payload, 2000), headers, secrets
-    )
+    kept = payload if not isinstance(payload, str) else _cut(payload, 2000)
+    return _server_error(message, status, kept, headers, secrets, OctoAIServerError if status >= 500 else OctoAIError)
 
 
 def _server_error(
-    cls: type, message: str, status: Optional[int], body: Any, headers: Mapping[str, str], secrets: _Secrets
+    message: str, status: Optional[int], body: Any, headers: Mapping[str, str], secrets: _Secrets, fallback: type
 ) -> OctoAIError:
-    """The error, with the request id and the server's headers on it, and the secrets out of all of them."""
+    """The error of `status`'s class (or `fallback`, outside 4xx), the request id and headers on it, secrets out."""
+    cls = _ERRORS_BY_STATUS.get(status or 0) or (OctoAIClientError if status and 400 <= status < 500 else fallback)
     headers = {name: _redact(value, secrets) for name, value in headers.items()}
     request_id = _request_id(headers)
     if request_id:
@@ -1487,10 +1483,7 @@ def _error_from_payload(payload: Any, headers: Mapping[str, str], *, secrets: _S
     secrets = _with_answer_secrets(secrets, headers)
     payload = _redact_json(payload, secrets)
     text, _code, status = _error_details(payload)
-    cls = _ERRORS_BY_STATUS.get(status or 0) or (
-        OctoAIClientError if status and 400 <= status < 500 else OctoAIServerError
-    )
-    return _server_error(cls, "the server reported an error: " + text, status, payload, headers, secrets)
+    return _server_error("the server reported an error: " + text, status, payload, headers, secrets, OctoAIServerError)
 
 
 def _check_completion(
@@ -1546,13 +1539,6 @@ def _stream_answered_with_json(body: bytes, headers: Mapping[str, str], secrets:
     return OctoAIValidationError(
         "the server answered a streaming request with one JSON body instead of an event stream"
     )
-
-
-def _answer_from_body(cls: Any, body: bytes, headers: Mapping[str, str], secrets: _Secrets, what: str, key: str) -> Any:
-    """A plain answer as a `cls` object, with the response's headers on it (`_Answer`)."""
-    answer = cls.from_dict(_check_completion(_parse_json(body, secrets), headers, secrets, what=what, key=key))
-    answer._headers = headers
-    return answer
 
 
 def _models_from_body(body: bytes, secrets: _Secrets) -> List[str]:
@@ -2705,16 +2691,6 @@ def _failure(exc: BaseException, phase: str, where: str, call: _Call) -> BaseExc
     return exc  # the exchange's own errors; and interrupts, cancellations, bugs as they are
 
 
-def _ascii_host(host: str) -> str:
-    """The host's name in ASCII: its IDNA form if it is international."""
-    if host.isascii():
-        return host
-    try:
-        return host.encode("idna").decode("ascii")
-    except UnicodeError as exc:
-        raise OctoAIClientError(f"the host name {host!r} has no ASCII (IDNA) form: {exc}") from None
-
-
 class _Route:
     """Where requests to one URL go: the pool key, the address to connect to, the target."""
 
@@ -2727,7 +2703,10 @@ class _Route:
         self.host = parts.hostname
         self.port = port or (443 if self.scheme == "https" else 80)
         # What goes on the wire names the host in ASCII (IDNA for an international name), an IPv6 one in brackets.
-        ascii_host = _ascii_host(self.host)
+        try:
+            ascii_host = self.host if self.host.isascii() else self.host.encode("idna").decode("ascii")
+        except UnicodeError as exc:
+            raise OctoAIClientError(f"the host name {self.host!r} has no ASCII (IDNA) form: {exc}") from None
         bracketed = f"[{ascii_host}]" if ":" in ascii_host else ascii_host
         self.host_header = parts.netloc.rpartition("@")[2]
         if not self.host_header.isascii():
@@ -2751,7 +2730,6 @@ class _Route:
                 self.proxy_headers = _proxy_authorization(self.proxy)
 
     def request(self, method: str, headers: Mapping[str, str], body: Optional[bytes]) -> bytes:
-        """The bytes of a request along this route."""
         if self.proxy_headers:
             headers = {**headers, **self.proxy_headers}
         return _build_request(method, self.target, self.host_header, headers, body)
@@ -2975,10 +2953,6 @@ class _ResponseBase:
     def headers(self) -> Dict[str, str]:
         return self._exchange.headers
 
-    @property
-    def content_type(self) -> str:
-        return self.headers.get("content-type", "").split(";")[0].strip().lower()
-
     def _drive(self, goal: Callable[[], Any], fallback: Any) -> Any:
         raise NotImplementedError
 
@@ -3053,7 +3027,6 @@ class _ResponseBase:
             self._exchange.sent = True
 
     def _wait(self) -> float:
-        """How long the next write or read may wait."""
         return self._call.wait(self._exchange.phase, self.where, time.monotonic())
 
     # -- failures
@@ -3083,18 +3056,16 @@ class _ResponseBase:
         raise error from exc
 
     def _release(self) -> None:
-        """Hand the connection back after the answer's end."""
         self._pool.release(self._key, self._held, self._exchange.reusable)
 
-    def close(self, finalizing: bool = False) -> None:
+    def close(self) -> None:
         """End the response now; the connection is closed, not reused. Safe from any thread.
 
         A read going on meanwhile (another thread, another task) ends quietly, as at the body's end.
-        A finalizer passes `finalizing`: the garbage collector may run it while this thread holds the pool's lock.
         """
         if self._held:
             self.closed_early = True
-            self._abort(finalizing)
+            self._abort()
 
     def __del__(self) -> None:
         # An answer dropped before anyone took it (an interrupt between `send`
@@ -3146,9 +3117,9 @@ class _TransportBase(_OwnLock):
                 self._context = _ssl_context(self._verify, self._env)
             return self._context
 
-    def close(self, finalizing: bool = False) -> None:
+    def close(self) -> None:
         """Close the idle pooled connections; busy ones close when released."""
-        _close_pools(self._pools, finalizing)
+        _close_pools(self._pools, False)
 
 
 def _close_pools(pools: Dict[Any, Any], finalizing: bool) -> None:
@@ -3254,7 +3225,6 @@ class _ConnectionPool(_PoolBook, _OwnLock):
                 self._waiters(route.key).wait(min(wait_s, _SLOT_RECHECK_S))
 
     def release(self, key: _PoolKey, held: List[Any], reusable: bool) -> None:
-        """End a lease after a whole answer (see `_give`)."""
         with self._lock:
             self._give(key, held, reusable)
             self._waiters(key).notify()
@@ -3668,7 +3638,6 @@ class _AsyncTransport(_TransportBase):
             return pool
 
     async def send(self, call: _Call, url: str) -> _AsyncResponse:
-        """One try of `call` at `url`: the answer's head (and an error answer's body), or the typed failure."""
         pool, route = self.pool, self.route(url)
         held: List[Any] = []  # as in `_Transport.send`
         try:
@@ -3858,31 +3827,25 @@ class _Recording(_OwnLock):
 
     def _pieces(self, body: Iterator[bytes], entry: Dict[str, Any], secrets: Tuple[str, ...]) -> Iterator[bytes]:
         seen: List[bytes] = []
-        end = "closed"
         try:
             for piece in body:
                 seen.append(piece)
                 yield piece
-            end = "whole"
-        except Exception:
-            end = "cut"
+        except BaseException as exc:  # a failure cut it; GeneratorExit (the client closed it) or an interrupt: "closed"
+            self._write(entry, seen, "cut" if isinstance(exc, Exception) else "closed", secrets)
             raise
-        finally:
-            self._write(entry, seen, end, secrets)
+        self._write(entry, seen, "whole", secrets)
 
     async def _apieces(self, body: Any, entry: Dict[str, Any], secrets: Tuple[str, ...]) -> AsyncGenerator[bytes, None]:
         seen: List[bytes] = []
-        end = "closed"
         try:
             async for piece in body:
                 seen.append(piece)
                 yield piece
-            end = "whole"
-        except Exception:
-            end = "cut"
+        except BaseException as exc:  # as in `_pieces`
+            self._write(entry, seen, "cut" if isinstance(exc, Exception) else "closed", secrets)
             raise
-        finally:
-            self._write(entry, seen, end, secrets)
+        self._write(entry, seen, "whole", secrets)
 
     def _write(self, entry: Dict[str, Any], pieces: List[bytes], end: str, secrets: Tuple[str, ...]) -> None:
         entry = {**entry, "pieces": [_redact(_text_of(piece), secrets) for piece in pieces], "end": end}
@@ -3984,85 +3947,8 @@ def replay(path: Union[str, "os.PathLike[str]"]) -> _Replay:
 # been handed out.
 
 
-_MORE = object()  # what a stream's reader gives when it needs the next read
+_MORE = object()  # what `_take` gives when it needs the next read
 _END = object()  # and once the stream is over
-
-
-class _PayloadReader:
-    """The JSON payloads of a streamed answer, for both stream classes.
-
-    `add` each read of the body (b"" at its end); `take` gives the next payload
-    through `convert` (a server's error event raises), `_MORE` when it needs a
-    read, `_END` once over. After `[DONE]` the answer is complete: the rest of
-    the body gets `_DONE_GRACE_S` in all (`_ResponseBase.grace`).
-    """
-
-    def __init__(
-        self, response: _ResponseBase, convert: Callable[[Any], Any], finished: Optional[Callable[[], bool]] = None
-    ) -> None:
-        self.response = response
-        self._finished = finished  # for chunks: whether every choice has its finish_reason
-        self._secrets, self._headers = response.secrets, response.headers
-        self._convert = convert
-        self._decoder = SSEDecoder()
-        self._events: List[ServerSentEvent] = []  # of the last read, last first
-        self._count = 0  # payloads handed out
-        self._done = False  # [DONE] arrived
-        self._over = False  # the body ended, or the iteration failed
-        json_answer = response.content_type == "application/json"  # a plain JSON answer to a streaming request
-        self._json = _Body(_MAX_BODY_BYTES, response.where) if json_answer else None
-        self.error: Optional[OctoAIError] = None  # what ended the iteration, if it failed
-
-    def take(self) -> Any:
-        events, response = self._events, self.response
-        while events:
-            event = events.pop()
-            if event.data == "[DONE]":
-                self._done = True
-                events.clear()
-                response.grace(_DONE_GRACE_S)
-                break
-            payload = _payload_from_event(event, self._headers, self._secrets)
-            if response.closed_early:
-                break  # closed by its holder: nothing more is handed out
-            self._count += 1
-            return self._convert(payload)
-        return _END if self._over or response.closed_early else _MORE
-
-    def add(self, data: bytes) -> None:
-        if self._json is not None:
-            if self._json.add(data):  # past the limit it raises, and `failed` closes the response
-                return
-            raise _stream_answered_with_json(self._json.value(), self.response.headers, self._secrets)
-        if not data:
-            self._over = True
-            if not self._done and not self.response.closed_early:
-                self._end()
-        elif not self._done:
-            self._events = self._decoder.feed(data)
-            self._events.reverse()
-
-    def _end(self) -> None:
-        """At a clean end of the body without `[DONE]`: raise if the stream never said anything."""
-        unterminated = self._decoder.close()
-        if unterminated is not None and unterminated.data == "[DONE]":
-            return  # llama.cpp ends with "data: [DONE]" and no blank line after it
-        if self._count == 0:
-            raise OctoAIValidationError(
-                "the stream ended before any event arrived (a server may do this when the prompt is too long)"
-            )
-        if self.response._exchange.ends_at_close and self._finished is not None and not self._finished():
-            raise OctoAIConnectionError(  # with no framing, a close is all a cut looks like
-                f"the stream from {self.response.where} ended at a close with neither [DONE] nor a finish_reason "
-                "on every choice: it was probably cut short"
-            )
-
-    def failed(self, exc: BaseException) -> None:
-        """After any failure (a cancellation too): the response is closed, and no more is handed out."""
-        self._over = True
-        self.response.close()
-        if isinstance(exc, OctoAIError):
-            self.error = _scrub(exc, self._secrets)  # and raised again by get_final_completion
 
 
 def _chunks(cls: Any, folder: _ChunkFolder, headers: Mapping[str, str], secrets: _Secrets) -> Callable[[Any], Any]:
@@ -4106,22 +3992,88 @@ class _AsyncClosing:
 
 
 class _StreamBase(_Answer):
-    """What the stream classes share: the answer's headers (`_Answer`), the iterator, closing, folding chunks."""
+    """The JSON payloads of a streamed answer, for every stream class; with a `_result`, its chunks folded.
+
+    `_take` gives the next payload through `_convert` (a server's error event
+    raises), `_MORE` when it needs a read of the body for `_add` (b"" at its
+    end), `_END` once over. After `[DONE]` the answer is complete: the rest of
+    the body gets `_DONE_GRACE_S` in all (`_ResponseBase.grace`).
+    """
 
     _result: ClassVar[Any] = None  # the chunk class (ChatCompletion, Completion): chunks checked, folded, built
 
-    def __init__(self, response: Any, convert: Optional[Callable[[Any], Any]] = None) -> None:
+    def __init__(self, response: _ResponseBase, convert: _MapFn = None) -> None:
         self.response_headers: Dict[str, str] = response.headers
-        self._headers = response.headers
-        self._response: _ResponseBase = response
+        self._headers, self._secrets = response.headers, response.secrets
+        self._response = response
+        self._convert = convert or _identity
         if self._result is not None:
             self._folder = _ChunkFolder(self._result._KIND)
-            convert = _chunks(self._result, self._folder, response.headers, response.secrets)
-        self._reader = _PayloadReader(response, convert or _identity, self._folder.finished if self._result else None)
+            self._convert = _chunks(self._result, self._folder, response.headers, response.secrets)
+        self._decoder = SSEDecoder()
+        self._events: List[ServerSentEvent] = []  # of the last read, last first
+        self._count = 0  # payloads handed out
+        self._done = False  # [DONE] arrived
+        self._over = False  # the body ended, or the iteration failed
+        media_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+        json_answer = media_type == "application/json"  # a plain JSON answer to a streaming request
+        self._json = _Body(_MAX_BODY_BYTES, response.where) if json_answer else None
+        self._error: Optional[OctoAIError] = None  # what ended the iteration, if it failed
+
+    def _take(self) -> Any:
+        events, response = self._events, self._response
+        while events:
+            event = events.pop()
+            if event.data == "[DONE]":
+                self._done = True
+                events.clear()
+                response.grace(_DONE_GRACE_S)
+                break
+            payload = _payload_from_event(event, self._headers, self._secrets)
+            if response.closed_early:
+                break  # closed by its holder: nothing more is handed out
+            self._count += 1
+            return self._convert(payload)
+        return _END if self._over or response.closed_early else _MORE
+
+    def _add(self, data: bytes) -> None:
+        if self._json is not None:
+            if self._json.add(data):  # past the limit it raises, and `_failed` closes the response
+                return
+            raise _stream_answered_with_json(self._json.value(), self._headers, self._secrets)
+        if not data:
+            self._over = True
+            if not self._done and not self._response.closed_early:
+                self._end()
+        elif not self._done:
+            self._events = self._decoder.feed(data)
+            self._events.reverse()
+
+    def _end(self) -> None:
+        """At a clean end of the body without `[DONE]`: raise if the stream never said anything."""
+        unterminated = self._decoder.close()
+        if unterminated is not None and unterminated.data == "[DONE]":
+            return  # llama.cpp ends with "data: [DONE]" and no blank line after it
+        if self._count == 0:
+            raise OctoAIValidationError(
+                "the stream ended before any event arrived (a server may do this when the prompt is too long)"
+            )
+        if self._response._exchange.ends_at_close and self._result is not None and not self._folder.finished():
+            raise OctoAIConnectionError(  # with no framing, a close is all a cut looks like
+                f"the stream from {self._response.where} ended at a close with neither [DONE] nor a finish_reason "
+                "on every choice: it was probably cut short"
+            )
+
+    def _failed(self, exc: BaseException) -> None:
+        """After any failure (a cancellation too): the response is closed, and no more is handed out."""
+        self._over = True
+        self._response.close()
+        if isinstance(exc, OctoAIError):
+            self._error = _scrub(exc, self._secrets)  # and raised again by get_final_completion
 
     def _final(self) -> Any:
-        if self._reader.error is not None:
-            raise self._reader.error  # the stream failed: what came before it is not the whole answer
+        if self._error is not None:
+            raise self._error  # the stream failed: what came before it is not the whole answer
         return self._result.from_dict(self._folder.result())
 
 
@@ -4132,12 +4084,11 @@ class _EventStream(_StreamBase, _Closing):
         return self
 
     def __next__(self) -> Any:
-        reader = self._reader
         try:
-            while (item := reader.take()) is _MORE:
-                reader.add(self._response.read_chunk())
+            while (item := self._take()) is _MORE:
+                self._add(self._response.read_chunk())
         except BaseException as exc:
-            reader.failed(exc)
+            self._failed(exc)
             raise
         if item is _END:
             raise StopIteration
@@ -4194,12 +4145,11 @@ class _AsyncEventStream(_StreamBase, _AsyncClosing):
         return self
 
     async def __anext__(self) -> Any:
-        reader = self._reader
         try:
-            while (item := reader.take()) is _MORE:
-                reader.add(await self._response.read_chunk())
+            while (item := self._take()) is _MORE:
+                self._add(await self._response.read_chunk())
         except BaseException as exc:
-            reader.failed(exc)
+            self._failed(exc)
             raise
         if item is _END:
             raise StopAsyncIteration
@@ -4266,7 +4216,7 @@ def _log_to_stderr(level: str, format: str) -> None:
     """Send this module's records at `level` and above to stderr, unless a handler is set already."""
     import logging
 
-    logger = logging.getLogger("octoai_lite")
+    logger = _logger()
     if not logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(format))
@@ -4447,10 +4397,6 @@ class _BaseClient:
             if self._network is not None:
                 self._network.close()
 
-    @property
-    def _models_url(self) -> str:
-        return _join_url(self.base_url, "models")
-
     def _prepare(
         self,
         method: str,
@@ -4623,7 +4569,11 @@ class _Namespace:
         self._stream = stream  # the stream's class, picked by the client's flavour; None: the endpoint does not stream
 
     def _parse(self, body: bytes, response: _ResponseBase) -> Any:
-        return _answer_from_body(self._result, body, response.headers, response.secrets, self._what, self._items)
+        headers, secrets = response.headers, response.secrets
+        payload = _check_completion(_parse_json(body, secrets), headers, secrets, what=self._what, key=self._items)
+        answer = self._result.from_dict(payload)
+        answer._headers = headers  # for `_Answer`'s headers, request_id, rate_limits
+        return answer
 
 
 class _Completions(_CreateTypes["ChatCompletion", "Stream"], _Namespace):
@@ -4667,15 +4617,14 @@ class _Chat(_Of["_T"]):
         self.completions = completions
 
 
-class _Models(_Namespace):
+class _Models(_Namespace, _Of["_T"]):
     """``client.models``."""
 
-    _client: "Client"
-
-    def list(self, **options: Any) -> List[str]:
-        """Return the ids of the models the server offers (GET {base_url}/models)."""
+    def list(self, **options: Any) -> _T:
+        """Return the ids of the models the server offers (GET {base_url}/models; awaited, for an AsyncClient)."""
         client = self._client
-        return client._fetch(_models_from_body, "GET", client._models_url, None, **options)
+        url = _join_url(client.base_url, "models")
+        return client._fetch(_models_from_body, "GET", url, None, **options)  # type: ignore[no-any-return]
 
 
 class Client(_BaseClient, _Closing):
@@ -4703,7 +4652,7 @@ class Client(_BaseClient, _Closing):
     chat: _Chat[_Completions]
     completions: _TextCompletions[Completion, CompletionStream]
     embeddings: _Embeddings[CreateEmbeddingResponse]
-    models: _Models
+    models: _Models[List[str]]
     _transport: _Transport
     _transport_class = _Transport
 
@@ -4791,16 +4740,6 @@ class _AsyncCompletions(_CreateTypes["Awaitable[ChatCompletion]", "Awaitable[Asy
         parse = _chat_parse
 
 
-class _AsyncModels(_Namespace):
-    """``client.models`` of an AsyncClient."""
-
-    _client: "AsyncClient"
-
-    async def list(self, **options: Any) -> List[str]:
-        """Return the ids of the models the server offers (GET {base_url}/models)."""
-        return await self._client._fetch(_models_from_body, "GET", self._client._models_url, None, **options)
-
-
 class AsyncClient(_BaseClient, _AsyncClosing):
     """`Client` for asyncio: the same arguments and methods, awaited.
 
@@ -4814,12 +4753,12 @@ class AsyncClient(_BaseClient, _AsyncClosing):
     chat: _Chat[_AsyncCompletions]
     completions: _TextCompletions[Awaitable[Completion], Awaitable[AsyncCompletionStream]]
     embeddings: _Embeddings[Awaitable[CreateEmbeddingResponse]]
-    models: _AsyncModels
+    models: _Models[Awaitable[List[str]]]
     _transport: _AsyncTransport
     _transport_class = _AsyncTransport
 
     def _bind(self) -> None:
-        self.chat, self.models = _Chat(_AsyncCompletions(self, AsyncStream)), _AsyncModels(self)
+        self.chat, self.models = _Chat(_AsyncCompletions(self, AsyncStream)), _Models(self)
         self.completions, self.embeddings = _TextCompletions(self, AsyncCompletionStream), _Embeddings(self)
 
     async def _answer(self, sending: Awaitable[_AsyncResponse], stream: bool, endpoint: _Namespace) -> Any:
@@ -4886,14 +4825,9 @@ class AsyncClient(_BaseClient, _AsyncClosing):
 # The original SDK's module layout, for `import octoai_lite as octoai`:
 # octoai.chat.TextModel, octoai.chat.get_model_list(), octoai.client.Client.
 chat = types.SimpleNamespace(
-    TextModel=TextModel,
-    get_model_list=get_model_list,
-    ChatCompletion=ChatCompletion,
-    ChatMessage=ChatMessage,
-    Choice=Choice,
-    ChoiceDelta=ChoiceDelta,
-    CompletionUsage=CompletionUsage,
-)
+    TextModel=TextModel, get_model_list=get_model_list, ChatCompletion=ChatCompletion, ChatMessage=ChatMessage,
+    Choice=Choice, ChoiceDelta=ChoiceDelta, CompletionUsage=CompletionUsage,
+)  # fmt: skip
 client = types.SimpleNamespace(Client=Client, AsyncClient=AsyncClient, InferenceFuture=InferenceFuture)
 
 
