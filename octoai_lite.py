@@ -1290,7 +1290,7 @@ def _header_secrets(headers: Mapping[str, Optional[str]], names: FrozenSet[str])
     found: List[str] = []
     for name, value in headers.items():
         if value and name.lower() in names:
-            found += [value, value.partition(" ")[2].strip()]
+            found += [value.partition(" ")[2].strip(), value]  # the credential first: "Bearer ***" as it was sent
     return tuple(secret for secret in found if len(secret) >= 4)
 
 
@@ -2288,15 +2288,16 @@ def _chunk_of(piece: Any) -> bytes:
     return b"%x\r\n%s\r\n" % (len(piece), piece) if piece else b""
 
 
-def _answer_bytes(answer: HTTPResponse) -> Iterator[bytes]:
-    """A handler's answer as the bytes a server would send: one read per piece of its body."""
+def _answer_bytes(answer: HTTPResponse) -> Iterator[Optional[bytes]]:
+    """A handler's answer as the bytes a server would send: one read per piece of its body (None for an empty one)."""
     body = _whole_body(answer).body
     if isinstance(body, (bytes, bytearray)):
         yield _answer_head(answer, False) + body
         return
     yield _answer_head(answer, True)
     try:
-        yield from filter(None, map(_chunk_of, body))  # an empty piece is no bytes, not the end
+        for piece in body:  # an empty piece is a read of nothing (None), not the end: the pump asks the deadline
+            yield _chunk_of(piece) or None
     finally:  # read to its end, failed, or closed by the client: the body's own generator is told
         close = getattr(body, "close", None)
         if close is not None:
@@ -3198,9 +3199,10 @@ class _Connection:
 
 
 def _pump(conn: Any, exchange: _Exchange, goal: Callable[[], Any], timeout: Callable[[], float]) -> Any:
-    """Feed the exchange what the connection receives until `goal()` says something."""
+    """Feed the exchange what the connection receives until `goal()` says something (a handler's None: nothing yet)."""
     while (result := goal()) is None:
-        exchange.feed(conn.receive(timeout()))
+        if (data := conn.receive(timeout())) is not None:
+            exchange.feed(data)
     return result
 
 
@@ -3694,7 +3696,7 @@ class _HandlerConnection:
     def send(self, data: bytes, timeout_s: float) -> None:
         pass  # the handler is given the request as an HTTPRequest instead
 
-    def receive(self, timeout_s: float) -> bytes:
+    def receive(self, timeout_s: float) -> Optional[bytes]:
         if self._pieces is None:
             self._pieces = _answer_bytes(self._handler(self._request(timeout_s)))
         return next(self._pieces, b"")
@@ -3713,7 +3715,7 @@ class _HandlerConnection:
 class _AsyncHandlerConnection(_HandlerConnection):
     """`_HandlerConnection` for an AsyncClient: the handler may be a coroutine function, the body async."""
 
-    async def receive(self, timeout_s: float) -> bytes:  # type: ignore[override]
+    async def receive(self, timeout_s: float) -> Optional[bytes]:  # type: ignore[override]
         if self._pieces is None:
             answer = self._handler(self._request(timeout_s))
             answer = _whole_body(await answer if hasattr(answer, "__await__") else answer)
@@ -3727,13 +3729,12 @@ class _AsyncHandlerConnection(_HandlerConnection):
             super().close()
 
 
-async def _async_pieces(answer: HTTPResponse) -> AsyncGenerator[bytes, None]:
+async def _async_pieces(answer: HTTPResponse) -> AsyncGenerator[Optional[bytes], None]:
     """`_answer_bytes` for an async body."""
     body, answer.body = answer.body, ()
     yield _answer_head(answer, True)
     async for piece in body:
-        if chunk := _chunk_of(piece):
-            yield chunk
+        yield _chunk_of(piece) or None  # as in `_answer_bytes`
     yield b"0\r\n\r\n"
     while True:
         yield b""
@@ -3795,22 +3796,25 @@ class _Recording(_OwnLock):
         super().__init__()
         self.path = os.fspath(path)
         self.handler = handler  # None: the client's own network
-        self.secret_headers: FrozenSet[str] = _SECRET_HEADERS
 
-    def __call__(self, request: HTTPRequest) -> Any:
-        answer = self.handler(request)
-        return self._later(request, answer) if hasattr(answer, "__await__") else self._wrap(request, answer)
+    def __call__(self, request: HTTPRequest, handler: Any = None, hidden: Optional[FrozenSet[str]] = None) -> Any:
+        """One exchange; each client passes its own network (`handler`) and secret headers (`hidden`)."""
+        answer, hidden = (handler or self.handler)(request), hidden or _SECRET_HEADERS
+        if hasattr(answer, "__await__"):
+            return self._later(request, answer, hidden)
+        return self._wrap(request, answer, hidden)
 
-    async def _later(self, request: HTTPRequest, answer: Any) -> HTTPResponse:
-        return self._wrap(request, await answer)
+    async def _later(self, request: HTTPRequest, answer: Any, hidden: FrozenSet[str]) -> HTTPResponse:
+        return self._wrap(request, await answer, hidden)
 
-    def _wrap(self, request: HTTPRequest, answer: HTTPResponse) -> HTTPResponse:
-        answer, hidden = _whole_body(answer), self.secret_headers
+    def _wrap(self, request: HTTPRequest, answer: HTTPResponse, hidden: FrozenSet[str]) -> HTTPResponse:
+        answer = _whole_body(answer)
         secrets = _header_secrets(request.headers, hidden) + _header_secrets(answer.headers, hidden)  # a Set-Cookie
         entry = {
             "method": request.method,
             "url": _redact(_redact_userinfo(request.url), secrets),
-            "headers": {name: value for name, value in request.headers.items() if name.lower() not in hidden},
+            "headers": {name: _redact(value, secrets) for name, value in request.headers.items()
+                        if name.lower() not in hidden},
             "body": _redact(_text_of(request.body), secrets),
             "status": answer.status,
             "response_headers": {name: _redact(value, secrets) for name, value in answer.headers.items()
@@ -4305,12 +4309,13 @@ class _BaseClient:
             transport = replay(env["OCTOAI_REPLAY"])
         elif transport is None and env.get("OCTOAI_RECORD"):
             transport = record(env["OCTOAI_RECORD"])
-        self._network = None  # a recording's own connections to the network, closed with the client's
-        if isinstance(transport, _Recording):
-            transport.secret_headers = self.secret_headers
-            if transport.handler is None:
+        self._network = None  # the connections this client records through, closed with the client's
+        if isinstance(transport, _Recording):  # a recording may be shared: each client its network and secrets
+            recording, network, hidden = transport, None, self.secret_headers
+            if recording.handler is None:
                 self._network = self._transport_class(verify_ssl, env, limits)
-                transport.handler = _network_handler(self._network)
+                network = _network_handler(self._network)
+            transport = lambda request: recording(request, network, hidden)  # noqa: E731
         if transport is not None and not callable(transport):
             raise TypeError(f"transport must be a handler (a callable taking an HTTPRequest), not {transport!r}")
         self._transport = self._transport_class(verify_ssl, env, limits, transport)

@@ -13,13 +13,14 @@ import asyncio
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 import octoai_lite
-from conftest import MESSAGES, WORDS, chat_events, chunk, reply, sse_event, stream
+from conftest import MESSAGES, WORDS, LoopbackServer, chat_events, chunk, reply, running, sse_event, stream
 from octoai_lite import (
     AsyncClient,
     BadRequestError,
@@ -217,6 +218,60 @@ def test_an_empty_body_piece_from_a_handler_is_no_bytes_not_the_end(flavor):
     assert "".join(got) == "Short text."
 
 
+def heartbeat_pieces():
+    """A role chunk, then b"" every 50 ms for 3 s (nothing yet), then the rest: what a queue-fed handler sends."""
+    yield sse_event(chunk(role="assistant"))
+    give_up_at = time.monotonic() + 3
+    while time.monotonic() < give_up_at:
+        time.sleep(0.05)
+        yield b""
+    yield sse_event(chunk("late"))
+    yield b"data: [DONE]\n\n"
+
+
+def test_empty_body_pieces_from_a_handler_do_not_escape_the_deadline(flavor):
+    def handler(request):
+        return HTTPResponse(200, {"Content-Type": "text/event-stream"}, heartbeat_pieces())
+
+    started = time.monotonic()
+    with pytest.raises(OctoAITimeoutError, match="deadline passed"):
+        flavor.collect(flavored(flavor, handler, deadline=0.5), [])
+    assert time.monotonic() - started < 1.5
+
+
+def test_empty_pieces_of_an_async_body_do_not_escape_the_deadline():
+    async def body():
+        for piece in heartbeat_pieces():  # sleeps in the loop's thread, as a careless handler would
+            yield piece
+            await asyncio.sleep(0)
+
+    async def main():
+        async with AsyncClient(transport=lambda request: HTTPResponse(200, {"Content-Type": "text/event-stream"},
+                                                                      body()), deadline=0.5) as client:  # fmt: skip
+            chat_stream = await client.chat.completions.create(model="m", messages=MESSAGES, stream=True)
+            async with chat_stream:
+                return [piece async for piece in chat_stream]
+
+    started = time.monotonic()
+    with pytest.raises(OctoAITimeoutError, match="deadline passed"):
+        asyncio.run(main())
+    assert time.monotonic() - started < 1.5
+
+
+def test_closing_a_stream_ends_a_read_that_waits_on_empty_pieces():
+    """`close()` from another thread ends a read at once (the response's promise), empty pieces or not."""
+    client = Client(transport=lambda request: HTTPResponse(200, {"Content-Type": "text/event-stream"},
+                                                           heartbeat_pieces()))  # fmt: skip
+    chat_stream = client.chat.completions.create(model="m", messages=MESSAGES, stream=True)
+    closer = threading.Timer(0.3, chat_stream.close)
+    closer.start()
+    started = time.monotonic()
+    got = list(chat_stream)  # ends quietly once closed, as at the body's end
+    closer.join()
+    assert time.monotonic() - started < 1.5, "the read went on until the handler sent bytes"
+    assert [piece.choices[0].delta.role for piece in got] == ["assistant"]
+
+
 def test_a_handler_that_returns_something_else_is_a_clear_error(flavor):
     with pytest.raises(OctoAIClientError, match="must return an HTTPResponse"):
         flavor.chat(flavored(flavor, lambda request: {"choices": []}))
@@ -281,6 +336,36 @@ def test_closing_a_recording_client_closes_its_network_connections(server, tmp_p
     assert server.closed == server.connections
 
 
+def test_a_shared_recording_closed_by_one_client_still_pools_for_the_other(tmp_path):
+    with running(LoopbackServer()) as own:  # its own server: no other test's connections in the counts
+        recording = octoai_lite.record(tmp_path / "calls.jsonl")
+        first = Client(base_url=own.url + "/v1", transport=recording, max_retries=0)
+        second = Client(base_url=own.url + "/v1", transport=recording, max_retries=0)
+        first.chat.completions.create(model="m", messages=MESSAGES)
+        first.close()
+        before = own.connections
+        for _ in range(3):
+            second.chat.completions.create(model="m", messages=MESSAGES)
+        assert own.connections - before == 1, "the second client kept no connection for its next call"
+        second.close()
+        give_up_at = time.monotonic() + 3
+        while own.closed < own.connections and time.monotonic() < give_up_at:
+            time.sleep(0.01)
+        assert own.closed == own.connections, "the second client left a connection open"
+
+
+def test_a_shared_recording_hides_each_clients_own_secret_headers(tmp_path):
+    secret = "x-a-secret-7f3e9b2c4d6a8e0f1b3d5c7a"
+    path = tmp_path / "calls.jsonl"
+    with running(LoopbackServer()) as own:
+        recording = octoai_lite.record(path)
+        with Client(base_url=own.url + "/v1", transport=recording, secret_headers=("x-a",),
+                    default_headers={"x-a": secret}) as first, Client(base_url=own.url + "/v1", transport=recording):
+            first.chat.completions.create(model="m", messages=MESSAGES)
+        assert own.requests[0].headers["x-a"] == secret
+    assert not [piece for piece in pieces(secret) if piece in path.read_text()]
+
+
 def test_a_replayed_stream_has_the_recorded_pieces_byte_for_byte(server, tmp_path):
     path = tmp_path / "stream.jsonl"
     server.script += [stream(chat_events(WORDS))]
@@ -326,6 +411,19 @@ def test_no_secret_reaches_the_recording(server, flavor, tmp_path):
     text = path.read_text()
     for secret in (TOKEN, API_KEY, MY_KEY, *OTHER_SECRETS.values(), SET_COOKIE):
         assert not [piece for piece in pieces(secret) if piece in text], secret
+
+
+def test_a_secret_repeated_in_an_ordinary_request_header_stays_out_of_the_recording(server, tmp_path):
+    path = tmp_path / "echo.jsonl"
+    server.script.append(reply(200, None))
+    headers = {"x-debug": "sent with " + TOKEN}  # not a secret header: its value is recorded, the token taken out
+    with Client(base_url=server.url + "/v1", token=TOKEN, default_headers=headers,
+                transport=octoai_lite.record(path)) as client:  # fmt: skip
+        client.chat.completions.create(model="m", messages=MESSAGES)
+    assert server.requests[0].headers["x-debug"] == "sent with " + TOKEN
+    recorded = {name.lower(): value for name, value in json.loads(path.read_text())["headers"].items()}
+    assert recorded["x-debug"] == "sent with ***"
+    assert not [piece for piece in pieces(TOKEN) if piece in path.read_text()]
 
 
 def test_a_replay_miss_names_the_nearest_recorded_request(tmp_path):
