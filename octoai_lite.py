@@ -189,6 +189,10 @@ _MAX_BODY_BYTES = 64 * 1024 * 1024  # a whole non-streamed JSON answer
 _MAX_ERROR_BODY_BYTES = 64 * 1024  # an error page; only its text is kept
 _MAX_HEAD_BYTES = 64 * 1024  # a response's status line and headers (http.client: 100 lines of 64 KiB)
 _MAX_MESSAGE_CHARS = 500  # server text quoted in an exception message
+# Redaction's work is (text) x (secret): a JSON error value past this much text is kept as its start, and a
+# Set-Cookie's secret is its first 4 KiB (more than browsers keep: RFC 6265 section 6.1 asks for 4,096 bytes).
+_MAX_REDACTED_JSON_CHARS = 256 * 1024
+_MAX_COOKIE_SECRET_CHARS = 4096
 _READ_SIZE = 64 * 1024  # one read from the socket
 
 _MAX_CONNECTIONS = 100  # open at once to one host, idle and busy (httpx: 100; openai-python: 1,000)
@@ -1290,22 +1294,26 @@ def _header_secrets(headers: Mapping[str, Optional[str]], names: FrozenSet[str])
     found: List[str] = []
     for name, value in headers.items():
         if value and name.lower() in names:
+            value = value[:_MAX_COOKIE_SECRET_CHARS] if name.lower() == "set-cookie" else value  # a server's: bounded
             found += [value.partition(" ")[2].strip(), value]  # the credential first: "Bearer ***" as it was sent
     return tuple(secret for secret in found if len(secret) >= 4)
 
 
 def _redact(text: str, secrets: _Secrets) -> str:
-    """The text with each secret replaced by ***, and any piece of one that a cut left behind."""
+    """The text with each secret replaced by ***, as it is and as JSON text writes it (\\", \\\\, \\u00e9),
+    and any piece of one that a cut left behind."""
     for secret in (secrets,) if isinstance(secrets, str) else secrets or ():
         if len(secret) < 4:
             continue
-        text = text.replace(secret, "***")
-        for start in range(len(secret) - _PIECE_CHARS + 1):
-            text = text.replace(secret[start : start + _PIECE_CHARS], "***")
-        for size in range(min(_PIECE_CHARS - 1, len(secret) - 1, len(text)), 3, -1):
-            if text.endswith(secret[:size]):  # the text was cut inside the secret's first characters
-                text = text[:-size] + "***"
-                break
+        forms = {secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]}
+        for form in sorted(forms, key=len, reverse=True):  # an escaped form whole before the plain one's pieces
+            text = text.replace(form, "***")
+            for start in range(len(form) - _PIECE_CHARS + 1):
+                text = text.replace(form[start : start + _PIECE_CHARS], "***")
+            for size in range(min(_PIECE_CHARS - 1, len(form) - 1, len(text)), 3, -1):
+                if text.endswith(form[:size]):  # the text was cut inside the secret's first characters
+                    text = text[:-size] + "***"
+                    break
     return text
 
 
@@ -1321,22 +1329,19 @@ def _scrub(error: OctoAIError, secrets: _Secrets) -> OctoAIError:
 
 
 def _redact_json(value: Any, secrets: _Secrets) -> Any:
-    """A JSON value with the secrets replaced wherever they appear in a key or a string."""
+    """A JSON value with the secrets replaced wherever they appear in a key or a string.
 
-    def redacted(value: Any) -> Any:  # each string as it is, not as JSON escapes it (\", \\, \u00e9)
-        if isinstance(value, str):
-            return _redact(value, secrets)
-        if isinstance(value, list):
-            return [redacted(item) for item in value]
-        if isinstance(value, dict):
-            return {_redact(key, secrets): redacted(item) for key, item in value.items()}
-        return value
-
+    Redacted as one text (the work of one text, however many strings); a value
+    whose text is past `_MAX_REDACTED_JSON_CHARS` is kept as the start of that text.
+    """
     if not secrets:
         return value
     try:
-        return redacted(value)
-    except RecursionError:
+        text = json.dumps(value)
+        if len(text) > _MAX_REDACTED_JSON_CHARS:
+            return _redact(_cut(text, _MAX_REDACTED_JSON_CHARS), secrets)
+        return json.loads(_redact(text, secrets))
+    except (RecursionError, ValueError):
         return "(a JSON value nested too deeply to show)"
 
 

@@ -325,6 +325,59 @@ def test_a_secret_that_json_escapes_is_hidden_in_a_json_error_body(server, flavo
     assert_hidden(ESCAPED_SECRET, exc, debug_log, client)
 
 
+def json_forms(secret):
+    return (secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1])
+
+
+def test_a_secret_that_json_escapes_stays_out_of_a_recording(server, tmp_path):
+    server.script.append(
+        echoing("x-my-secret", lambda v: reply(400, {"error": {"message": "you sent " + v}}))
+    )
+    path = tmp_path / "calls.jsonl"
+    with Client(base_url=server.url + "/v1", transport=octoai_lite.record(path), max_retries=0,
+                secret_headers=("x-my-secret",), default_headers={"x-my-secret": ESCAPED_SECRET}) as client:  # fmt: skip
+        with pytest.raises(OctoAIError):
+            client.chat.completions.create(model="m", messages=MESSAGES)
+    assert server.requests[0].headers["x-my-secret"] == ESCAPED_SECRET
+    line = path.read_text()
+    recorded = "".join(json.loads(line)["pieces"])  # the body as the server wrote it: JSON, the secret escaped
+    for form in json_forms(ESCAPED_SECRET):
+        assert_no_secret(recorded, "the recorded body", form)
+        assert_no_secret(line, "the recording", form)
+
+
+def test_a_secret_that_json_escapes_stays_out_of_a_preview(server, flavor):
+    server.script.append(echoing("x-my-secret", lambda v: reply(200, [v])))  # JSON, but not an object
+    client = flavor.make(timeout=3, secret_headers=("x-my-secret",), default_headers={"x-my-secret": ESCAPED_SECRET})
+    exc = caught(lambda: flavor.chat(client))
+    assert "expected a chat completion object" in str(exc)
+    for form in json_forms(ESCAPED_SECRET):
+        assert_no_secret(str(exc), "str(error)", form)
+
+
+def test_a_long_set_cookie_and_an_error_body_of_many_strings_cost_one_texts_work(server, flavor):
+    """Redaction works on one text, not string by string: 9,000 strings and a 20 KB cookie take about
+    a second (string by string, about 25 s)."""
+    cookie = "sid=" + "".join(f"{i:05d}" for i in range(4000))
+    strings = [f"{i:04x}" for i in range(9000)]  # ~60 KB of JSON: within an error body's 64 KiB
+    server.script.append(reply(401, {"error": {"message": "no"}, "d": strings}, headers={"Set-Cookie": cookie}))
+    started = time.monotonic()
+    exc = caught(lambda: flavor.chat(flavor.make(timeout=5, token="tok-5d1f3a9b7c2e4680")))
+    elapsed = time.monotonic() - started
+    assert exc.status_code == 401 and exc.body["d"][:2] == ["0000", "0001"]
+    assert elapsed < 10, f"building one 401 error took {elapsed:.1f} s"
+
+
+def test_an_error_in_a_large_200_body_keeps_the_start_of_its_text(server, flavor):
+    body = {"error": {"message": "overloaded, key " + SET_COOKIE}, "d": ["abcd"] * 100_000}  # 800 KB as JSON
+    server.script.append(reply(200, body, headers={"Set-Cookie": SET_COOKIE}))
+    exc = caught(lambda: flavor.chat(flavor.make(timeout=5)))
+    assert "overloaded, key ***" in str(exc)
+    assert isinstance(exc.body, str) and exc.body.startswith('{"error": {"message": "overloaded, key ***"')
+    assert len(exc.body) <= octoai_lite._MAX_REDACTED_JSON_CHARS + 3
+    assert_hidden(SET_COOKIE, exc)
+
+
 # -- framing errors that quote what the server sent ---------------------------------
 
 FRAMINGS = {
