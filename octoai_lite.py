@@ -115,7 +115,7 @@ __all__ = [
     "OctoAIServerError", "OctoAITimeoutError", "OctoAIValidationError", "ParsedChatCompletion", "ParsedChatMessage",
     "ParsedChoice", "PermissionDeniedError", "RateLimitError", "RateLimits", "SSEDecoder", "ServerSentEvent", "Stream",
     "TextModel", "ToolCall", "UnprocessableEntityError", "get_model_list", "main", "record", "replay",
-]
+]  # fmt: skip
 __version__ = "0.1.0"
 
 
