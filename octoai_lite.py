@@ -957,15 +957,19 @@ class HTTPRequest:
     timeout: float
 
     def json(self) -> Any:
+        """The body as JSON; None for an empty body."""
         return json.loads(self.body) if self.body else None
 
 
 @dataclasses.dataclass
 class HTTPResponse:
-    """What a `transport=` handler returns: the status, the headers and the body, whole (bytes, or a
-    str or JSON-able value sent as JSON) or as an iterable of byte pieces, each one read, as a server's
-    chunk would be (an AsyncClient's handler may also return an awaitable, or an async iterable body).
-    An exception the pieces raise is what a broken connection would be: e.g. ConnectionResetError."""
+    """What a `transport=` handler returns: the status, the headers and the body.
+
+    The body is whole (bytes, or a str or JSON-able value sent as JSON) or an iterable of byte pieces,
+    each one read as a server's chunk would be; an empty piece is a read of nothing yet, and an exception
+    the pieces raise is what a broken connection would be (ConnectionResetError, say). An AsyncClient's
+    handler may also return an awaitable, or an async iterable body.
+    """
 
     status: int = 200
     headers: Dict[str, str] = dataclasses.field(default_factory=dict)
