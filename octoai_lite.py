@@ -381,8 +381,7 @@ class TextModel(str, enum.Enum):
     MISTRAL_7B_INSTRUCT = "mistral-7b-instruct"
     MIXTRAL_8X7B_INSTRUCT = "mixtral-8x7b-instruct"
 
-    def __str__(self) -> str:
-        return str(self.value)
+    __str__ = str.__str__  # the name the server knows, not "TextModel.NAME"
 
 
 def get_model_list() -> List[str]:
@@ -471,8 +470,7 @@ class _Model:
             out.setdefault(key, value)
         return out
 
-    dict = to_dict
-    model_dump = to_dict
+    dict = model_dump = to_dict
 
     # What dataclasses would generate for each class, written once (each generated method costs import time).
     def __eq__(self, other: object) -> bool:
@@ -1798,13 +1796,7 @@ _FOLDED_TEXTS = frozenset({"content", "reasoning", "reasoning_content", "text"})
 
 
 class _ChunkFolder:
-    """Accumulate stream chunks (dicts) into one completion dict, in time linear in what arrives.
-
-    `kind` is the folded answer's `object`: "chat.completion" (a message per
-    choice) or "text_completion" (the legacy endpoint: `text` per choice).
-    Lenient like the response classes: a field of the wrong type counts as
-    absent, so no chunk shape makes folding fail.
-    """
+    """Stream chunks (dicts) folded into one answer of `kind`, in linear time; a mistyped field counts as absent."""
 
     def __init__(self, kind: str = "chat.completion") -> None:
         self._kind = kind
@@ -3793,13 +3785,7 @@ def _bytes_of(text: str) -> bytes:
 
 
 class _Recording(_OwnLock):
-    """`record(path, handler)`: every exchange through `handler` written to `path`, one JSON line each.
-
-    A line has the request (method, URL, headers, body) and the answer
-    (status, headers, the body's pieces as read, and how it ended: "whole",
-    "cut" by a failure, or "closed" by the client). The token and every
-    secret header are left out, and their values taken out of the rest.
-    """
+    """What `record` returns: a handler that writes every exchange through it to `path`, one JSON line each."""
 
     def __init__(self, path: Union[str, "os.PathLike[str]"], handler: Any = None) -> None:
         super().__init__()
@@ -3878,18 +3864,12 @@ def _request_key(method: str, url: str, body: str) -> Tuple[str, str, str]:
 
 
 class _Replay(_OwnLock):
-    """`replay(path)`: a handler that answers from a recording, offline, as the server did then.
-
-    Requests match on method, path and JSON body; the same request asked
-    again gets the next answer recorded for it (the last one once they run
-    out). A request with no recorded answer raises an OctoAIClientError
-    naming the nearest one recorded.
-    """
+    """What `replay` returns: a handler that answers from a recording, as the server did then."""
 
     def __init__(self, path: Union[str, "os.PathLike[str]"]) -> None:
         super().__init__()
         self.path = os.fspath(path)
-        self._answers: Dict[Tuple[str, str, str], List[Dict[str, Any]]] = {}
+        self._answers: Dict[Tuple[str, str, str], List[Tuple[int, Dict[str, str], List[bytes], str]]] = {}
         try:
             with open(self.path, encoding="utf-8") as file:
                 lines = list(file)
@@ -3900,11 +3880,11 @@ class _Replay(_OwnLock):
                 try:
                     entry = json.loads(line)
                     key = _request_key(entry["method"], entry["url"], entry["body"])
-                    entry["pieces"] = [_bytes_of(piece) for piece in entry["pieces"]]
-                    entry["answer"] = (int(entry["status"]), dict(entry["response_headers"]), entry["end"])
+                    pieces = [_bytes_of(piece) for piece in entry["pieces"]]
+                    answer = (int(entry["status"]), dict(entry["response_headers"]), pieces, entry["end"])
                 except (ValueError, KeyError, TypeError, AttributeError) as exc:
                     raise ValueError(f"{self.path}:{number} is not a recorded exchange: {exc!r}") from None
-                self._answers.setdefault(key, []).append(entry)
+                self._answers.setdefault(key, []).append(answer)
 
     def __call__(self, request: HTTPRequest) -> HTTPResponse:
         key = _request_key(request.method, request.url, _text_of(request.body))
@@ -3912,9 +3892,8 @@ class _Replay(_OwnLock):
             answers = self._answers.get(key)
             if not answers:
                 raise OctoAIClientError(f"no answer recorded in {self.path} for {self._show(key)}{self._nearest(key)}")
-            entry = answers.pop(0) if len(answers) > 1 else answers[0]
-        status, headers, end = entry["answer"]
-        return HTTPResponse(status, dict(headers), self._body(entry["pieces"], end))
+            status, headers, pieces, end = answers.pop(0) if len(answers) > 1 else answers[0]
+        return HTTPResponse(status, dict(headers), self._body(pieces, end))
 
     @staticmethod
     def _body(pieces: List[bytes], end: str) -> Iterator[bytes]:
@@ -3939,14 +3918,21 @@ class _Replay(_OwnLock):
 def record(path: Union[str, "os.PathLike[str]"], handler: Any = None) -> _Recording:
     """A transport that writes every exchange to `path` (JSON Lines), through `handler` or the network.
 
-    ``Client(transport=record("calls.jsonl"))``; `replay` answers from the file later.
-    The token and secret headers are never written.
+    ``Client(transport=record("calls.jsonl"))``; `replay` answers from the file later. A line has the
+    request (method, URL, headers, body) and the answer (status, headers, the body's pieces as read, and
+    how it ended: "whole", "cut" by a failure, or "closed" by the client). The token and every secret
+    header are never written, and their values are taken out of the rest.
     """
     return _Recording(path, handler)
 
 
 def replay(path: Union[str, "os.PathLike[str]"]) -> _Replay:
-    """A transport that answers from a `record`ing, offline: ``Client(transport=replay("calls.jsonl"))``."""
+    """A transport that answers from a `record`ing, offline: ``Client(transport=replay("calls.jsonl"))``.
+
+    Requests match on method, path and JSON body; the same request asked again gets the next answer
+    recorded for it (the last one once they run out). Raises ValueError for a file that is not a
+    recording; a request with no recorded answer raises OctoAIClientError naming the nearest one recorded.
+    """
     return _Replay(path)
 
 
