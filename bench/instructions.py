@@ -4,7 +4,7 @@
     python bench/instructions.py --streams 200 --chunks 1   # per-stream costs stand out
 
 Timings on a shared 2-core machine move by 10% from run to run; an
-instruction count does not (the same to 0.1% here), so a change of 1% in the
+instruction count moves by less than 0.4% here, so a change of 1% in the
 client's cost per chunk shows. Each client runs `driver.py concurrent` under
 callgrind twice, with 10 streams and with 10 + `--streams`; the difference,
 divided by the chunks, leaves out start-up and import. Slow: callgrind runs
