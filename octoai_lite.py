@@ -2283,10 +2283,11 @@ def _whole_body(answer: HTTPResponse) -> HTTPResponse:
     return answer
 
 
-def _chunk_of(piece: Any) -> bytes:
+def _chunk_of(piece: Any) -> Optional[bytes]:
+    """A body piece as a chunk on the wire; None for an empty one: a read of nothing yet, not the end."""
     if not isinstance(piece, (bytes, bytearray)):
         raise OctoAIClientError(f"a transport handler's body pieces must be bytes, not {type(piece).__name__}")
-    return b"%x\r\n%s\r\n" % (len(piece), piece) if piece else b""
+    return b"%x\r\n%s\r\n" % (len(piece), piece) if piece else None
 
 
 def _answer_bytes(answer: HTTPResponse) -> Iterator[Optional[bytes]]:
@@ -2297,8 +2298,7 @@ def _answer_bytes(answer: HTTPResponse) -> Iterator[Optional[bytes]]:
         return
     yield _answer_head(answer, True)
     try:
-        for piece in body:  # an empty piece is a read of nothing (None), not the end: the pump asks the deadline
-            yield _chunk_of(piece) or None
+        yield from map(_chunk_of, body)  # the pump asks the deadline again after each, an empty one too
     finally:  # read to its end, failed, or closed by the client: the body's own generator is told
         close = getattr(body, "close", None)
         if close is not None:
@@ -3735,7 +3735,7 @@ async def _async_pieces(answer: HTTPResponse) -> AsyncGenerator[Optional[bytes],
     body, answer.body = answer.body, ()
     yield _answer_head(answer, True)
     async for piece in body:
-        yield _chunk_of(piece) or None  # as in `_answer_bytes`
+        yield _chunk_of(piece)
     yield b"0\r\n\r\n"
     while True:
         yield b""
